@@ -1,0 +1,1 @@
+"""ablate's machinery: training, optimizer, data, evaluation, launching, results."""

@@ -1,0 +1,238 @@
+"""Typed config sections and the one conversion from the Hydra config to them.
+
+Hydra composes YAML groups into an OmegaConf tree; the harness converts each section once,
+here, into a frozen dataclass, and the rest of the code (and models/) sees plain Python values.
+Checks that need only the config (batch arithmetic, horizon, shapes) live here too, so that they
+run before any model is built or any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError
+from models.gpt import GPTConfig, config_from_depth
+
+
+@dataclass(frozen=True)
+class MuonConfig:
+    lr: float
+    momentum: float
+    warmup_momentum: float
+    momentum_warmup_steps: int
+    ns_steps: int
+    beta2: float
+    weight_decay: float
+    dtype: str
+
+
+@dataclass(frozen=True)
+class AdamWConfig:
+    reference_model_dim: int
+    unembedding_lr: float
+    embedding_lr: float
+    scalar_lr: float
+    betas: tuple[float, float]
+    x0_betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class LRMultiplier:
+    match: str
+    value: float
+
+
+@dataclass(frozen=True)
+class LRPlacement:
+    """Where Muon's LR multipliers go: a named shape rule, then explicit per-name multipliers."""
+
+    name: str
+    shape_rule: str
+    multipliers: tuple[LRMultiplier, ...] = ()
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    reference_batch_tokens: int
+    muon: MuonConfig
+    adamw: AdamWConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    total_batch_tokens: int
+    device_batch_size: int
+    num_iterations: int
+    target_flops: float
+    target_param_data_ratio: float
+    warmup_ratio: float
+    warmdown_ratio: float
+    final_lr_frac: float
+    device: str
+    dtype: str
+    compile: bool
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    resume: str
+    divergence_factor: float
+    divergence_after_steps: int
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    val_every: int
+    val_tokens: int
+    core: dict[str, Any] = field(default_factory=dict)
+
+
+def to_dataclass(cls, node: Any, key: str):
+    """Build dataclass `cls` from a config node, naming `key` in any error."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]}; allowed: {', '.join(sorted(names))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing key {key}.{f.name}")
+            continue
+        values[f.name] = _convert(hints[f.name], data[f.name], f"{key}.{f.name}")
+    return cls(**values)
+
+
+def _convert(hint, value, key: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return to_dataclass(hint, value, key)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}={value!r} must have {len(args)} entries")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    return value
+
+
+def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+
+
+# sections --------------------------------------------------------------------------------
+def model_config(cfg: DictConfig) -> GPTConfig:
+    """The network's dataclass from the model, rope and data sections."""
+    m = cfg.model
+    for key in ("depth", "aspect_ratio", "head_dim", "sequence_len"):
+        if int(m[key]) <= 0:
+            raise ConfigError(f"model.{key}={m[key]} must be positive")
+    model_dim = math.ceil(m.depth * m.aspect_ratio / m.head_dim) * m.head_dim
+    if model_dim < cfg.get("ve_gate_channels", 32):
+        raise ConfigError(f"model_dim={model_dim} (model.depth x model.aspect_ratio) must be at least 32")
+    _require_choice("rope.split", cfg.rope.split, ("slice", "chunk"))
+    try:
+        return config_from_depth(
+            int(m.depth),
+            int(m.aspect_ratio),
+            int(m.head_dim),
+            vocab_size=int(cfg.data.vocab_size),
+            sequence_len=int(m.sequence_len),
+            window_pattern=str(m.window_pattern),
+            rope_split=str(cfg.rope.split),
+            rope_base=float(cfg.rope.base),
+            rotary_cache_len=int(m.get("rotary_cache_len", 0)),
+        )
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+SHAPE_RULES = ("none", "legacy", "pr492")
+
+
+def lr_placement(cfg: DictConfig) -> LRPlacement:
+    placement = to_dataclass(LRPlacement, cfg.mlp_lr, "mlp_lr")
+    _require_choice("mlp_lr.shape_rule", placement.shape_rule, SHAPE_RULES)
+    return placement
+
+
+def optim_config(cfg: DictConfig) -> OptimConfig:
+    optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+    _require_choice("optim.muon.dtype", optim.muon.dtype, ("auto", "float32", "bfloat16"))
+    return optim
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    train = to_dataclass(TrainConfig, cfg.train, "train")
+    _require_choice("train.device", train.device, ("auto", "cpu", "cuda"))
+    _require_choice("train.dtype", train.dtype, ("auto", "float32", "bfloat16"))
+    _require_choice("train.resume", train.resume, ("auto", "never", "force"))
+    for key in ("total_batch_tokens", "device_batch_size", "log_every", "checkpoint_every"):
+        if getattr(train, key) <= 0:
+            raise ConfigError(f"train.{key}={getattr(train, key)} must be positive")
+    return train
+
+
+def eval_config(cfg: DictConfig) -> EvalConfig:
+    return to_dataclass(EvalConfig, cfg.eval, "eval")
+
+
+# arithmetic that must hold before a run starts -------------------------------------------
+def grad_accum_steps(train: TrainConfig, sequence_len: int, world_size: int) -> int:
+    """Micro-steps per optimizer step; the total batch must split evenly over ranks and micro-batches."""
+    tokens_per_micro_step = train.device_batch_size * sequence_len * world_size
+    if train.total_batch_tokens % tokens_per_micro_step:
+        raise ConfigError(
+            f"train.total_batch_tokens={train.total_batch_tokens} is not divisible by "
+            f"train.device_batch_size x model.sequence_len x world_size = "
+            f"{train.device_batch_size} x {sequence_len} x {world_size} = {tokens_per_micro_step}"
+        )
+    return train.total_batch_tokens // tokens_per_micro_step
+
+
+def num_iterations(train: TrainConfig, scaling_params: int, flops_per_token: float) -> int:
+    """The horizon: explicit steps, else a FLOPs budget, else a tokens-per-parameter ratio."""
+    if train.num_iterations > 0:
+        return train.num_iterations
+    if train.target_flops > 0:
+        steps = round(train.target_flops / (flops_per_token * train.total_batch_tokens))
+    elif train.target_param_data_ratio > 0:
+        steps = round(train.target_param_data_ratio * scaling_params / train.total_batch_tokens)
+    else:
+        raise ConfigError(
+            "no horizon: set one of train.num_iterations, train.target_flops, train.target_param_data_ratio"
+        )
+    if steps <= 0:
+        raise ConfigError(f"the configured horizon rounds to {steps} steps; raise it")
+    return steps
