@@ -79,7 +79,7 @@ class TrainConfig:
     device: str
     dtype: str
     compile: bool
-    log_every: int
+    print_every: int
     checkpoint_every: int
     keep_checkpoints: int
     resume: str
@@ -198,7 +198,7 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     _require_choice("train.device", train.device, ("auto", "cpu", "cuda"))
     _require_choice("train.dtype", train.dtype, ("auto", "float32", "bfloat16"))
     _require_choice("train.resume", train.resume, ("auto", "never", "force"))
-    for key in ("total_batch_tokens", "device_batch_size", "log_every", "checkpoint_every"):
+    for key in ("total_batch_tokens", "device_batch_size", "print_every", "checkpoint_every"):
         if getattr(train, key) <= 0:
             raise ConfigError(f"train.{key}={getattr(train, key)} must be positive")
     return train

@@ -50,9 +50,7 @@ class GPTConfig:
         if not self.window_pattern or set(self.window_pattern.upper()) - {"S", "L"}:
             raise ValueError(f"window_pattern={self.window_pattern!r} must be a non-empty string of S and L")
         if self.sequence_len > self.rotary_positions:
-            raise ValueError(
-                f"sequence_len={self.sequence_len} exceeds rotary_cache_len={self.rotary_cache_len}"
-            )
+            raise ValueError(f"sequence_len={self.sequence_len} exceeds rotary_cache_len={self.rotary_cache_len}")
 
     @property
     def head_dim(self) -> int:
@@ -161,11 +159,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
         self.value_embeds = nn.ModuleDict(
-            {
-                str(i): nn.Embedding(vocab, kv_dim)
-                for i in range(config.n_layer)
-                if config.has_value_embedding(i)
-            }
+            {str(i): nn.Embedding(vocab, kv_dim) for i in range(config.n_layer) if config.has_value_embedding(i)}
         )
         self.resid_lambdas = nn.Parameter(torch.empty(config.n_layer))
         self.x0_lambdas = nn.Parameter(torch.empty(config.n_layer))

@@ -15,8 +15,13 @@ import torch.distributed as dist
 
 
 @torch.no_grad()
-def evaluate_bpb(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], token_bytes: torch.Tensor,
-                 device: torch.device, autocast) -> float:
+def evaluate_bpb(
+    model,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    token_bytes: torch.Tensor,
+    device: torch.device,
+    autocast,
+) -> float:
     """`model(x, y, reduction='none')` gives per-token losses; `autocast` is a context factory."""
     token_bytes = token_bytes.to(device)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)

@@ -137,9 +137,10 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         return list(self.iter_metrics())
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """Keep only records up to `last_step`: a resumed run rewrites what came after its checkpoint."""
-        kept = [r for r in self.iter_metrics() if r["step"] <= last_step]
+    def truncate_metrics(self, num_records: int) -> None:
+        """Keep the first `num_records` records: a resumed run drops what was logged after the
+        checkpoint it continues from (the checkpoint stores how many records existed then)."""
+        kept = self.read_metrics()[:num_records]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     # summary ------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""What every command-line entry shares: composing the config, expanding a sweep into its jobs,
+and turning user mistakes into one line on stderr with exit code 2.
+
+Hydra reports a bad override only when the job that uses it starts, with exit code 1 and a
+multi-line message. The harness composes every job of a sweep first (`expand_sweep`), so a typo
+in job 7 of 16 stops the command before job 1 trains.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import sys
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.errors import USAGE_EXIT_CODE, ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """The composed config for one job, as `python -m harness.train <overrides>` would see it."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+            # Resolve now: interpolation errors (a missing env var, a typo in ${...}) surface here.
+            OmegaConf.to_container(cfg if not with_hydra else _without_hydra(cfg), resolve=True)
+            return cfg
+    except MissingConfigException as e:
+        raise ConfigError(_missing_option_message(e)) from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    copy = cfg.copy()
+    with_struct = OmegaConf.is_struct(copy)
+    OmegaConf.set_struct(copy, False)
+    copy.pop("hydra", None)
+    OmegaConf.set_struct(copy, with_struct)
+    return copy
+
+
+def _missing_option_message(e: MissingConfigException) -> str:
+    first = str(e).splitlines()[0]
+    # "In 'config': Could not find 'model/d13'" -> "model=d13 is not an option; choose from ..."
+    if "Could not find '" in first and e.options:
+        missing = first.split("Could not find '", 1)[1].rstrip("'")
+        group, _, option = missing.rpartition("/")
+        return f"{group}={option} is not an option; choose from: {', '.join(sorted(e.options))}"
+    return first
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The override lists of every job a multirun with these overrides launches, in Hydra's order.
+
+    Sweep parameters come from the composed config's `hydra.sweeper.params` (an experiment file)
+    and from comma-separated values on the command line, which take precedence for the same key.
+    """
+    parser = OverridesParser.create()
+    try:
+        base = [o for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+        sweeps = {o.get_key_element(): o for o in parser.parse_overrides(overrides) if o.is_sweep_override()}
+    except HydraException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    base_strings = [o.input_line for o in base]
+    cfg = compose(base_strings, with_hydra=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False)
+    axes: dict[str, list[str]] = {}
+    for key, values in params.items():
+        axes[key] = [f"{key}={v}" for v in parser.parse_override(f"{key}={values}").sweep_string_iterator()]
+    for key, override in sweeps.items():
+        axes[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+    if not axes:
+        return [base_strings]
+    return [base_strings + list(combo) for combo in itertools.product(*axes.values())]
+
+
+def exit_on_config_error(fn):
+    """Run `fn`; a ConfigError becomes `error: <line>` on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(USAGE_EXIT_CODE)
+
+    return wrapper

@@ -1,0 +1,65 @@
+"""Process-group facts for data-parallel runs, kept apart so the single-process path stays plain.
+
+Under torchrun (or SLURM through submitit) the environment names this process's rank and the
+world size; without it the run is one process, rank 0 of 1, and nothing here touches
+torch.distributed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info_from_env() -> DistInfo:
+    """Rank and world size as torchrun sets them (RANK, LOCAL_RANK, WORLD_SIZE)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def init_process_group(info: DistInfo, device: torch.device) -> None:
+    """NCCL on CUDA, gloo on CPU; a no-op for a single process or an existing group."""
+    if not info.distributed or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        rank=info.rank,
+        world_size=info.world_size,
+        device_id=device if device.type == "cuda" else None,
+    )
+
+
+def destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """In place; a sum then a division, since gloo has no AVG reduction."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value

@@ -1,0 +1,39 @@
+"""Device facts the harness needs: which device to train on and its datasheet peak for MFU."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.errors import ConfigError
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the datasheets, for MFU. Keys match substrings of
+# torch.cuda.get_device_name(); unknown GPUs report no MFU rather than a wrong one.
+BF16_PEAK_FLOPS = {
+    "H100": 989e12,  # SXM; the PCIe card is slower, so its MFU reads low
+    "H200": 989e12,
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "4090": 165e12,
+}
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    return torch.device(requested)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Datasheet bf16 peak of one device, or None (CPU, unknown GPU): MFU is then not reported."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in BF16_PEAK_FLOPS.items():
+        if key in name:
+            return flops
+    return None

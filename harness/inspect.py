@@ -1,0 +1,78 @@
+"""`python -m harness.inspect <overrides>`: what a run with these overrides would train.
+
+Prints every parameter's name, shape, optimizer, base LR, LR multiplier and effective LR (the
+same table every run logs to params.tsv), then the parameter counts by role and the horizon.
+Builds the model on the meta device, so d24 costs no memory and no data is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli import compose, exit_on_config_error
+from harness.config import lr_placement, model_config, num_iterations, optim_config, train_config
+from harness.optim import ParamRow, parameter_table
+from models.gpt import GPT
+
+
+def format_rows(rows: list[ParamRow]) -> str:
+    header = ("name", "shape", "optimizer", "base_lr", "multiplier", "effective_lr", "betas", "weight_decay")
+    table = [header] + [
+        (
+            r.name,
+            " x ".join(map(str, r.shape)),
+            r.optimizer,
+            f"{r.base_lr:.6g}",
+            f"{r.multiplier:.4g}",
+            f"{r.lr:.6g}",
+            "" if r.betas is None else f"({r.betas[0]}, {r.betas[1]})",
+            f"{r.weight_decay:.4g}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table)
+
+
+def describe(overrides: list[str]) -> str:
+    cfg = compose(overrides)
+    model_cfg = model_config(cfg)
+    train = train_config(cfg)
+    model = GPT.on_meta(model_cfg)
+    rows = parameter_table(model, optim_config(cfg), lr_placement(cfg), train.total_batch_tokens)
+    counts = model.parameter_counts()
+    fpt = model.flops_per_token()
+    steps = num_iterations(train, counts["scaling"], fpt)
+    tokens = steps * train.total_batch_tokens
+    lines = [
+        f"model: depth {model_cfg.n_layer}, dim {model_cfg.n_embd}, {model_cfg.n_head} heads x {model_cfg.head_dim}, "
+        f"vocab {model_cfg.vocab_size} (padded {model_cfg.padded_vocab_size}), sequence {model_cfg.sequence_len}, "
+        f"windows {model_cfg.window_sizes()}, rope.split={model_cfg.rope_split}, mlp_lr={cfg.mlp_lr.name}",
+        "",
+        format_rows(rows),
+        "",
+        "parameter counts:",
+        *(f"  {role:<13} {count:>15,}" for role, count in counts.items()),
+        "",
+        f"FLOPs per token: {fpt:,.0f}",
+        f"horizon: {steps:,} steps x {train.total_batch_tokens:,} tokens = {tokens:,} tokens, {tokens * fpt:.3e} FLOPs",
+    ]
+    return "\n".join(lines)
+
+
+@exit_on_config_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.inspect",
+        description="Print the parameter table (optimizer, LR, multiplier per parameter), the parameter counts "
+        "and the horizon of the run that `python -m harness.train OVERRIDES` would launch. Nothing is trained "
+        "or downloaded; the model is built on the meta device.",
+        epilog="example: python -m harness.inspect model=d24 mlp_lr=c_proj_2x",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for harness.train (key=value)")
+    args = parser.parse_args(argv)
+    print(describe(args.overrides))
+
+
+if __name__ == "__main__":
+    main()

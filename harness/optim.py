@@ -1,0 +1,332 @@
+"""The recipe's combined optimizer: Muon for the matrices inside the blocks, AdamW for the rest.
+
+What PR #492 is about lives here: where Muon's LR multipliers go. The recipe inferred them from
+each matrix's stored shape; this module states them per parameter. `lr_multiplier` applies a
+named shape rule (none, the recipe's legacy one, or the PR's flipped one), then explicit
+`{match, value}` entries from `configs/mlp_lr/`, so the table printed by `harness.inspect`
+and logged to `params.tsv` at the start of every run is exactly what the optimizer uses.
+
+Muon step per stack of same-shape matrices: Nesterov momentum, Polar Express orthogonalization,
+NorMuon variance normalization, cautious decoupled weight decay. The multiplier scales the
+matrix's effective LR, and therefore its weight decay step (lr x wd), as in the recipe.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from harness.config import LRPlacement, OptimConfig
+from harness.errors import ConfigError
+
+# Polar Express (Amsel, Persson, Musco, Gower 2025) coefficients (a, b, c) for five iterations.
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+# Parameters trained by Muon: every matrix inside the transformer blocks.
+MUON_PREFIX = "transformer.h."
+
+
+# LR placement ------------------------------------------------------------------------------
+def shape_rule_multiplier(shape: tuple[int, ...], rule: str) -> float:
+    """The multiplier a shape rule infers from a stored (out_features, in_features) weight."""
+    rows, cols = shape[-2], shape[-1]
+    if rule == "none":
+        return 1.0
+    if rule == "legacy":  # the recipe: boost tall matrices (c_fc, 4d x d, gets 2x)
+        return max(1.0, rows / cols) ** 0.5
+    if rule == "pr492":  # PR #492: boost wide matrices (mlp.c_proj 2x, and ve_gate too)
+        return max(1.0, cols / rows) ** 0.5
+    raise ConfigError(f"mlp_lr.shape_rule={rule!r} is not one of: none, legacy, pr492")
+
+
+def muon_lr_multipliers(named_shapes: dict[str, tuple[int, ...]], placement: LRPlacement) -> dict[str, float]:
+    """Multiplier per Muon parameter: the shape rule, replaced by the last explicit entry matching
+    the name. An entry that matches no parameter is a typo and an error."""
+    multipliers = {name: shape_rule_multiplier(shape, placement.shape_rule) for name, shape in named_shapes.items()}
+    for i, entry in enumerate(placement.multipliers):
+        matched = fnmatch.filter(named_shapes, entry.match)
+        if not matched:
+            raise ConfigError(
+                f"mlp_lr.multipliers[{i}].match={entry.match!r} matches no Muon parameter "
+                f"(names look like {next(iter(named_shapes), '?')})"
+            )
+        for name in matched:
+            multipliers[name] = entry.value
+    return multipliers
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    """One parameter's line of the LR table: everything the optimizer does with it."""
+
+    name: str
+    shape: tuple[int, ...]
+    optimizer: str  # "muon" | "adamw"
+    base_lr: float  # the group's LR after batch and model-width scaling
+    multiplier: float  # Muon LR placement multiplier (1 for AdamW)
+    betas: tuple[float, float] | None
+    weight_decay: float
+
+    @property
+    def lr(self) -> float:
+        """Peak effective LR (the schedule multiplies it by at most 1)."""
+        return self.base_lr * self.multiplier
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def parameter_table(
+    model: torch.nn.Module, optim: OptimConfig, placement: LRPlacement, total_batch_tokens: int
+) -> list[ParamRow]:
+    """Assign every parameter of the GPT to an optimizer, LR, multiplier, betas and decay."""
+    config = model.config
+    batch_scale = (total_batch_tokens / optim.reference_batch_tokens) ** 0.5
+    width_scale = (config.n_embd / optim.adamw.reference_model_dim) ** -0.5
+    adam = optim.adamw
+    muon_wd = optim.muon.weight_decay * (12 / config.n_layer) ** 2
+    named = dict(model.named_parameters())
+    muon_shapes = {n: tuple(p.shape) for n, p in named.items() if n.startswith(MUON_PREFIX)}
+    multipliers = muon_lr_multipliers(muon_shapes, placement)
+    rows = []
+    for name, p in named.items():
+        shape = tuple(p.shape)
+        if name in multipliers:
+            rows.append(ParamRow(name, shape, "muon", optim.muon.lr * batch_scale, multipliers[name], None, muon_wd))
+            continue
+        if name == "lm_head.weight":
+            lr, betas = adam.unembedding_lr * width_scale, adam.betas
+        elif name == "transformer.wte.weight" or name.startswith("value_embeds."):
+            lr, betas = adam.embedding_lr * width_scale, adam.betas
+        elif name == "resid_lambdas":
+            lr, betas = adam.scalar_lr * 0.01, adam.betas
+        elif name == "x0_lambdas":
+            lr, betas = adam.scalar_lr, adam.x0_betas
+        else:
+            raise AssertionError(f"parameter {name} has no optimizer assignment")
+        rows.append(ParamRow(name, shape, "adamw", lr * batch_scale, 1.0, betas, adam.weight_decay))
+    return rows
+
+
+def format_parameter_table(rows: list[ParamRow]) -> str:
+    """Tab-separated, one line per parameter: the table `harness.inspect` prints and runs log."""
+    lines = ["name\tshape\toptimizer\tbase_lr\tmultiplier\teffective_lr\tbetas\tweight_decay"]
+    for r in rows:
+        shape = "x".join(map(str, r.shape))
+        betas = "" if r.betas is None else f"{r.betas[0]},{r.betas[1]}"
+        lines.append(
+            f"{r.name}\t{shape}\t{r.optimizer}\t{r.base_lr:.6g}\t{r.multiplier:.6g}\t{r.lr:.6g}\t{betas}\t{r.weight_decay:.6g}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# the update math ----------------------------------------------------------------------------
+def polar_express(G: Tensor, steps: int, dtype: torch.dtype) -> Tensor:
+    """Approximately orthogonalize each matrix of a (N, rows, cols) stack: U V^T with singular
+    values pushed into a band around 1 rather than exactly 1 (enough for Muon, and cheap)."""
+    X = G.to(dtype)
+    # 1.02 keeps the spectral norm safely under 1 (the Frobenius norm bounds it from above).
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    tall = X.size(-2) > X.size(-1)
+    for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
+        if tall:
+            A = X.mT @ X
+            X = a * X + X @ (b * A + c * (A @ A))
+        else:
+            A = X @ X.mT
+            X = a * X + (b * A + c * (A @ A)) @ X
+    return X
+
+
+def normalize_variance(update: Tensor, second_moment: Tensor, beta2: Tensor) -> Tensor:
+    """NorMuon: divide each row (tall or square) or column (wide) by the root of an EMA of its
+    mean square, then restore the stack's Frobenius norms so only the shape of the update changes."""
+    update = update.float()
+    reduce_dim = -1 if update.size(-2) >= update.size(-1) else -2
+    second_moment.lerp_(update.square().mean(dim=reduce_dim, keepdim=True), 1 - beta2)
+    scaled = update * second_moment.clamp_min(1e-10).rsqrt()
+    norm_ratio = update.norm(dim=(-2, -1), keepdim=True) / scaled.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10)
+    return scaled * norm_ratio
+
+
+def muon_update(
+    grads: Tensor,
+    params: Tensor,
+    momentum_buffer: Tensor,
+    second_moment: Tensor,
+    momentum: Tensor,
+    lrs: Tensor,
+    weight_decay: Tensor,
+    beta2: Tensor,
+    ns_steps: int,
+    ortho_dtype: torch.dtype,
+) -> None:
+    """One Muon step on a stack of same-shape matrices, in place on `params` and the buffers.
+    `lrs` is (N, 1, 1): each matrix's LR with its placement multiplier already applied."""
+    momentum_buffer.lerp_(grads, 1 - momentum)
+    nesterov = grads.lerp(momentum_buffer, momentum)
+    update = polar_express(nesterov, ns_steps, ortho_dtype)
+    update = normalize_variance(update, second_moment, beta2).to(params.dtype)
+    # Cautious weight decay: only shrink coordinates the update already pushes toward zero.
+    decay_mask = (update * params) >= 0
+    params.sub_(lrs * update + lrs * weight_decay * params * decay_mask)
+
+
+def adamw_update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int,
+    lr: Tensor,
+    beta1: Tensor,
+    beta2: Tensor,
+    eps: Tensor,
+    weight_decay: Tensor,
+) -> None:
+    """Bias-corrected AdamW with decoupled weight decay, computed in float32 whatever the storage."""
+    p, g = param.float(), grad.float()
+    m, v = exp_avg.float(), exp_avg_sq.float()
+    p.mul_(1 - lr * weight_decay)
+    m.lerp_(g, 1 - beta1)
+    v.lerp_(g.square(), 1 - beta2)
+    denom = (v / (1 - beta2**step)).sqrt() + eps
+    p.add_(-(lr / (1 - beta1**step)) * m / denom)
+    param.copy_(p)
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+
+
+# the optimizer ---------------------------------------------------------------------------------
+class MuonAdamW(torch.optim.Optimizer):
+    """Single-process combined optimizer. Groups: one AdamW group per parameter role, one Muon
+    group per matrix shape (stacked so a shape's matrices are orthogonalized in one batch).
+
+    Each group carries `initial_lr`; the training loop sets `lr` (and Muon's `momentum` and
+    `weight_decay`) from the schedules before every step.
+    """
+
+    def __init__(
+        self,
+        params_by_name: dict[str, Tensor],
+        rows: list[ParamRow],
+        optim: OptimConfig,
+        ortho_dtype: torch.dtype,
+    ):
+        groups = []
+        adam_groups: dict[tuple, list] = defaultdict(list)
+        muon_groups: dict[tuple, list[ParamRow]] = defaultdict(list)
+        for row in rows:
+            if row.optimizer == "adamw":
+                adam_groups[(row.base_lr, row.betas, row.weight_decay)].append(row)
+            else:
+                muon_groups[row.shape].append(row)
+        for (lr, betas, wd), members in adam_groups.items():
+            groups.append(
+                dict(
+                    kind="adamw",
+                    params=[params_by_name[r.name] for r in members],
+                    names=[r.name for r in members],
+                    lr=lr,
+                    initial_lr=lr,
+                    betas=betas,
+                    eps=optim.adamw.eps,
+                    weight_decay=wd,
+                )
+            )
+        for members in muon_groups.values():
+            groups.append(
+                dict(
+                    kind="muon",
+                    params=[params_by_name[r.name] for r in members],
+                    names=[r.name for r in members],
+                    lr=members[0].base_lr,
+                    initial_lr=members[0].base_lr,
+                    multipliers=[r.multiplier for r in members],
+                    momentum=optim.muon.momentum,
+                    beta2=optim.muon.beta2,
+                    weight_decay=members[0].weight_decay,
+                    initial_weight_decay=members[0].weight_decay,
+                    ns_steps=optim.muon.ns_steps,
+                )
+            )
+        super().__init__(groups, defaults={})
+        self.ortho_dtype = ortho_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if group["kind"] == "adamw":
+                self._step_adamw(group)
+            else:
+                self._step_muon(group)
+
+    def _step_adamw(self, group: dict) -> None:
+        beta1, beta2 = (torch.tensor(b) for b in group["betas"])
+        lr, eps, wd = (
+            torch.tensor(group["lr"]),
+            torch.tensor(group["eps"]),
+            torch.tensor(group["weight_decay"]),
+        )
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            adamw_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1, beta2, eps, wd)
+
+    def _step_muon(self, group: dict) -> None:
+        params = group["params"]
+        state = self.state[params[0]]  # the stack's buffers live with its first matrix
+        if not state:
+            stacked_shape = (len(params), *params[0].shape)
+            rows, cols = params[0].shape
+            state["momentum_buffer"] = torch.zeros(stacked_shape, dtype=params[0].dtype, device=params[0].device)
+            factored = (len(params), rows, 1) if rows >= cols else (len(params), 1, cols)
+            state["second_moment"] = torch.zeros(factored, dtype=torch.float32, device=params[0].device)
+        multipliers = torch.tensor(group["multipliers"], dtype=params[0].dtype, device=params[0].device)
+        stacked = torch.stack(params)
+        muon_update(
+            torch.stack([p.grad for p in params]),
+            stacked,
+            state["momentum_buffer"],
+            state["second_moment"],
+            torch.tensor(group["momentum"]),
+            (group["lr"] * multipliers).view(-1, 1, 1),
+            torch.tensor(group["weight_decay"]),
+            torch.tensor(group["beta2"]),
+            group["ns_steps"],
+            self.ortho_dtype,
+        )
+        torch._foreach_copy_(params, list(stacked.unbind(0)))
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    optim: OptimConfig,
+    placement: LRPlacement,
+    total_batch_tokens: int,
+    device_type: str,
+) -> tuple[MuonAdamW, list[ParamRow]]:
+    rows = parameter_table(model, optim, placement, total_batch_tokens)
+    dtype_name = optim.muon.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device_type == "cuda" else "float32"
+    ortho_dtype = getattr(torch, dtype_name)
+    return MuonAdamW(dict(model.named_parameters()), rows, optim, ortho_dtype), rows

@@ -1,0 +1,640 @@
+"""Training: the Hydra entry point `python -m harness.train` and the loop it runs.
+
+    python -m harness.train model=d12 rope=chunk mlp_lr=c_proj_2x     # one run
+    python -m harness.train -m experiment=smoke                       # a sweep (Hydra multirun)
+
+Order of work: check the whole config (batch arithmetic, horizon, LR placement, data and CORE
+bundle present) before anything heavy; open the run directory, which is the run's identity
+(a completed run is skipped, an interrupted one resumes from its newest checkpoint); then build
+tokenizer, model, optimizer and data, and loop: evaluate when due, take a step, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import shutil
+import signal
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from harness.config import (
+    EvalConfig,
+    LRPlacement,
+    OptimConfig,
+    TrainConfig,
+    eval_config,
+    grad_accum_steps,
+    lr_placement,
+    model_config,
+    num_iterations,
+    optim_config,
+    train_config,
+)
+from harness.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    destroy_process_group,
+    dist_info_from_env,
+    init_process_group,
+)
+from harness.errors import USAGE_EXIT_CODE, ConfigError
+from harness.eval.bpb import evaluate_bpb
+from harness.hardware import peak_flops, resolve_device
+from harness.optim import build_optimizer, format_parameter_table, parameter_table
+from harness.provenance import provenance
+from harness.results.rundir import RunDir
+from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
+from models.gpt import GPT, GPTConfig
+
+log = logging.getLogger("ablate.train")
+
+# Config keys that may change between invocations of the same run without changing what it computes.
+RESUME_IGNORED_PREFIXES = ("paths.", "train.resume", "sweep.", "logger.", "launcher.", "name")
+# Steps left out of the throughput summary: the first ones include compilation and warm-up.
+THROUGHPUT_WARMUP_STEPS = 5
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything derived from the config alone, checked before any model is built."""
+
+    cfg: DictConfig
+    model: GPTConfig
+    train: TrainConfig
+    optim: OptimConfig
+    placement: LRPlacement
+    evals: EvalConfig
+    dist: DistInfo
+    device: torch.device
+    grad_accum: int
+    num_iterations: int
+    flops_per_token: float
+    param_counts: dict
+
+    @property
+    def core_enabled(self) -> bool:
+        return bool(self.evals.core.get("enabled", False))
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Validate the config and derive the run's arithmetic. Raises ConfigError on user mistakes."""
+    from harness.data import check_data
+
+    model_cfg = model_config(cfg)
+    train, optim, placement, evals = train_config(cfg), optim_config(cfg), lr_placement(cfg), eval_config(cfg)
+    dist = dist_info_from_env()
+    device = resolve_device(train.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    grad_accum = grad_accum_steps(train, model_cfg.sequence_len, dist.world_size)
+    meta_model = GPT.on_meta(model_cfg)
+    counts = meta_model.parameter_counts()
+    fpt = meta_model.flops_per_token()
+    parameter_table(meta_model, optim, placement, train.total_batch_tokens)  # rejects LR-placement typos
+    steps = num_iterations(train, counts["scaling"], fpt)
+    for key in ("val_every",):
+        if getattr(evals, key) <= 0:
+            raise ConfigError(f"eval.{key}={getattr(evals, key)} must be positive")
+    check_data(cfg)
+    if evals.core.get("enabled", False):
+        from harness.eval.core import check_bundle
+
+        check_bundle(cfg)
+    return RunPlan(cfg, model_cfg, train, optim, placement, evals, dist, device, grad_accum, steps, fpt, counts)
+
+
+# the run directory: identity, resume, skip -------------------------------------------------
+def resolved_config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Flattened keys whose values differ, ignoring keys that do not change what a run computes."""
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    keys = sorted(set(flat_saved) | set(flat_current))
+    return [k for k in keys if not k.startswith(RESUME_IGNORED_PREFIXES) and flat_saved.get(k) != flat_current.get(k)]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def decide_start(rundir: RunDir, config: dict, resume: str, retry_failed: bool) -> str:
+    """'fresh', 'resume' or 'skip' for this run directory, refusing a changed config."""
+    if resume == "never" or not rundir.exists():
+        return "fresh"
+    changed = config_differences(rundir.read_config(), config)
+    if changed and resume != "force":
+        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        raise ConfigError(
+            f"{rundir.path} holds a run with a different config ({shown}); "
+            f"use another name=..., or train.resume=force to continue anyway, or train.resume=never to restart"
+        )
+    status = rundir.status()
+    if status == "completed":
+        return "skip"
+    if status in ("failed", "diverged"):
+        return "fresh" if retry_failed else "skip"
+    return "resume" if rundir.latest_checkpoint() is not None else "fresh"
+
+
+def clear_run(rundir: RunDir) -> None:
+    """Start over in an existing run directory: drop metrics, summary and checkpoints."""
+    for path in (rundir.metrics_path, rundir.summary_path):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
+
+
+# the trainer ---------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What the loop accumulates, saved in every checkpoint."""
+
+    step: int = 0
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    min_val_bpb: float = math.inf
+    last_val_bpb: float | None = None
+    min_loss_ema: float = math.inf
+    loss_ema: float | None = None
+    core: dict = field(default_factory=dict)
+    step_tok_per_s: list = field(default_factory=list)
+
+
+class Diverged(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, plan: RunPlan, rundir: RunDir, logger):
+        from harness.data import build_tokenizer, val_batches
+
+        self.plan, self.rundir, self.logger = plan, rundir, logger
+        cfg, train = plan.cfg, plan.train
+        self.device = plan.device
+        self.autocast = self._autocast_factory()
+        self.tokenizer = build_tokenizer(cfg)
+        if self.tokenizer.vocab_size > plan.model.vocab_size:
+            raise ConfigError(
+                f"the tokenizer has {self.tokenizer.vocab_size} tokens but data.vocab_size={plan.model.vocab_size}"
+            )
+        self.token_bytes = self.tokenizer.token_bytes()
+        self.model = self._build_model()
+        compile_model = train.compile and self.device.type == "cuda"
+        self.step_model = torch.compile(self.model, dynamic=False) if compile_model else self.model
+        self.optimizer, self.param_rows = build_optimizer(
+            self.model, plan.optim, plan.placement, train.total_batch_tokens, self.device.type
+        )
+        seq_len = plan.model.sequence_len
+        self.val_batches = val_batches(
+            cfg,
+            self.tokenizer,
+            train.device_batch_size,
+            seq_len,
+            plan.evals.val_tokens,
+            plan.dist.rank,
+            plan.dist.world_size,
+        )
+        self.loader = None
+        self.state = TrainState()
+        self.metrics_records = 0
+        self.peak_flops = peak_flops(self.device)
+        self.stop_signal: int | None = None
+        self.divergence: str | None = None
+
+    def _autocast_factory(self):
+        dtype = self.plan.train.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        if dtype == "float32":
+            return contextlib.nullcontext
+        return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _build_model(self) -> GPT:
+        model = GPT.on_meta(self.plan.model)
+        model.to_empty(device=self.device)
+        torch.manual_seed(self.plan.cfg.seed)
+        model.init_weights()
+        if self.device.type == "cuda":
+            # The recipe keeps embedding tables in bf16 on the GPU (half the memory and traffic).
+            model.transformer.wte.to(torch.bfloat16)
+            model.value_embeds.to(torch.bfloat16)
+        return model
+
+    # checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        loader_states = self._gather(self.loader.state_dict())
+        if not self.plan.dist.is_main:
+            return
+        state = {
+            "step": self.state.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loader": loader_states,
+            "train_state": asdict(self.state),
+            "metrics_records": self.metrics_records,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python": random.getstate(),
+            },
+            "config": resolved_config(self.plan.cfg),
+        }
+        path = self.rundir.save_checkpoint(self.state.step, state, self.plan.train.keep_checkpoints)
+        log.info(f"checkpoint {path}")
+
+    def _gather(self, obj) -> list:
+        if not self.plan.dist.distributed:
+            return [obj]
+        gathered = [None] * self.plan.dist.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
+    def restore(self, path: Path) -> None:
+        ckpt = RunDir.load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["train_state"])
+        self.metrics_records = ckpt["metrics_records"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        random.setstate(ckpt["rng"]["python"])
+        if len(ckpt["loader"]) != self.plan.dist.world_size:
+            raise ConfigError(
+                f"checkpoint {path} was written by {len(ckpt['loader'])} ranks, this run has "
+                f"{self.plan.dist.world_size}; resume with the same world size"
+            )
+        self._open_loader(ckpt["loader"][self.plan.dist.rank])
+        if self.plan.dist.is_main:
+            self.rundir.truncate_metrics(self.metrics_records)
+        log.info(f"resumed from {path} at step {self.state.step}")
+
+    def _open_loader(self, state: dict | None) -> None:
+        from harness.data import build_train_loader
+
+        self.loader = build_train_loader(
+            self.plan.cfg,
+            self.tokenizer,
+            self.plan.train.device_batch_size,
+            self.plan.model.sequence_len,
+            self.plan.dist.rank,
+            self.plan.dist.world_size,
+            state=state,
+        )
+        self.batches = iter(self.loader)
+
+    # one optimizer step --------------------------------------------------------------------
+    def apply_schedules(self, step: int) -> float:
+        plan, muon = self.plan, self.plan.optim.muon
+        lrm = lr_multiplier(
+            step,
+            plan.num_iterations,
+            plan.train.warmup_ratio,
+            plan.train.warmdown_ratio,
+            plan.train.final_lr_frac,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+            if group["kind"] == "muon":
+                group["momentum"] = muon_momentum(step, muon.warmup_momentum, muon.momentum, muon.momentum_warmup_steps)
+                group["weight_decay"] = group["initial_weight_decay"] * weight_decay_multiplier(
+                    step, plan.num_iterations
+                )
+        return lrm
+
+    def train_step(self) -> float:
+        """Accumulate gradients over micro-batches, step the optimizer; returns the mean loss over ranks."""
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.plan.grad_accum):
+            inputs, targets = next(self.batches)
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with self.autocast():
+                loss = self.step_model(inputs, targets)
+            (loss / self.plan.grad_accum).backward()
+            total += loss.detach()
+        self.optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        return all_reduce_mean(total / self.plan.grad_accum).item()
+
+    # evaluation ----------------------------------------------------------------------------
+    def due(self, every: int, step: int) -> bool:
+        return step % every == 0 or step == self.plan.num_iterations
+
+    def evaluate(self, step: int) -> None:
+        start = time.perf_counter()
+        self.model.eval()
+        if self.due(self.plan.evals.val_every, step):
+            bpb = evaluate_bpb(self.step_model, self.val_batches, self.token_bytes, self.device, self.autocast)
+            self.state.last_val_bpb = bpb
+            self.state.min_val_bpb = min(self.state.min_val_bpb, bpb)
+            self.record({"val_bpb": bpb})
+            log.info(f"step {step:5d} | val bpb {bpb:.4f}")
+        if self.plan.core_enabled and self.due(int(self.plan.evals.core["every"]), step):
+            self.evaluate_core()
+        self.model.train()
+        self.state.wall_time_s += time.perf_counter() - start
+
+    def evaluate_core(self) -> None:
+        from harness.eval.core import core_config, evaluate_core, load_bundle
+
+        core = core_config(self.plan.cfg)
+        result = evaluate_core(
+            self.step_model,
+            self.tokenizer,
+            load_bundle(core.bundle_dir),
+            max_per_task=core.max_per_task,
+            batch_size=core.batch_size,
+            device=self.device,
+            max_seq_len=self.plan.model.sequence_len,
+            autocast=self.autocast,
+            progress=self.plan.dist.is_main,
+        )
+        record = result.to_record()
+        self.state.core = record
+        self.record(record)
+        log.info(f"step {self.state.step:5d} | CORE {result.core:.4f}")
+
+    # logging -------------------------------------------------------------------------------
+    def record(self, values: dict) -> None:
+        """Append a metrics record (rank 0 only) stamped with the run's progress counters."""
+        if not self.plan.dist.is_main:
+            return
+        tokens = self.state.step * self.plan.train.total_batch_tokens
+        record = {
+            "step": self.state.step,
+            "tokens": tokens,
+            "flops": tokens * self.plan.flops_per_token,
+            "time_s": self.state.train_time_s,
+            **values,
+        }
+        self.rundir.append_metrics(record)
+        self.metrics_records += 1
+        self.logger.log(record)
+
+    def log_step(self, loss: float, lrm: float, step_time: float) -> None:
+        plan = self.plan
+        tok_per_s = plan.train.total_batch_tokens / step_time
+        self.state.step_tok_per_s.append(tok_per_s)
+        mfu = None
+        if self.peak_flops:
+            mfu = plan.flops_per_token * tok_per_s / (self.peak_flops * plan.dist.world_size)
+        self.record({"train_loss": loss, "lr_multiplier": lrm, "tok_per_s": tok_per_s, "mfu": mfu})
+        step = self.state.step
+        if plan.dist.is_main and (step % plan.train.print_every == 0 or step == plan.num_iterations):
+            remaining = (plan.num_iterations - step) * step_time
+            mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "-"
+            log.info(
+                f"step {step:5d}/{plan.num_iterations} ({100 * step / plan.num_iterations:5.1f}%) | "
+                f"loss {loss:.4f} | lrm {lrm:.2f} | dt {1000 * step_time:.0f}ms | "
+                f"tok/s {tok_per_s:,.0f} | mfu {mfu_text} | eta {remaining / 60:.1f}m"
+            )
+
+    def check_divergence(self, loss: float) -> None:
+        """Stop on a non-finite loss, or on a loss above divergence_factor x its best smoothed value."""
+        state, train = self.state, self.plan.train
+        if not math.isfinite(loss):
+            raise Diverged(f"loss is {loss} at step {state.step}")
+        state.loss_ema = loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * loss
+        if state.step > train.divergence_after_steps and loss > train.divergence_factor * state.min_loss_ema:
+            raise Diverged(
+                f"loss {loss:.3f} at step {state.step} exceeds {train.divergence_factor} x "
+                f"its best smoothed value {state.min_loss_ema:.3f}"
+            )
+        state.min_loss_ema = min(state.min_loss_ema, state.loss_ema)
+
+    # the loop ------------------------------------------------------------------------------
+    def run(self, start: str) -> str:
+        """Train to the horizon. Returns the final status: completed, diverged or interrupted."""
+        if start == "resume":
+            self.restore(self.rundir.latest_checkpoint())
+        else:
+            self._open_loader(None)
+        first_step, last_step = self.state.step, self.plan.num_iterations
+        while True:
+            step = self.state.step
+            if step > first_step and step % self.plan.train.checkpoint_every == 0 and step < last_step:
+                self.save_checkpoint()
+            self.evaluate(step)
+            if step == last_step:
+                break
+            if self.stop_signal is not None:
+                self.save_checkpoint()
+                return "interrupted"
+            lrm = self.apply_schedules(step)
+            self._synchronize()
+            started = time.perf_counter()
+            loss = self.train_step()
+            self._synchronize()
+            step_time = time.perf_counter() - started
+            self.state.step += 1
+            self.state.train_time_s += step_time
+            self.state.wall_time_s += step_time
+            self.log_step(loss, lrm, step_time)
+            try:
+                self.check_divergence(loss)
+            except Diverged as e:
+                log.error(f"diverged: {e}")
+                self.divergence = str(e)
+                return "diverged"
+        self.save_checkpoint()
+        return "completed"
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def summary(self, status: str, error: str | None = None) -> dict:
+        plan, state = self.plan, self.state
+        steady = state.step_tok_per_s[THROUGHPUT_WARMUP_STEPS:] or state.step_tok_per_s
+        tok_per_s = statistics.median(steady) if steady else None
+        mfu = None
+        if tok_per_s and self.peak_flops:
+            mfu = plan.flops_per_token * tok_per_s / (self.peak_flops * plan.dist.world_size)
+        tokens = state.step * plan.train.total_batch_tokens
+        core = state.core
+        return {
+            **base_summary(plan),
+            "status": status,
+            "step": state.step,
+            "tokens": tokens,
+            "flops": tokens * plan.flops_per_token,
+            "final_val_bpb": state.last_val_bpb if state.step == plan.num_iterations else None,
+            "last_val_bpb": state.last_val_bpb,
+            "min_val_bpb": state.min_val_bpb if math.isfinite(state.min_val_bpb) else None,
+            "core": core.get("core"),
+            "core_tasks": {k.split("/", 1)[1]: v for k, v in core.items() if k.startswith("core/")},
+            "train_time_s": state.train_time_s,
+            "wall_time_s": state.wall_time_s,
+            "tok_per_s": tok_per_s,
+            "mfu": mfu,
+            "error": error,
+        }
+
+
+def base_summary(plan: RunPlan) -> dict:
+    return {
+        "num_iterations": plan.num_iterations,
+        "grad_accum_steps": plan.grad_accum,
+        "flops_per_token": plan.flops_per_token,
+        "param_counts": plan.param_counts,
+        "device": torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else "cpu",
+        "world_size": plan.dist.world_size,
+        **provenance(),
+    }
+
+
+# entry points ----------------------------------------------------------------------------------
+def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
+    """Train (or skip, or resume) the run in `run_dir`; returns its summary. Usable without Hydra."""
+    from harness.loggers import build_logger
+
+    plan = plan_run(cfg)
+    rundir = RunDir(run_dir)
+    config = resolved_config(cfg)
+    start = decide_start(rundir, config, plan.train.resume, bool(cfg.sweep.retry_failed))
+    if start == "skip":
+        summary = rundir.read_summary() or {}
+        log.info(
+            f"{rundir.path}: already {summary.get('status')}; nothing to do"
+            + ("" if summary.get("status") == "completed" else " (sweep.retry_failed=true retries it)")
+        )
+        return summary
+    init_process_group(plan.dist, plan.device)
+    if plan.dist.is_main:
+        if start == "fresh":
+            clear_run(rundir)
+        rundir.write_config(config)
+        rundir.write_summary({**base_summary(plan), "status": "running", "started_at": _now()})
+    logger = build_logger(
+        cfg.logger,
+        run_dir=rundir.path,
+        run_name=run_name or rundir.path.name,
+        group=str(cfg.name),
+        config=config,
+        rank=plan.dist.rank,
+    )
+    trainer, status, error = None, "failed", None
+    try:
+        trainer = Trainer(plan, rundir, logger)
+        if plan.dist.is_main:
+            rundir.params_path.write_text(format_parameter_table(trainer.param_rows))
+            log.info(describe_plan(plan, trainer))
+        with _stop_on_signals(trainer):
+            status = trainer.run(start)
+        error = trainer.divergence
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt"
+        raise
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        log.error(traceback.format_exc())
+        raise
+    finally:
+        summary = (
+            trainer.summary(status, error) if trainer else {**base_summary(plan), "status": status, "error": error}
+        )
+        summary["ended_at"] = _now()
+        if plan.dist.is_main:
+            rundir.write_summary(summary)
+            logger.summary(summary)
+        logger.finish(status)
+        destroy_process_group()
+    log.info(f"{status}: {rundir.path} (final val bpb {summary.get('final_val_bpb')})")
+    if status == "interrupted":
+        raise KeyboardInterrupt(f"stopped by signal {trainer.stop_signal}; checkpoint saved, re-run to resume")
+    return summary
+
+
+def record_config_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
+    """In a sweep, a run rejected by its config still gets a run directory the report can show."""
+    rundir = RunDir(run_dir)
+    with contextlib.suppress(Exception):
+        rundir.write_config(resolved_config(cfg))
+    rundir.write_summary({"status": "failed", "error": f"ConfigError: {message}", "ended_at": _now(), **provenance()})
+
+
+def describe_plan(plan: RunPlan, trainer: Trainer) -> str:
+    counts = plan.param_counts
+    tokens = plan.num_iterations * plan.train.total_batch_tokens
+    return "\n".join(
+        [
+            f"model: {plan.model}",
+            "parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+            f"batch: {plan.train.total_batch_tokens:,} tokens = {plan.train.device_batch_size} x "
+            f"{plan.model.sequence_len} x {plan.grad_accum} accumulation x {plan.dist.world_size} ranks",
+            f"horizon: {plan.num_iterations:,} steps, {tokens:,} tokens, "
+            f"{tokens * plan.flops_per_token:.3e} FLOPs ({tokens / counts['scaling']:.2f} tokens per scaling param)",
+            "LR table:\n" + format_parameter_table(trainer.param_rows),
+        ]
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: Trainer):
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step; a second one kills."""
+
+    def request_stop(signum, frame):
+        log.warning(f"signal {signum}: checkpointing at the next step boundary (again to abort)")
+        trainer.stop_signal = signum
+        signal.signal(signum, previous[signum])
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, request_stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> dict | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        return run_training(cfg, run_dir, hydra_cfg.job.override_dirname)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if not multirun:
+            sys.exit(USAGE_EXIT_CODE)
+        record_config_failure(run_dir, cfg, str(e))
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        if not multirun:
+            raise
+    # In a sweep a failed run is recorded in its summary and the sweep goes on with the next one.
+    return None
+
+
+if __name__ == "__main__":
+    main()

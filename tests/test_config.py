@@ -1,0 +1,123 @@
+"""Every config group composes into valid typed sections; bad values give one clear line."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.cli import CONFIG_DIR, compose, expand_sweep
+from harness.config import (
+    eval_config,
+    grad_accum_steps,
+    lr_placement,
+    model_config,
+    num_iterations,
+    optim_config,
+    train_config,
+)
+from harness.errors import ConfigError
+from models.gpt import GPT
+
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))]
+
+
+def test_the_menu_has_every_ablation_axis():
+    assert {
+        "model",
+        "rope",
+        "mlp_lr",
+        "optim",
+        "data",
+        "train",
+        "eval",
+        "logger",
+        "launcher",
+        "experiment",
+    } <= set(GROUPS)
+    options = {g: {o for gg, o in OPTIONS if gg == g} for g in GROUPS}
+    assert options["rope"] >= {"slice", "chunk"}
+    assert options["mlp_lr"] >= {"c_fc_2x", "c_proj_2x", "none", "pr492_shape_rule"}
+    assert options["model"] >= {"tiny", "d12", "d16", "d20", "d24"}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_group_option_composes_to_valid_sections(group, option):
+    cfg = compose([f"{group}={option}"])
+    model = model_config(cfg)
+    train = train_config(cfg)
+    optim_config(cfg)
+    lr_placement(cfg)
+    eval_config(cfg)
+    meta = GPT.on_meta(model)
+    num_iterations(train, meta.parameter_counts()["scaling"], meta.flops_per_token())
+
+
+@pytest.mark.parametrize("depth,dim,heads", [(12, 768, 6), (16, 1024, 8), (20, 1280, 10), (24, 1536, 12)])
+def test_depth_drives_sizing(depth, dim, heads):
+    model = model_config(compose([f"model=d{depth}"]))
+    assert (model.n_layer, model.n_embd, model.n_head, model.head_dim) == (depth, dim, heads, 128)
+
+
+def test_smoke_sweep_expands_to_the_grid():
+    jobs = expand_sweep(["experiment=smoke"])
+    assert len(jobs) == 16
+    assert {tuple(sorted(j)) for j in jobs} == {
+        tuple(sorted(["experiment=smoke", f"rope={r}", f"mlp_lr={m}", f"seed={s}"]))
+        for r in ("slice", "chunk")
+        for m in ("c_fc_2x", "c_proj_2x", "none", "pr492_shape_rule")
+        for s in ("0", "1")
+    }
+    # a command-line sweep replaces the experiment's values for that key
+    assert len(expand_sweep(["experiment=smoke", "seed=0,1,2"])) == 24
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model=d13"], "model=d13 is not an option; choose from: d12, d16, d20, d24, tiny"),
+        (["rope=fused_typo"], "rope=fused_typo is not an option; choose from:"),
+        (["train.total_batch_tokens=abc"], "train.total_batch_tokens='abc' must be an integer"),
+        (["+train.foo=1"], "unknown key train.foo"),
+        (["modle=d12"], "Could not override 'modle'."),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        cfg = compose(overrides)
+        train_config(cfg)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_batch_must_split_over_micro_batches_and_ranks():
+    train = train_config(compose(["train.total_batch_tokens=100000"]))
+    with pytest.raises(ConfigError, match=r"train.total_batch_tokens=100000 is not divisible by .* = 32 x 2048 x 1"):
+        grad_accum_steps(train, 2048, 1)
+    train = train_config(compose([]))
+    assert grad_accum_steps(train, 2048, 8) == 1
+    assert grad_accum_steps(train, 2048, 1) == 8
+    with pytest.raises(ConfigError, match="32 x 2048 x 3"):
+        grad_accum_steps(train, 2048, 3)
+
+
+def test_sequence_longer_than_the_rotary_cache_is_rejected():
+    with pytest.raises(ConfigError, match="model: sequence_len=4096 exceeds rotary_cache_len=2048"):
+        model_config(compose(["model.sequence_len=4096", "+model.rotary_cache_len=2048"]))
+
+
+def test_horizon_from_ratio_flops_or_steps():
+    meta = GPT.on_meta(model_config(compose(["model=d12"])))
+    scaling, fpt = meta.parameter_counts()["scaling"], meta.flops_per_token()
+    # ratio 10.5 x 110,101,632 scaling params / 524,288 tokens per step = 2204.99 -> 2205 steps
+    assert num_iterations(train_config(compose(["model=d12"])), scaling, fpt) == 2205
+    assert num_iterations(train_config(compose(["train.num_iterations=7"])), scaling, fpt) == 7
+    budget = 1000 * fpt * 524288
+    assert num_iterations(train_config(compose([f"train.target_flops={budget}"])), scaling, fpt) == 1000
+    with pytest.raises(ConfigError, match="no horizon"):
+        num_iterations(train_config(compose(["train.target_param_data_ratio=-1"])), scaling, fpt)
+
+
+def test_every_config_file_is_reachable():
+    """No stray YAML outside the groups the defaults list knows."""
+    stray = [p for p in Path(CONFIG_DIR).rglob("*.yaml") if p.parent != CONFIG_DIR and p.parent.name not in GROUPS]
+    assert not stray
