@@ -61,28 +61,25 @@ def _missing_option_message(e: MissingConfigException) -> str:
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
-    """The override lists of every job a multirun with these overrides launches, in Hydra's order.
-
-    Sweep parameters come from the composed config's `hydra.sweeper.params` (an experiment file)
-    and from comma-separated values on the command line, which take precedence for the same key.
-    """
+    """The override lists of every job a multirun with these overrides launches, as Hydra's basic
+    sweeper builds them: the experiment's `hydra.sweeper.params` first, then the command line,
+    one entry per key (a later one replaces an earlier one), and the product of the sweeps."""
     parser = OverridesParser.create()
     try:
-        base = [o for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
-        sweeps = {o.get_key_element(): o for o in parser.parse_overrides(overrides) if o.is_sweep_override()}
+        command_line = parser.parse_overrides(overrides)
     except HydraException as e:
         raise ConfigError(str(e).splitlines()[0]) from None
-    base_strings = [o.input_line for o in base]
-    cfg = compose(base_strings, with_hydra=True)
+    cfg = compose([o.input_line for o in command_line if not o.is_sweep_override()], with_hydra=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False)
-    axes: dict[str, list[str]] = {}
-    for key, values in params.items():
-        axes[key] = [f"{key}={v}" for v in parser.parse_override(f"{key}={values}").sweep_string_iterator()]
-    for key, override in sweeps.items():
-        axes[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
-    if not axes:
-        return [base_strings]
-    return [base_strings + list(combo) for combo in itertools.product(*axes.values())]
+    from_config = parser.parse_overrides([f"{key}={value}" for key, value in params.items()])
+    choices: dict[str, list[str]] = {}
+    for override in [*from_config, *command_line]:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [override.input_line]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def exit_on_config_error(fn):

@@ -17,7 +17,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
+from models.attention import ATTENTION_BACKENDS
 from models.gpt import GPTConfig, config_from_depth
+from models.rotary import SPLITS
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ def model_config(cfg: DictConfig) -> GPTConfig:
     model_dim = math.ceil(m.depth * m.aspect_ratio / m.head_dim) * m.head_dim
     if model_dim < cfg.get("ve_gate_channels", 32):
         raise ConfigError(f"model_dim={model_dim} (model.depth x model.aspect_ratio) must be at least 32")
-    _require_choice("rope.split", cfg.rope.split, ("slice", "chunk"))
+    _require_choice("rope.split", cfg.rope.split, SPLITS)
+    _require_choice("model.attention", m.attention, ATTENTION_BACKENDS)
     try:
         return config_from_depth(
             int(m.depth),
@@ -173,6 +176,7 @@ def model_config(cfg: DictConfig) -> GPTConfig:
             rope_split=str(cfg.rope.split),
             rope_base=float(cfg.rope.base),
             rotary_cache_len=int(m.get("rotary_cache_len", 0)),
+            attention=str(m.attention),
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None

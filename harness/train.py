@@ -88,8 +88,9 @@ class RunPlan:
         return bool(self.evals.core.get("enabled", False))
 
 
-def plan_run(cfg: DictConfig) -> RunPlan:
-    """Validate the config and derive the run's arithmetic. Raises ConfigError on user mistakes."""
+def plan_run(cfg: DictConfig, check_inputs: bool = True) -> RunPlan:
+    """Validate the config and derive the run's arithmetic. Raises ConfigError on user mistakes.
+    `check_inputs=False` skips the dataset and CORE bundle checks (benchmarks on random tokens)."""
     from harness.data import check_data
 
     model_cfg = model_config(cfg)
@@ -107,11 +108,12 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     for key in ("val_every",):
         if getattr(evals, key) <= 0:
             raise ConfigError(f"eval.{key}={getattr(evals, key)} must be positive")
-    check_data(cfg)
-    if evals.core.get("enabled", False):
-        from harness.eval.core import check_bundle
+    if check_inputs:
+        check_data(cfg)
+        if evals.core.get("enabled", False):
+            from harness.eval.core import check_bundle
 
-        check_bundle(cfg)
+            check_bundle(cfg)
     return RunPlan(cfg, model_cfg, train, optim, placement, evals, dist, device, grad_accum, steps, fpt, counts)
 
 
@@ -183,6 +185,54 @@ class Diverged(Exception):
     pass
 
 
+def autocast_for(device: torch.device, dtype: str):
+    """A context factory: bf16 autocast on CUDA (the recipe), plain float32 on CPU."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if dtype == "float32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def build_model(plan: RunPlan) -> GPT:
+    """Materialise the model on the run's device with the recipe's init, seeded by `seed`."""
+    model = GPT.on_meta(plan.model)
+    model.to_empty(device=plan.device)
+    torch.manual_seed(plan.cfg.seed)
+    model.init_weights()
+    if plan.device.type == "cuda":
+        # The recipe keeps embedding tables in bf16 on the GPU (half the memory and traffic).
+        model.transformer.wte.to(torch.bfloat16)
+        model.value_embeds.to(torch.bfloat16)
+    return model
+
+
+def compile_for_training(model: GPT, plan: RunPlan):
+    """torch.compile on CUDA when train.compile is set; the eager model elsewhere."""
+    if plan.train.compile and plan.device.type == "cuda":
+        return torch.compile(model, dynamic=False)
+    return model
+
+
+def optimizer_step(
+    step_model, model: GPT, optimizer, batches, grad_accum: int, device: torch.device, autocast
+) -> torch.Tensor:
+    """Accumulate gradients over `grad_accum` micro-batches, then step; returns the mean loss
+    (a device tensor, so no host sync happens here)."""
+    total = torch.zeros((), device=device)
+    for _ in range(grad_accum):
+        inputs, targets = next(batches)
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast():
+            loss = step_model(inputs, targets)
+        (loss / grad_accum).backward()
+        total += loss.detach()
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return total / grad_accum
+
+
 class Trainer:
     def __init__(self, plan: RunPlan, rundir: RunDir, logger):
         from harness.data import build_tokenizer, val_batches
@@ -190,16 +240,15 @@ class Trainer:
         self.plan, self.rundir, self.logger = plan, rundir, logger
         cfg, train = plan.cfg, plan.train
         self.device = plan.device
-        self.autocast = self._autocast_factory()
+        self.autocast = autocast_for(self.device, train.dtype)
         self.tokenizer = build_tokenizer(cfg)
         if self.tokenizer.vocab_size > plan.model.vocab_size:
             raise ConfigError(
                 f"the tokenizer has {self.tokenizer.vocab_size} tokens but data.vocab_size={plan.model.vocab_size}"
             )
         self.token_bytes = self.tokenizer.token_bytes()
-        self.model = self._build_model()
-        compile_model = train.compile and self.device.type == "cuda"
-        self.step_model = torch.compile(self.model, dynamic=False) if compile_model else self.model
+        self.model = build_model(plan)
+        self.step_model = compile_for_training(self.model, plan)
         self.optimizer, self.param_rows = build_optimizer(
             self.model, plan.optim, plan.placement, train.total_batch_tokens, self.device.type
         )
@@ -219,25 +268,6 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)
         self.stop_signal: int | None = None
         self.divergence: str | None = None
-
-    def _autocast_factory(self):
-        dtype = self.plan.train.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device.type == "cuda" else "float32"
-        if dtype == "float32":
-            return contextlib.nullcontext
-        return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def _build_model(self) -> GPT:
-        model = GPT.on_meta(self.plan.model)
-        model.to_empty(device=self.device)
-        torch.manual_seed(self.plan.cfg.seed)
-        model.init_weights()
-        if self.device.type == "cuda":
-            # The recipe keeps embedding tables in bf16 on the GPU (half the memory and traffic).
-            model.transformer.wte.to(torch.bfloat16)
-            model.value_embeds.to(torch.bfloat16)
-        return model
 
     # checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -322,19 +352,11 @@ class Trainer:
         return lrm
 
     def train_step(self) -> float:
-        """Accumulate gradients over micro-batches, step the optimizer; returns the mean loss over ranks."""
-        total = torch.zeros((), device=self.device)
-        for _ in range(self.plan.grad_accum):
-            inputs, targets = next(self.batches)
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            with self.autocast():
-                loss = self.step_model(inputs, targets)
-            (loss / self.plan.grad_accum).backward()
-            total += loss.detach()
-        self.optimizer.step()
-        self.model.zero_grad(set_to_none=True)
-        return all_reduce_mean(total / self.plan.grad_accum).item()
+        """One optimizer step; returns the loss averaged over micro-batches and ranks."""
+        loss = optimizer_step(
+            self.step_model, self.model, self.optimizer, self.batches, self.plan.grad_accum, self.device, self.autocast
+        )
+        return all_reduce_mean(loss).item()
 
     # evaluation ----------------------------------------------------------------------------
     def due(self, every: int, step: int) -> bool:

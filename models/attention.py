@@ -13,6 +13,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+ATTENTION_BACKENDS = ("sdpa",)
+
 
 @lru_cache(maxsize=32)
 def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:
@@ -23,7 +25,9 @@ def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torc
     return (distance >= 0) & (distance <= window)
 
 
-def causal_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+def causal_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, backend: str = "sdpa"
+) -> torch.Tensor:
     """q, k, v: (B, T, H, D) -> (B, T, H, D)."""
     seq_len = q.shape[1]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))

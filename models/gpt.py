@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.attention import causal_window_attention
+from models.attention import ATTENTION_BACKENDS, causal_window_attention
 from models.rotary import SPLITS, apply_rotary, rotary_tables
 
 VOCAB_PAD_MULTIPLE = 64
@@ -39,12 +39,15 @@ class GPTConfig:
     rotary_cache_len: int = 0
     ve_gate_channels: int = 32
     logit_softcap: float = 15.0
+    attention: str = "sdpa"
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r} is not one of {ATTENTION_BACKENDS}")
         if self.rope_split not in SPLITS:
             raise ValueError(f"rope_split={self.rope_split!r} is not one of {SPLITS}")
         if not self.window_pattern or set(self.window_pattern.upper()) - {"S", "L"}:
@@ -95,6 +98,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.rope_split = config.rope_split
+        self.attention_backend = config.attention
         kv_dim = config.n_kv_head * config.head_dim
         self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.c_k = nn.Linear(config.n_embd, kv_dim, bias=False)
@@ -121,7 +125,7 @@ class CausalSelfAttention(nn.Module):
         if self.n_kv_head != self.n_head:
             repeat = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(repeat, dim=2), v.repeat_interleave(repeat, dim=2)
-        y = causal_window_attention(q, k, v, window)
+        y = causal_window_attention(q, k, v, window, self.attention_backend)
         return self.c_proj(y.reshape(B, T, -1))
 
 

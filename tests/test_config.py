@@ -121,3 +121,9 @@ def test_every_config_file_is_reachable():
     """No stray YAML outside the groups the defaults list knows."""
     stray = [p for p in Path(CONFIG_DIR).rglob("*.yaml") if p.parent != CONFIG_DIR and p.parent.name not in GROUPS]
     assert not stray
+
+
+def test_a_fixed_value_on_the_command_line_replaces_the_experiments_sweep():
+    jobs = expand_sweep(["experiment=smoke", "rope=chunk"])
+    assert len(jobs) == 8
+    assert all("rope=chunk" in job for job in jobs)

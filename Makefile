@@ -1,0 +1,34 @@
+# The few commands people run daily. Each target sets up .venv first if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-fast lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+## demo: the CPU smoke sweep (rope x mlp_lr x 2 seeds, tiny model), ending in results/smoke/report.md
+demo: $(VENV)/.installed
+	$(PY) -m harness.train -m experiment=smoke
+
+## test: the whole test suite, the end-to-end smoke tier included
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+## test-fast: unit tests only (seconds)
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf runs results/smoke .pytest_cache
