@@ -12,6 +12,7 @@ tokenizer, model, optimizer and data, and loop: evaluate when due, take a step, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -247,6 +248,7 @@ class Trainer:
                 f"the tokenizer has {self.tokenizer.vocab_size} tokens but data.vocab_size={plan.model.vocab_size}"
             )
         self.token_bytes = self.tokenizer.token_bytes()
+        self.tokenizer_hash = hashlib.sha256(self.tokenizer.fingerprint().encode()).hexdigest()[:16]
         self.model = build_model(plan)
         self.step_model = compile_for_training(self.model, plan)
         self.optimizer, self.param_rows = build_optimizer(
@@ -281,6 +283,7 @@ class Trainer:
             "loader": loader_states,
             "train_state": asdict(self.state),
             "metrics_records": self.metrics_records,
+            "tokenizer": self.tokenizer_hash,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -300,6 +303,11 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         ckpt = RunDir.load_checkpoint(path)
+        if ckpt["tokenizer"] != self.tokenizer_hash:
+            raise ConfigError(
+                f"checkpoint {path} was trained with tokenizer {ckpt['tokenizer']}, but the current one is "
+                f"{self.tokenizer_hash}; its token ids would mean other things (train.resume=never restarts)"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
@@ -509,6 +517,7 @@ class Trainer:
             "wall_time_s": state.wall_time_s,
             "tok_per_s": tok_per_s,
             "mfu": mfu,
+            "tokenizer": self.tokenizer_hash,
             "error": error,
         }
 
