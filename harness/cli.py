@@ -38,7 +38,7 @@ def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     except MissingConfigException as e:
         raise ConfigError(_missing_option_message(e)) from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+        raise ConfigError(_composition_message(str(e))) from None
 
 
 def _without_hydra(cfg: DictConfig) -> DictConfig:
@@ -57,6 +57,15 @@ def _missing_option_message(e: MissingConfigException) -> str:
         missing = first.split("Could not find '", 1)[1].rstrip("'")
         group, _, option = missing.rpartition("/")
         return f"{group}={option} is not an option; choose from: {', '.join(sorted(e.options))}"
+    return first
+
+
+def _composition_message(text: str) -> str:
+    first = text.splitlines()[0]
+    # "Could not override 'train.foo'." -> name the unknown key and how to see the real ones
+    if first.startswith("Could not override '"):
+        key = first.split("'")[1]
+        return f"{key} is not a config key (python -m harness.train --help lists the keys)"
     return first
 
 

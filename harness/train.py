@@ -667,5 +667,54 @@ def main(cfg: DictConfig) -> dict | None:
     return None
 
 
-if __name__ == "__main__":
+# Hydra's own flags (help, config printing, shell completion): handed over without a preflight.
+HYDRA_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+)
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and check every job the command would launch, before the first one starts."""
+    from harness.cli import compose, expand_sweep
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
+    jobs = expand_sweep(overrides) if multirun else [overrides]
+    for i, job in enumerate(jobs):
+        try:
+            plan_run(compose(job))
+        except ConfigError as e:
+            where = f"job {i + 1}/{len(jobs)} ({' '.join(job)}): " if len(jobs) > 1 else ""
+            raise ConfigError(f"{where}{e}") from None
+
+
+def cli_main() -> None:
+    from harness.cli import exit_on_config_error
+
+    argv = sys.argv[1:]
+    if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
+        exit_on_config_error(preflight)(argv)
     main()
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -78,7 +78,7 @@ def test_smoke_sweep_expands_to_the_grid():
         (["rope=fused_typo"], "rope=fused_typo is not an option; choose from:"),
         (["train.total_batch_tokens=abc"], "train.total_batch_tokens='abc' must be an integer"),
         (["+train.foo=1"], "unknown key train.foo"),
-        (["modle=d12"], "Could not override 'modle'."),
+        (["modle=d12"], "modle is not a config key (python -m harness.train --help lists the keys)"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, message):
