@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from harness.config import LRPlacement, OptimConfig
@@ -317,16 +318,144 @@ class MuonAdamW(torch.optim.Optimizer):
         torch._foreach_copy_(params, list(stacked.unbind(0)))
 
 
+class DistMuonAdamW(MuonAdamW):
+    """Data-parallel version (recipe section 4). No DDP wrapper: each rank accumulates its own
+    gradients, and the step averages them while dividing the work. Each Muon stack (padded to a
+    multiple of the world size) is reduce-scattered so a rank owns a contiguous chunk of matrices,
+    orthogonalizes only those, and all-gathers the results; AdamW tensors whose first dimension
+    splits evenly are reduce-scattered by rows the same way, small ones all-reduced and updated
+    everywhere. The math per matrix and per element is the single-process step's, so results agree
+    up to the order of the gradient sums; optimizer state lives in shards, one per rank.
+    """
+
+    def __init__(self, params_by_name, rows, optim, ortho_dtype, world_size: int, rank: int):
+        super().__init__(params_by_name, rows, optim, ortho_dtype)
+        self.world_size, self.rank = world_size, rank
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        # Launch every reduction first, so communication overlaps the updates that follow.
+        reductions = [(group, self._reduce(group)) for group in self.param_groups]
+        gathers = [self._update(group, pending) for group, pending in reductions]
+        for finish in gathers:
+            finish()
+
+    def _shardable(self, p: Tensor) -> bool:
+        return p.shape[0] % self.world_size == 0
+
+    def _reduce(self, group: dict) -> list:
+        """Start the gradient reductions of a group: (handle, reduced buffer, input kept alive until
+        the collective completes) per tensor or stack."""
+        if any(p.grad is None for p in group["params"]):
+            raise RuntimeError(f"a parameter of {group['names']} has no gradient; every rank must step every parameter")
+        if group["kind"] == "muon":
+            grads = self._padded_stack([p.grad for p in group["params"]])
+            shard = grads.new_empty(grads.shape[0] // self.world_size, *grads.shape[1:])
+            return [(dist.reduce_scatter_tensor(shard, grads, async_op=True), shard, grads)]
+        pending = []
+        for p in group["params"]:
+            if self._shardable(p):
+                shard = p.grad.new_empty(p.shape[0] // self.world_size, *p.shape[1:])
+                pending.append((dist.reduce_scatter_tensor(shard, p.grad, async_op=True), shard, p.grad))
+            else:
+                pending.append((dist.all_reduce(p.grad, async_op=True), p.grad, p.grad))
+        return pending
+
+    def _padded_stack(self, tensors: list[Tensor]) -> Tensor:
+        chunk = math.ceil(len(tensors) / self.world_size)
+        stacked = torch.stack(tensors)
+        padding = chunk * self.world_size - len(tensors)
+        if padding:
+            stacked = torch.cat([stacked, stacked.new_zeros(padding, *stacked.shape[1:])])
+        return stacked
+
+    def _update(self, group: dict, pending: list):
+        """Wait for the group's reductions, update this rank's share, start the gathers; returns
+        a function that waits for the gathers and writes the results into the parameters."""
+        if group["kind"] == "muon":
+            return self._update_muon(group, *pending[0])
+        beta1, beta2 = (torch.tensor(b) for b in group["betas"])
+        lr, eps, wd = torch.tensor(group["lr"]), torch.tensor(group["eps"]), torch.tensor(group["weight_decay"])
+        gathers = []
+        for p, (handle, grad, _) in zip(group["params"], pending, strict=True):
+            handle.wait()
+            grad /= self.world_size
+            sharded = self._shardable(p)
+            rows = p.shape[0] // self.world_size
+            target = p[self.rank * rows : (self.rank + 1) * rows].clone() if sharded else p
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(target)
+                state["exp_avg_sq"] = torch.zeros_like(target)
+            state["step"] += 1
+            adamw_update(target, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1, beta2, eps, wd)
+            if sharded:
+                gathers.append(dist.all_gather_into_tensor(p, target, async_op=True))
+
+        def finish():
+            for handle in gathers:
+                handle.wait()
+
+        return finish
+
+    def _update_muon(self, group: dict, handle, grad_shard: Tensor, stacked_grads: Tensor):
+        params = group["params"]
+        chunk = grad_shard.shape[0]
+        owned = range(self.rank * chunk, min((self.rank + 1) * chunk, len(params)))
+        state = self.state[params[0]]
+        if not state:
+            rows, cols = params[0].shape
+            state["momentum_buffer"] = grad_shard.new_zeros(grad_shard.shape)
+            factored = (chunk, rows, 1) if rows >= cols else (chunk, 1, cols)
+            state["second_moment"] = torch.zeros(factored, dtype=torch.float32, device=grad_shard.device)
+        # Padding matrices (past the end of the stack) get LR 0 and stay zero.
+        multipliers = torch.zeros(chunk, dtype=params[0].dtype, device=params[0].device)
+        multipliers[: len(owned)] = torch.tensor([group["multipliers"][i] for i in owned], dtype=multipliers.dtype)
+        shard = torch.zeros_like(grad_shard)
+        if len(owned):
+            shard[: len(owned)] = torch.stack([params[i] for i in owned])
+        handle.wait()
+        del stacked_grads  # the reduce-scatter's input, no longer needed
+        grad_shard /= self.world_size
+        muon_update(
+            grad_shard,
+            shard,
+            state["momentum_buffer"],
+            state["second_moment"],
+            torch.tensor(group["momentum"]),
+            (group["lr"] * multipliers).view(-1, 1, 1),
+            torch.tensor(group["weight_decay"]),
+            torch.tensor(group["beta2"]),
+            group["ns_steps"],
+            self.ortho_dtype,
+        )
+        gathered = shard.new_empty(chunk * self.world_size, *shard.shape[1:])
+        gather = dist.all_gather_into_tensor(gathered, shard, async_op=True)
+
+        def finish():
+            gather.wait()
+            torch._foreach_copy_(params, list(gathered[: len(params)].unbind(0)))
+
+        return finish
+
+
 def build_optimizer(
     model: torch.nn.Module,
     optim: OptimConfig,
     placement: LRPlacement,
     total_batch_tokens: int,
     device_type: str,
+    world_size: int = 1,
+    rank: int = 0,
 ) -> tuple[MuonAdamW, list[ParamRow]]:
+    """The recipe's optimizer for `model`; the sharded data-parallel one when world_size > 1."""
     rows = parameter_table(model, optim, placement, total_batch_tokens)
     dtype_name = optim.muon.dtype
     if dtype_name == "auto":
         dtype_name = "bfloat16" if device_type == "cuda" else "float32"
     ortho_dtype = getattr(torch, dtype_name)
-    return MuonAdamW(dict(model.named_parameters()), rows, optim, ortho_dtype), rows
+    params = dict(model.named_parameters())
+    if world_size > 1:
+        return DistMuonAdamW(params, rows, optim, ortho_dtype, world_size, rank), rows
+    return MuonAdamW(params, rows, optim, ortho_dtype), rows
