@@ -46,6 +46,9 @@ from harness.config import (
 from harness.distributed import (
     DistInfo,
     all_reduce_mean,
+    any_rank,
+    barrier,
+    broadcast_parameters,
     destroy_process_group,
     dist_info_from_env,
     init_process_group,
@@ -205,6 +208,7 @@ def build_model(plan: RunPlan) -> GPT:
         # The recipe keeps embedding tables in bf16 on the GPU (half the memory and traffic).
         model.transformer.wte.to(torch.bfloat16)
         model.value_embeds.to(torch.bfloat16)
+    broadcast_parameters(model)  # every rank starts from rank 0's weights, whatever its RNG did
     return model
 
 
@@ -252,7 +256,13 @@ class Trainer:
         self.model = build_model(plan)
         self.step_model = compile_for_training(self.model, plan)
         self.optimizer, self.param_rows = build_optimizer(
-            self.model, plan.optim, plan.placement, train.total_batch_tokens, self.device.type
+            self.model,
+            plan.optim,
+            plan.placement,
+            train.total_batch_tokens,
+            self.device.type,
+            plan.dist.world_size,
+            plan.dist.rank,
         )
         seq_len = plan.model.sequence_len
         self.val_batches = val_batches(
@@ -273,33 +283,36 @@ class Trainer:
 
     # checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        loader_states = self._gather(self.loader.state_dict())
-        if not self.plan.dist.is_main:
-            return
-        state = {
-            "step": self.state.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "loader": loader_states,
-            "train_state": asdict(self.state),
-            "metrics_records": self.metrics_records,
-            "tokenizer": self.tokenizer_hash,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python": random.getstate(),
+        """Every rank writes its shard (optimizer state, data position, RNG), then rank 0 the main
+        file (model, progress), whose presence marks the checkpoint complete."""
+        dist_info, step = self.plan.dist, self.state.step
+        self.rundir.save_checkpoint_shard(
+            step,
+            dist_info.rank,
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "loader": self.loader.state_dict(),
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                    "python": random.getstate(),
+                },
             },
-            "config": resolved_config(self.plan.cfg),
-        }
-        path = self.rundir.save_checkpoint(self.state.step, state, self.plan.train.keep_checkpoints)
-        log.info(f"checkpoint {path}")
-
-    def _gather(self, obj) -> list:
-        if not self.plan.dist.distributed:
-            return [obj]
-        gathered = [None] * self.plan.dist.world_size
-        torch.distributed.all_gather_object(gathered, obj)
-        return gathered
+        )
+        barrier()
+        if dist_info.is_main:
+            state = {
+                "step": step,
+                "world_size": dist_info.world_size,
+                "model": self.model.state_dict(),
+                "train_state": asdict(self.state),
+                "metrics_records": self.metrics_records,
+                "tokenizer": self.tokenizer_hash,
+                "config": resolved_config(self.plan.cfg),
+            }
+            path = self.rundir.save_checkpoint(step, state, self.plan.train.keep_checkpoints)
+            log.info(f"checkpoint {path}")
+        barrier()
 
     def restore(self, path: Path) -> None:
         ckpt = RunDir.load_checkpoint(path)
@@ -308,20 +321,21 @@ class Trainer:
                 f"checkpoint {path} was trained with tokenizer {ckpt['tokenizer']}, but the current one is "
                 f"{self.tokenizer_hash}; its token ids would mean other things (train.resume=never restarts)"
             )
+        if ckpt["world_size"] != self.plan.dist.world_size:
+            raise ConfigError(
+                f"checkpoint {path} was written by {ckpt['world_size']} ranks, this run has "
+                f"{self.plan.dist.world_size}; resume with the same world size (the optimizer state is sharded)"
+            )
+        shard = RunDir.load_checkpoint(path, rank=self.plan.dist.rank)
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(shard["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
         self.metrics_records = ckpt["metrics_records"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        random.setstate(ckpt["rng"]["python"])
-        if len(ckpt["loader"]) != self.plan.dist.world_size:
-            raise ConfigError(
-                f"checkpoint {path} was written by {len(ckpt['loader'])} ranks, this run has "
-                f"{self.plan.dist.world_size}; resume with the same world size"
-            )
-        self._open_loader(ckpt["loader"][self.plan.dist.rank])
+        torch.set_rng_state(shard["rng"]["torch"])
+        if shard["rng"]["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(shard["rng"]["cuda"], self.device)
+        random.setstate(shard["rng"]["python"])
+        self._open_loader(shard["loader"])
         if self.plan.dist.is_main:
             self.rundir.truncate_metrics(self.metrics_records)
         log.info(f"resumed from {path} at step {self.state.step}")
@@ -467,7 +481,7 @@ class Trainer:
             self.evaluate(step)
             if step == last_step:
                 break
-            if self.stop_signal is not None:
+            if self.stop_requested():
                 self.save_checkpoint()
                 return "interrupted"
             lrm = self.apply_schedules(step)
@@ -488,6 +502,10 @@ class Trainer:
                 return "diverged"
         self.save_checkpoint()
         return "completed"
+
+    def stop_requested(self) -> bool:
+        """Whether any rank was signalled: all ranks must stop at the same step."""
+        return any_rank(self.stop_signal is not None, self.device)
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

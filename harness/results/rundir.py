@@ -8,7 +8,9 @@ report, the tests and the resume logic read it, all through this module:
       params.tsv           every parameter: name, shape, optimizer, effective LR, multiplier
       metrics.jsonl        one JSON object per line, appended and flushed as it is written
       summary.json         status and headline numbers, replaced atomically
-      checkpoints/         step_00000123.pt, written to a temporary name then renamed
+      checkpoints/         step_00000123.pt (model, progress) and step_00000123.rank000.pt per rank
+                           (optimizer shard, data position); each written to a temporary name then
+                           renamed, the main file last, so its presence means the checkpoint is whole
 
 Every metrics record carries `step`, `tokens`, `flops` and `time_s` (training wall time so far,
 evaluation excluded) plus whichever metrics were measured at that step: `train_loss`,
@@ -29,7 +31,7 @@ from typing import Any
 import yaml
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
-CHECKPOINT_GLOB = "step_*.pt"
+CHECKPOINT_GLOB = "step_" + "[0-9]" * 8 + ".pt"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -171,33 +173,50 @@ class RunDir:
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints_dir / f"step_{step:08d}.pt"
 
+    @staticmethod
+    def shard_path(checkpoint: Path, rank: int) -> Path:
+        return checkpoint.with_name(f"{checkpoint.stem}.rank{rank:03d}.pt")
+
     def list_checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first (temporary files never match the glob)."""
+        """Complete checkpoints (main files), oldest first; temporary files never match."""
         return sorted(self.checkpoints_dir.glob(CHECKPOINT_GLOB))
 
     def latest_checkpoint(self) -> Path | None:
         found = self.list_checkpoints()
         return found[-1] if found else None
 
+    def save_checkpoint_shard(self, step: int, rank: int, state: dict) -> None:
+        """One rank's part of checkpoint `step`; every rank writes its own before the main file."""
+        _save_torch(self.shard_path(self.checkpoint_path(step), rank), state)
+
     def save_checkpoint(self, step: int, state: dict, keep_last: int) -> Path:
-        """Write atomically, then delete all but the newest `keep_last` checkpoints."""
-        import io
-
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
+        """Write the main file atomically (after all shards), then delete all but the newest
+        `keep_last` checkpoints with their shards."""
         path = self.checkpoint_path(step)
-        atomic_write_bytes(path, buffer.getvalue())
+        _save_torch(path, state)
         for old in self.list_checkpoints()[:-keep_last] if keep_last > 0 else []:
+            for shard in old.parent.glob(f"{old.stem}.rank*.pt"):
+                shard.unlink(missing_ok=True)
             old.unlink(missing_ok=True)
         return path
 
     @staticmethod
-    def load_checkpoint(path: Path) -> dict:
+    def load_checkpoint(path: Path, rank: int | None = None) -> dict:
+        """The main file of a checkpoint, or with `rank` that rank's shard."""
         import torch
 
-        return torch.load(path, map_location="cpu", weights_only=False)
+        target = path if rank is None else RunDir.shard_path(path, rank)
+        return torch.load(target, map_location="cpu", weights_only=False)
+
+
+def _save_torch(path: Path, state: dict) -> None:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def find_run_dirs(*roots: str | os.PathLike) -> list[RunDir]:
