@@ -1,0 +1,83 @@
+"""The typed `data` section: one dataclass per source, converted once from the composed config.
+
+Every key lives in configs/data/<source>.yaml (the single place defaults are written); these
+classes name the keys, their types and the checks that need nothing but the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from harness.config import to_dataclass
+from harness.data.tokenizer import MIN_VOCAB_SIZE
+from harness.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    vocab_size: int
+    seed: int
+    buffer_size: int
+    tokenizer_max_chars: int
+    tokenizer_doc_cap: int
+
+
+@dataclass(frozen=True)
+class BuiltinData(DataConfig):
+    corpus_bytes: int
+    val_fraction: float
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class FinewebData(DataConfig):
+    num_shards: int
+    val_shard: int
+    base_url: str
+    dir: str
+    download_workers: int
+    download_retries: int
+    download_backoff_s: float
+    download_timeout_s: float
+
+
+@dataclass(frozen=True)
+class LocalData(DataConfig):
+    path: str | None
+    val_path: str | None
+    val_fraction: float
+    text_field: str
+    cache_dir: str
+
+
+SOURCES = {"builtin": BuiltinData, "fineweb": FinewebData, "local": LocalData}
+
+
+def data_config(cfg: DictConfig) -> DataConfig:
+    """The `data` section of the full config as its source's dataclass, checked."""
+    source = cfg.data.get("source")
+    if source not in SOURCES:
+        raise ConfigError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
+    data = to_dataclass(SOURCES[source], cfg.data, "data")
+    if data.vocab_size < MIN_VOCAB_SIZE:
+        raise ConfigError(f"data.vocab_size={data.vocab_size} must be at least {MIN_VOCAB_SIZE} (bytes + specials)")
+    for key in ("buffer_size", "tokenizer_max_chars", "tokenizer_doc_cap"):
+        if getattr(data, key) <= 0:
+            raise ConfigError(f"data.{key}={getattr(data, key)} must be positive")
+    if isinstance(data, (BuiltinData, LocalData)) and not 0 < data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction={data.val_fraction} must be between 0 and 1 (exclusive)")
+    if isinstance(data, FinewebData):
+        if not 1 <= data.num_shards <= data.val_shard:
+            raise ConfigError(
+                f"data.num_shards={data.num_shards} must be between 1 and {data.val_shard} "
+                f"(training shards are 0..num_shards-1; shard {data.val_shard} is validation)"
+            )
+        if data.download_workers <= 0 or data.download_retries < 0:
+            raise ConfigError(
+                f"data.download_workers={data.download_workers} must be positive and "
+                f"data.download_retries={data.download_retries} not negative"
+            )
+    return data

@@ -1,0 +1,251 @@
+"""FineWeb-edu (Karpathy's reshuffled 100B-token copy): download, tokenizer, training and validation.
+
+The dataset is 1823 parquet shards `shard_00000.parquet` .. `shard_01822.parquet` (column `text`,
+~250M characters and ~90 MB each) under `data.base_url`. As in nanochat, training uses shards
+0 .. data.num_shards-1 and the last shard (data.val_shard = 1822) is always the validation split,
+whatever num_shards is. Files live in `data.dir` (default ${paths.data_dir}/fineweb).
+
+Downloads are parallel and resumable: each shard is written to `<name>.partial` under a per-shard
+file lock (so two processes never write the same file), continued with an HTTP Range request when
+a partial exists, checked to open as parquet with a `text` column, and only then renamed to its
+final name. A final name therefore always means a complete shard; partial files never count.
+Server errors, timeouts and truncated or corrupt files are retried with exponential backoff.
+The 32768-token BPE is trained once on the first `data.tokenizer_max_chars` characters of the
+training shards (documents cropped to `data.tokenizer_doc_cap`) and stored in
+`data.dir/tokenizer_<vocab_size>`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import requests
+from filelock import FileLock
+from tqdm import tqdm
+
+from harness.data.cache import build_once
+from harness.data.config import FinewebData
+from harness.data.corpus import TextCorpus
+from harness.data.files import parquet_row_groups, read_row_group
+from harness.data.tokenizer import Tokenizer, read_meta, write_meta
+from harness.errors import ConfigError
+
+SHARD_NAME = "shard_{index:05d}.parquet"
+TEXT_COLUMN = "text"
+CHUNK_BYTES = 1 << 20
+MAX_BACKOFF_S = 60.0
+# Statuses worth retrying: the server or a proxy is briefly unhappy. Other 4xx are our mistake.
+RETRY_STATUSES = {408, 425, 429}
+
+
+class DownloadError(Exception):
+    """A shard could not be fetched after every retry (network or server trouble, not a config mistake)."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class FinewebSource:
+    def __init__(self, data: FinewebData):
+        self.data = data
+        self.dir = Path(data.dir)
+        self.tokenizer_dir = self.dir / f"tokenizer_{data.vocab_size}"
+
+    # layout -----------------------------------------------------------------------------
+    def shard_path(self, index: int) -> Path:
+        return self.dir / SHARD_NAME.format(index=index)
+
+    def train_indices(self) -> list[int]:
+        return list(range(self.data.num_shards))
+
+    def needed_indices(self) -> list[int]:
+        return [*self.train_indices(), self.data.val_shard]
+
+    def missing_shards(self) -> list[int]:
+        return [i for i in self.needed_indices() if not self.shard_path(i).exists()]
+
+    def prepare_command(self) -> str:
+        return (
+            f"python -m harness.prepare data=fineweb data.num_shards={self.data.num_shards} "
+            f"data.vocab_size={self.data.vocab_size} data.dir={self.dir}"
+        )
+
+    # the loader's view ------------------------------------------------------------------
+    def check(self) -> None:
+        missing = self.missing_shards()
+        parts = []
+        if missing:
+            parts.append(
+                f"{len(missing)} of {len(self.needed_indices())} shards (first {SHARD_NAME.format(index=missing[0])})"
+            )
+        if not (self.tokenizer_dir / "tokenizer.json").exists():
+            parts.append(f"the tokenizer {self.tokenizer_dir.name}")
+        if parts:
+            raise ConfigError(
+                f"data=fineweb with data.num_shards={self.data.num_shards} is missing {' and '.join(parts)} "
+                f"in {self.dir}; run: {self.prepare_command()}"
+            )
+
+    def tokenizer(self) -> Tokenizer:
+        self.check()
+        return Tokenizer.load(self.tokenizer_dir)
+
+    def corpus(self, split: str, tok: Tokenizer) -> TextCorpus:
+        indices = self.train_indices() if split == "train" else [self.data.val_shard]
+        units = [
+            (self.shard_path(i), group)
+            for i in indices
+            for group in range(parquet_row_groups(self.shard_path(i), TEXT_COLUMN))
+        ]
+        name = f"data=fineweb {'training shards' if split == 'train' else 'validation shard'}"
+        return TextCorpus(name, units, lambda unit: read_row_group(*unit, TEXT_COLUMN), tok)
+
+    # preparing --------------------------------------------------------------------------
+    def prepare(self) -> list[str]:
+        """Download what is missing, train the tokenizer unless it exists; return a summary."""
+        self.download(self.missing_shards())
+        self.train_tokenizer()
+        return self.summary()
+
+    def download(self, indices: list[int]) -> None:
+        if not indices:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        errors = []
+        workers = min(self.data.download_workers, len(indices))
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(indices), unit="shard", desc="fineweb") as bar:
+            futures = {pool.submit(self.download_shard, i): i for i in indices}
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                except (DownloadError, ConfigError) as error:
+                    errors.append(error)
+                bar.update()
+        if errors:
+            raise errors[0]
+
+    def download_shard(self, index: int) -> bool:
+        """Fetch one shard unless present; True if this call downloaded it."""
+        name = SHARD_NAME.format(index=index)
+        final = self.dir / name
+        partial = self.dir / f"{name}.partial"
+        url = f"{self.data.base_url.rstrip('/')}/{name}"
+        (self.dir / ".locks").mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.dir / ".locks" / f"{name}.lock")):
+            if final.exists():
+                return False
+            last_error: Exception | None = None
+            for attempt in range(self.data.download_retries + 1):
+                if attempt:
+                    time.sleep(min(self.data.download_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
+                try:
+                    self._fetch(url, partial)
+                    _verify(partial)
+                except _Corrupt as error:
+                    partial.unlink(missing_ok=True)
+                    last_error = error
+                except (_Retryable, requests.RequestException) as error:
+                    last_error = error
+                else:
+                    os.replace(partial, final)
+                    return True
+            raise DownloadError(
+                f"{url}: failed {self.data.download_retries + 1} times, last: {last_error}; "
+                f"re-run the same prepare command to resume"
+            )
+
+    def _fetch(self, url: str, partial: Path) -> None:
+        have = partial.stat().st_size if partial.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with requests.get(url, stream=True, timeout=self.data.download_timeout_s, headers=headers) as response:
+            status = response.status_code
+            if status == 416:  # nothing after `have` bytes: the partial is already whole
+                return
+            if status >= 500 or status in RETRY_STATUSES:
+                raise _Retryable(f"HTTP {status}")
+            if status >= 400:
+                raise ConfigError(
+                    f"data.base_url={self.data.base_url} answered HTTP {status} for {url}; "
+                    f"it must serve {SHARD_NAME.format(index=0)} .. {SHARD_NAME.format(index=self.data.val_shard)}"
+                )
+            # A short body raises in `iter_content` (urllib3 checks Content-Length), leaving the
+            # bytes received so far in the partial file for the next attempt to continue.
+            with partial.open("ab" if status == 206 else "wb") as out:
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    out.write(chunk)
+
+    def train_tokenizer(self) -> None:
+        d = self.data
+
+        def train(directory: Path) -> None:
+            start, used = time.perf_counter(), {"chars": 0, "documents": 0}
+
+            def texts() -> Iterator[str]:
+                for index in self.train_indices():
+                    path = self.shard_path(index)
+                    for group in range(parquet_row_groups(path, TEXT_COLUMN)):
+                        for text in read_row_group(path, group, TEXT_COLUMN):
+                            used["chars"] += min(len(text), d.tokenizer_doc_cap)
+                            used["documents"] += 1
+                            yield text
+
+            tok = Tokenizer.train(texts(), d.vocab_size, d.tokenizer_doc_cap, d.tokenizer_max_chars)
+            tok.save(directory)
+            write_meta(
+                directory,
+                vocab_size=tok.vocab_size,
+                seconds=round(time.perf_counter() - start, 1),
+                training_chars=used["chars"],
+                training_documents=used["documents"],
+                num_shards_available=d.num_shards,
+            )
+
+        build_once(self.tokenizer_dir, train)
+
+    def summary(self) -> list[str]:
+        """What is on disk, in a few lines."""
+        present = [i for i in self.train_indices() if self.shard_path(i).exists()]
+        on_disk = sorted(self.dir.glob("shard_*.parquet")) if self.dir.exists() else []
+        unused = len(on_disk) - len(present) - self.shard_path(self.data.val_shard).exists()
+        size_gb = sum(p.stat().st_size for p in on_disk) / 1e9
+        val = "present" if self.shard_path(self.data.val_shard).exists() else "MISSING"
+        lines = [
+            f"fineweb: {self.dir} holds {len(on_disk)} shards ({size_gb:.2f} GB)",
+            f"  training: {len(present)} of {self.data.num_shards} shards (0..{self.data.num_shards - 1}); "
+            f"validation: shard {self.data.val_shard} {val}"
+            + (
+                f"; {unused} more shards on disk go unused with data.num_shards={self.data.num_shards}"
+                if unused
+                else ""
+            ),
+        ]
+        if (self.tokenizer_dir / "tokenizer.json").exists():
+            meta = read_meta(self.tokenizer_dir)
+            lines.append(
+                f"  tokenizer: {self.tokenizer_dir} (vocab {meta.get('vocab_size', '?')}, trained on "
+                f"{meta.get('training_chars', 0):,} characters in {meta.get('seconds', '?')} s)"
+            )
+        else:
+            lines.append(f"  tokenizer: MISSING ({self.tokenizer_dir})")
+        return lines
+
+
+def _verify(path: Path) -> None:
+    """A shard counts only if its parquet footer reads and it has the text column."""
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except (pa.ArrowException, OSError) as error:
+        raise _Corrupt(f"not a readable parquet file ({error})") from None
+    if TEXT_COLUMN not in names:
+        raise _Corrupt(f"parquet file without a {TEXT_COLUMN!r} column (columns: {', '.join(names)})")
