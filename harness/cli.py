@@ -66,6 +66,9 @@ def _composition_message(text: str) -> str:
     if first.startswith("Could not override '"):
         key = first.split("'")[1]
         return f"{key} is not a config key (python -m harness.train --help lists the keys)"
+    if first.startswith("Error parsing override '"):
+        override = first.split("'")[1]
+        return f"cannot parse override {override!r}: expected key=value (or group=option)"
     return first
 
 
@@ -77,7 +80,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     try:
         command_line = parser.parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+        raise ConfigError(_composition_message(str(e))) from None
     cfg = compose([o.input_line for o in command_line if not o.is_sweep_override()], with_hydra=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False)
     from_config = parser.parse_overrides([f"{key}={value}" for key, value in params.items()])

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.attention import ATTENTION_BACKENDS, causal_window_attention
-from models.rotary import SPLITS, apply_rotary, rotary_tables
+from models.rotary import SPLITS, rotary_tables, rotate_and_normalize
 
 VOCAB_PAD_MULTIPLE = 64
 
@@ -44,6 +44,8 @@ class GPTConfig:
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head_dim={self.n_embd // self.n_head} must be even (rotary rotates channel pairs)")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         if self.attention not in ATTENTION_BACKENDS:
@@ -120,8 +122,8 @@ class CausalSelfAttention(nn.Module):
             # Gate in (0, 2), exactly 1 at init (zero gate weights).
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))
             v = v + gate[..., None] * value_embedding.view_as(v)
-        q = rms_norm(apply_rotary(q, cos, sin, self.rope_split))
-        k = rms_norm(apply_rotary(k, cos, sin, self.rope_split))
+        q = rotate_and_normalize(q, cos, sin, self.rope_split)
+        k = rotate_and_normalize(k, cos, sin, self.rope_split)
         if self.n_kv_head != self.n_head:
             repeat = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(repeat, dim=2), v.repeat_interleave(repeat, dim=2)

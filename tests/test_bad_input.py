@@ -1,0 +1,121 @@
+"""User mistakes: each is one line naming the key, the bad value and what is allowed, exit code 2,
+raised before any model is built (the command's preflight composes and checks every job)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import CONFIG_DIR
+from harness.train import cli_main
+
+SMOKE = "experiment=smoke"
+
+
+def options(group: str) -> str:
+    return ", ".join(sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")))
+
+
+TRAIN_KEYS = (
+    "checkpoint_every, compile, device, device_batch_size, divergence_after_steps, divergence_factor, dtype, "
+    "final_lr_frac, keep_checkpoints, num_iterations, print_every, resume, target_flops, target_param_data_ratio, "
+    "total_batch_tokens, warmdown_ratio, warmup_ratio"
+)
+
+CASES = [
+    ("model=d13", f"model=d13 is not an option; choose from: {options('model')}"),
+    ("rope=diagonal", f"rope=diagonal is not an option; choose from: {options('rope')}"),
+    ("mlp_lr=c_fc_3x", f"mlp_lr=c_fc_3x is not an option; choose from: {options('mlp_lr')}"),
+    (f"{SMOKE} logger=wandb2", f"logger=wandb2 is not an option; choose from: {options('logger')}"),
+    ("train.foo=1", "train.foo is not a config key (python -m harness.train --help lists the keys)"),
+    ("+train.foo=1", f"unknown key train.foo; allowed: {TRAIN_KEYS}"),
+    ("train.num_iterations", "cannot parse override 'train.num_iterations': expected key=value (or group=option)"),
+    ("train.total_batch_tokens=abc", "train.total_batch_tokens='abc' must be an integer"),
+    (f"{SMOKE} train.total_batch_tokens=2048.5", "train.total_batch_tokens=2048.5 must be an integer"),
+    (
+        f"{SMOKE} train.total_batch_tokens=1000",
+        "train.total_batch_tokens=1000 is not divisible by train.device_batch_size x model.sequence_len x "
+        "world_size = 16 x 128 x 1 = 2048",
+    ),
+    (f"{SMOKE} train.device_batch_size=0", "train.device_batch_size=0 must be positive"),
+    ("train.device=tpu", "train.device='tpu' is not one of: auto, cpu, cuda"),
+    (f"{SMOKE} train.resume=maybe", "train.resume='maybe' is not one of: auto, never, force"),
+    (f"{SMOKE} train.compile=maybe", "train.compile='maybe' must be true or false"),
+    (f"{SMOKE} seed=abc", "seed='abc' must be an integer"),
+    (f"{SMOKE} model.depth=0", "model.depth=0 must be positive"),
+    (f"{SMOKE} model.head_dim=33", "model: head_dim=33 must be even (rotary rotates channel pairs)"),
+    (f"{SMOKE} model.window_pattern=SXL", "model: window_pattern='SXL' must be a non-empty string of S and L"),
+    (
+        f"{SMOKE} model.sequence_len=4096 +model.rotary_cache_len=2048",
+        "model: sequence_len=4096 exceeds rotary_cache_len=2048",
+    ),
+    (f"{SMOKE} mlp_lr.shape_rule=diagonal", "mlp_lr.shape_rule='diagonal' is not one of: none, legacy, pr492"),
+    (
+        f"{SMOKE} mlp_lr.multipliers=[{{match:'*.cfc.weight',value:2.0}}]",
+        "mlp_lr.multipliers[0].match='*.cfc.weight' matches no Muon parameter "
+        "(names look like transformer.h.0.attn.c_q.weight)",
+    ),
+    (f"{SMOKE} optim.muon.dtype=fp8", "optim.muon.dtype='fp8' is not one of: auto, float32, bfloat16"),
+    (
+        f"{SMOKE} train.num_iterations=-1 train.target_param_data_ratio=-1",
+        "no horizon: set one of train.num_iterations, train.target_flops, train.target_param_data_ratio",
+    ),
+    (
+        f"{SMOKE} eval.val_tokens=100",
+        "eval.val_tokens=100 is less than one validation batch per rank "
+        "(train.device_batch_size x model.sequence_len x world_size = 2048)",
+    ),
+    (
+        f"{SMOKE} paths.runs_dir=/etc/passwd/runs",
+        "paths.runs_dir=/etc/passwd/runs is not a writable directory (Not a directory)",
+    ),
+    (
+        f"{SMOKE} data=local",
+        "data.path is not set; point it at a file or folder of .txt/.jsonl/.parquet files "
+        "(data=local data.path=/path/to/text)",
+    ),
+    (
+        f"{SMOKE} data=local data.path=/nonexistent",
+        "data.path=/nonexistent does not exist; point it at a file or folder of .txt/.jsonl/.parquet files",
+    ),
+    (
+        "model=tiny",
+        "data=fineweb with data.num_shards=40 is missing 41 of 41 shards (first shard_00000.parquet) and the "
+        "tokenizer tokenizer_32768 in {data}/fineweb; run: python -m harness.prepare data=fineweb "
+        "data.num_shards=40 data.vocab_size=32768 data.dir={data}/fineweb",
+    ),
+    (
+        f"{SMOKE} eval=core",
+        "eval.core.bundle_dir={data}/eval_bundle does not exist; fetch the CORE bundle with "
+        "`python -m harness.prepare eval=core`",
+    ),
+    (
+        f"-m {SMOKE} mlp_lr=c_fc_2x,bogus",
+        "job 3/8 (rope=slice mlp_lr=bogus seed=0 experiment=smoke paths.runs_dir={runs}): "
+        f"mlp_lr=bogus is not an option; choose from: {options('mlp_lr')}",
+    ),
+]
+
+
+@pytest.mark.parametrize("command,message", CASES, ids=[c for c, _ in CASES])
+def test_bad_invocation_is_one_line_and_exit_code_2(command, message, monkeypatch, capsys, session_data_dir, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["harness.train", *command.split(), f"paths.runs_dir={tmp_path}/runs"])
+    if "paths.runs_dir=/etc" in command:  # the case under test names its own runs dir
+        monkeypatch.setattr(sys, "argv", ["harness.train", *command.split()])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message.format(data=session_data_dir, runs=tmp_path / 'runs')}\n"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml")), "a run started"
+
+
+def test_the_process_exit_code_is_2(tmp_path):
+    """The same through a real process: no traceback, one line, exit status 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.train", "model=d13", f"paths.runs_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"error: model=d13 is not an option; choose from: {options('model')}\n"
