@@ -20,6 +20,7 @@ import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from harness.cli import CONFIG_DIR
 from harness.config import (
     EvalConfig,
     LRPlacement,
@@ -109,9 +111,17 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True) -> RunPlan:
     fpt = meta_model.flops_per_token()
     parameter_table(meta_model, optim, placement, train.total_batch_tokens)  # rejects LR-placement typos
     steps = num_iterations(train, counts["scaling"], fpt)
-    for key in ("val_every",):
-        if getattr(evals, key) <= 0:
-            raise ConfigError(f"eval.{key}={getattr(evals, key)} must be positive")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
+    if evals.val_every <= 0:
+        raise ConfigError(f"eval.val_every={evals.val_every} must be positive")
+    one_batch_per_rank = train.device_batch_size * model_cfg.sequence_len * dist.world_size
+    if evals.val_tokens < one_batch_per_rank:
+        raise ConfigError(
+            f"eval.val_tokens={evals.val_tokens} is less than one validation batch per rank "
+            f"(train.device_batch_size x model.sequence_len x world_size = {one_batch_per_rank})"
+        )
+    check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
     if check_inputs:
         check_data(cfg)
         if evals.core.get("enabled", False):
@@ -119,6 +129,16 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True) -> RunPlan:
 
             check_bundle(cfg)
     return RunPlan(cfg, model_cfg, train, optim, placement, evals, dist, device, grad_accum, steps, fpt, counts)
+
+
+def check_writable(key: str, path: Path) -> None:
+    """Create `path` if needed and write a file in it: permission bits alone mislead (root, NFS)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{key}={path} is not a writable directory ({e.strerror})") from None
 
 
 # the run directory: identity, resume, skip -------------------------------------------------
@@ -661,7 +681,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
