@@ -146,11 +146,21 @@ def resolved_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Flattened keys whose values differ, ignoring keys that do not change what a run computes."""
+def location_keys(cfg: DictConfig) -> set[str]:
+    """Keys whose value comes from paths.* or the environment: where files live, not what a run computes."""
+    unresolved = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    return {k for k, v in unresolved.items() if isinstance(v, str) and ("${paths." in v or "${oc.env" in v)}
+
+
+def config_differences(saved: dict, current: dict, ignored: set[str] = frozenset()) -> list[str]:
+    """Flattened keys whose values differ, leaving out keys that do not change what a run computes."""
     flat_saved, flat_current = _flatten(saved), _flatten(current)
     keys = sorted(set(flat_saved) | set(flat_current))
-    return [k for k in keys if not k.startswith(RESUME_IGNORED_PREFIXES) and flat_saved.get(k) != flat_current.get(k)]
+    return [
+        k
+        for k in keys
+        if not k.startswith(RESUME_IGNORED_PREFIXES) and k not in ignored and flat_saved.get(k) != flat_current.get(k)
+    ]
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -163,11 +173,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def decide_start(rundir: RunDir, config: dict, resume: str, retry_failed: bool) -> str:
+def decide_start(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignored: set[str]) -> str:
     """'fresh', 'resume' or 'skip' for this run directory, refusing a changed config."""
     if resume == "never" or not rundir.exists():
         return "fresh"
-    changed = config_differences(rundir.read_config(), config)
+    changed = config_differences(rundir.read_config(), config, ignored)
     if changed and resume != "force":
         shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
         raise ConfigError(
@@ -580,7 +590,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
     plan = plan_run(cfg)
     rundir = RunDir(run_dir)
     config = resolved_config(cfg)
-    start = decide_start(rundir, config, plan.train.resume, bool(cfg.sweep.retry_failed))
+    start = decide_start(rundir, config, plan.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
     if start == "skip":
         summary = rundir.read_summary() or {}
         log.info(
@@ -589,11 +599,12 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
         )
         return summary
     init_process_group(plan.dist, plan.device)
+    started_at = _now()
     if plan.dist.is_main:
         if start == "fresh":
             clear_run(rundir)
         rundir.write_config(config)
-        rundir.write_summary({**base_summary(plan), "status": "running", "started_at": _now()})
+        rundir.write_summary({**base_summary(plan), "status": "running", "started_at": started_at})
     logger = build_logger(
         cfg.logger,
         run_dir=rundir.path,
@@ -622,7 +633,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
         summary = (
             trainer.summary(status, error) if trainer else {**base_summary(plan), "status": status, "error": error}
         )
-        summary["ended_at"] = _now()
+        summary.update(started_at=started_at, ended_at=_now())
         if plan.dist.is_main:
             rundir.write_summary(summary)
             logger.summary(summary)
