@@ -82,7 +82,8 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     except HydraException as e:
         raise ConfigError(_composition_message(str(e))) from None
     cfg = compose([o.input_line for o in command_line if not o.is_sweep_override()], with_hydra=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=False)
+    swept = cfg.hydra.sweeper.params
+    params = OmegaConf.to_container(swept, resolve=False) if swept else {}
     from_config = parser.parse_overrides([f"{key}={value}" for key, value in params.items()])
     choices: dict[str, list[str]] = {}
     for override in [*from_config, *command_line]:

@@ -226,5 +226,6 @@ def find_run_dirs(*roots: str | os.PathLike) -> list[RunDir]:
         root = Path(root)
         if (root / "config.yaml").exists():
             found.add(root)
-        found.update(p.parent for p in root.rglob("config.yaml") if ".hydra" not in p.parts)
+        # Hydra's .hydra/ and wandb's files/ hold config.yaml files of their own.
+        found.update(p.parent for p in root.rglob("config.yaml") if not {".hydra", "wandb"} & set(p.parts))
     return [RunDir(p) for p in sorted(found)]

@@ -1,0 +1,331 @@
+"""Plan a sweep before spending GPU time on it: `python -m harness.plan <hydra overrides>`.
+
+Lists every run that `python -m harness.train -m <the same overrides>` would launch (the
+experiment's `hydra.sweeper.params` and any comma-separated command-line values, expanded by
+`harness.cli.expand_sweep` as Hydra's basic sweeper does). For each run: model depth,
+parameters, training FLOPs per token, steps, tokens, FLOPs and estimated GPU-hours, from a
+measured throughput (--throughput, the JSON `harness.bench throughput` writes; matched on depth
+and window pattern) or else an assumed MFU of the H100's bf16 peak.
+
+With --spread-from SWEEP_DIR, it also reads the seed-to-seed spread of an earlier sweep and says
+how many seeds a chosen difference (--detect, in final val bpb; --detect-core, in CORE) needs
+to be found with 80% power at alpha 0.05, paired by seed and unpaired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.cli import compose, expand_sweep
+from harness.errors import USAGE_EXIT_CODE, ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+H100_BF16_PEAK_FLOPS = 989e12
+DEFAULT_MFU = 0.45
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    overrides: str
+    depth: int
+    window_pattern: str
+    sequence_len: int
+    params: int
+    scaling_params: int
+    flops_per_token: float
+    steps: int
+    tokens: int
+    flops: float
+    gpus: int
+    gpu_hours: float
+    estimate: str
+
+    @property
+    def hours(self) -> float:
+        """Wall-clock hours of the run on its GPUs."""
+        return self.gpu_hours / self.gpus if self.gpus else math.nan
+
+
+# expanding the sweep -----------------------------------------------------------------------
+def jobs_and_shared(overrides: Sequence[str]) -> tuple[list[list[str]], list[str]]:
+    """The override list of every job (as the multirun expands them), and the overrides all share."""
+    jobs = expand_sweep(list(overrides))
+    shared = [o for o in jobs[0] if all(o in job for job in jobs)] if jobs else []
+    return jobs, shared
+
+
+# sizing one run ----------------------------------------------------------------------------
+def plan_run(
+    job: Sequence[str], shared: Sequence[str], throughputs: list[dict], mfu: float, peak_flops: float
+) -> PlannedRun:
+    from harness.config import model_config, num_iterations, train_config
+    from models.gpt import GPT
+
+    cfg = compose(list(job))
+    model = GPT.on_meta(model_config(cfg))
+    counts, fpt = model.parameter_counts(), float(model.flops_per_token())
+    train = train_config(cfg)
+    steps = num_iterations(train, counts["scaling"], fpt)
+    tokens = steps * train.total_batch_tokens
+    launcher = cfg.get("launcher") or {}
+    gpus = int(launcher.get("nproc_per_node", 1)) * int(launcher.get("nodes", 1))
+    depth, pattern, seq = int(cfg.model.depth), str(cfg.model.window_pattern), int(cfg.model.sequence_len)
+    gpu_hours, estimate = _gpu_hours(tokens, tokens * fpt, depth, pattern, seq, throughputs, mfu, peak_flops)
+    if train.device == "cpu":
+        gpus, gpu_hours, estimate = 0, math.nan, "CPU run"
+    return PlannedRun(
+        overrides=" ".join(o for o in job if o not in shared) or "(single run)",
+        depth=depth,
+        window_pattern=pattern,
+        sequence_len=seq,
+        params=counts["total"],
+        scaling_params=counts["scaling"],
+        flops_per_token=fpt,
+        steps=steps,
+        tokens=tokens,
+        flops=tokens * fpt,
+        gpus=gpus,
+        gpu_hours=gpu_hours,
+        estimate=estimate,
+    )
+
+
+def _gpu_hours(tokens, flops, depth, pattern, seq, throughputs, mfu, peak_flops) -> tuple[float, str]:
+    """GPU-hours from a measured throughput when one matches depth and window pattern, else from MFU."""
+    matches = [t for t in throughputs if int(t["model_depth"]) == depth and str(t["window_pattern"]) == pattern]
+    matches.sort(key=lambda t: int(t.get("sequence_len", seq)) != seq)
+    if matches:
+        m = matches[0]
+        per_gpu = float(m["tok_per_s"]) / max(int(m.get("world_size", 1)), 1)
+        return tokens / per_gpu / 3600, f"measured {per_gpu:,.0f} tok/s/GPU ({m.get('gpu_name', '?')})"
+    return flops / (mfu * peak_flops) / 3600, f"assumed MFU {mfu:.0%} of {peak_flops:.3g} FLOP/s"
+
+
+def load_throughputs(path: Path | None) -> list[dict]:
+    """Entries of a `harness.bench throughput` JSON: one object, a list, or {"results": [...]}."""
+    if path is None:
+        return []
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--throughput {path}: {e}") from None
+    entries = data.get("results", [data]) if isinstance(data, dict) else data
+    required = ("model_depth", "window_pattern", "tok_per_s")
+    for entry in entries:
+        missing = [k for k in required if k not in entry]
+        if missing:
+            raise ConfigError(f"--throughput {path}: an entry lacks {', '.join(missing)}; needs {', '.join(required)}")
+    return entries
+
+
+# seeds needed ------------------------------------------------------------------------------
+def seeds_table(
+    sweep_dirs: Sequence[Path], baseline: Sequence[str] | None, detect: float | None, detect_core: float | None
+) -> list[dict]:
+    """Per depth and metric of the earlier sweep: its spread and the seeds a chosen difference needs."""
+    from harness.results.collect import collect_dirs
+    from harness.results.compare import comparison_table, parse_baseline, spread_table
+    from harness.results.stats import seeds_needed
+
+    collection = collect_dirs(*sweep_dirs)
+    table, _ = comparison_table(collection, parse_baseline(baseline), strict=baseline is not None)
+    rows = []
+    for row in spread_table(collection, table).itertuples():
+        difference = detect if row.metric == "val_bpb" else detect_core
+        rows.append(
+            {
+                "depth": row.depth,
+                "metric": row.metric,
+                "sweep_seeds": row.seeds,
+                "sd": row.sd,
+                "paired_sd": row.paired_sd,
+                "detect": difference,
+                "seeds_unpaired": seeds_needed(difference, row.sd, paired=False) if difference else None,
+                "seeds_paired": seeds_needed(difference, row.paired_sd, paired=True) if difference else None,
+            }
+        )
+    return rows
+
+
+# printing ----------------------------------------------------------------------------------
+def _si(value: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def runs_markdown(runs: list[PlannedRun]) -> str:
+    header = [
+        "#",
+        "overrides",
+        "depth",
+        "params",
+        "scaling params",
+        "FLOPs/token",
+        "steps",
+        "tokens",
+        "FLOPs",
+        "GPUs",
+        "GPU-hours",
+        "hours",
+        "estimate from",
+    ]
+    rows = [
+        [
+            str(i),
+            f"`{r.overrides}`",
+            str(r.depth),
+            _si(r.params),
+            _si(r.scaling_params),
+            _si(r.flops_per_token),
+            f"{r.steps:,}",
+            _si(r.tokens),
+            f"{r.flops:.3g}",
+            str(r.gpus),
+            _hours(r.gpu_hours),
+            _hours(r.hours),
+            r.estimate,
+        ]
+        for i, r in enumerate(runs, 1)
+    ]
+    total_hours = sum(r.gpu_hours for r in runs if not math.isnan(r.gpu_hours))
+    total = f"{len(runs)} runs, {_si(sum(r.tokens for r in runs))} tokens, {sum(r.flops for r in runs):.3g} FLOPs"
+    return _markdown(header, rows) + f"\n\nTotal: {total}, {total_hours:.1f} GPU-hours."
+
+
+def _hours(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f}"
+
+
+def seeds_markdown(rows: list[dict], sources: Sequence[Path]) -> str:
+    def count(n):
+        return "—" if n is None else str(n)
+
+    header = [
+        "depth",
+        "metric",
+        "seeds in that sweep",
+        "sd within a variant",
+        "sd of per-seed differences",
+        "detect Δ",
+        "seeds needed, unpaired",
+        "seeds needed, paired by seed",
+    ]
+    table = [
+        [
+            str(r["depth"]),
+            "val bpb" if r["metric"] == "val_bpb" else "CORE",
+            str(r["sweep_seeds"]),
+            _fixed(r["sd"]),
+            _fixed(r["paired_sd"]),
+            "—" if r["detect"] is None else f"{r['detect']:g}",
+            count(r["seeds_unpaired"]),
+            count(r["seeds_paired"]),
+        ]
+        for r in rows
+    ]
+    note = (
+        f"Spread from {', '.join(str(s) for s in sources)}; seeds per variant for 80% power at alpha 0.05 "
+        "(two-sided t-test). Paired: every variant runs the baseline's seeds."
+    )
+    return _markdown(header, table) + "\n\n" + note
+
+
+def _fixed(value: float) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+# command line ------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.plan",
+        description="List the runs a multirun would launch, with their size, compute and estimated GPU-hours; "
+        "optionally, how many seeds a difference needs given an earlier sweep's spread.",
+        epilog="Example: python -m harness.plan experiment=smoke --spread-from runs/smoke --detect 0.002",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides as for the multirun; a,b sweeps over values")
+    parser.add_argument(
+        "--throughput", type=Path, metavar="FILE", help="measured tok/s JSON (harness.bench throughput)"
+    )
+    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed MFU without a measurement (0.45)")
+    parser.add_argument(
+        "--peak-flops",
+        type=float,
+        default=H100_BF16_PEAK_FLOPS,
+        metavar="FLOP_PER_S",
+        help="peak FLOP/s per GPU for the MFU estimate (989e12: H100 SXM bf16)",
+    )
+    parser.add_argument(
+        "--spread-from",
+        type=Path,
+        action="append",
+        metavar="SWEEP_DIR",
+        help="an earlier sweep whose seed-to-seed spread sizes the seed count (repeat the flag for more)",
+    )
+    parser.add_argument("--detect", type=float, help="difference in final val bpb to detect (e.g. 0.002)")
+    parser.add_argument("--detect-core", type=float, help="difference in CORE to detect (e.g. 0.005)")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one config value of the baseline variant (repeat the flag for more)",
+    )
+    parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the run list as CSV")
+    args = parser.parse_intermixed_args(argv)
+    if (args.detect or args.detect_core) and not args.spread_from:
+        parser.error("--detect and --detect-core need --spread-from SWEEP_DIR")
+    if not 0 < args.mfu <= 1:
+        parser.error(f"--mfu={args.mfu} must be in (0, 1]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        jobs, shared = jobs_and_shared(args.overrides)
+        throughputs = load_throughputs(args.throughput)
+        runs = [plan_run(job, shared, throughputs, args.mfu, args.peak_flops) for job in jobs]
+        print(f"Overrides shared by every run: {' '.join(shared) or '(none)'}\n")
+        print(runs_markdown(runs))
+        if args.csv:
+            import pandas as pd
+
+            pd.DataFrame([{**asdict(r), "hours": r.hours} for r in runs]).to_csv(args.csv, index=False)
+        if args.spread_from:
+            print()
+            print(
+                seeds_markdown(
+                    seeds_table(args.spread_from, args.baseline, args.detect, args.detect_core), args.spread_from
+                )
+            )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    return 0
+
+
+def planned(
+    overrides: Sequence[str],
+    throughput: Path | None = None,
+    mfu: float = DEFAULT_MFU,
+    peak_flops: float = H100_BF16_PEAK_FLOPS,
+) -> list[PlannedRun]:
+    """The planned runs as data, for scripts and tests."""
+    jobs, shared = jobs_and_shared(overrides)
+    return [plan_run(job, shared, load_throughputs(throughput), mfu, peak_flops) for job in jobs]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Report a sweep: `python -m harness.report <sweep_dir> [more dirs] [--out DIR] [--baseline KEY=VALUE ...]`.
+
+Walks the run directories under the given folders (any depth; a Hydra multirun folder as it is),
+optionally adds the runs of wandb projects, and writes to --out (default results/<name of the
+first folder>): report.md, runs and curves tables (parquet and CSV), comparison tables against
+the baseline (Markdown and CSV), the seed-to-seed spread, and plots (PNG and SVG). Prints the
+comparison table and the report's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import USAGE_EXIT_CODE, ConfigError
+from harness.results.compare import DEFAULT_BASELINE
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.report",
+        description="Collect a sweep's runs into tables, statistics over seeds against a baseline, and plots.",
+        epilog="Example: python -m harness.report runs/smoke --baseline rope.split=slice mlp_lr.name=c_fc_2x",
+    )
+    parser.add_argument("sweep_dirs", nargs="*", type=Path, help="folders holding run directories (any depth)")
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="report folder (default: results/<name of the first sweep dir>)"
+    )
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        action="extend",
+        metavar="KEY=VALUE",
+        help=f"config values that pick the baseline variant at each depth (default: {' '.join(DEFAULT_BASELINE)})",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="append",
+        default=[],
+        metavar="ENTITY/PROJECT",
+        help="also import the runs of this wandb project (needs network; repeatable)",
+    )
+    parser.add_argument("--title", help="report title (default: the first sweep dir's name)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dirs and not args.wandb:
+        parser.error("give at least one sweep directory or --wandb ENTITY/PROJECT")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from harness.results.render import build_report
+
+    name = args.sweep_dirs[0].name if args.sweep_dirs else args.wandb[0].split("/")[-1]
+    out = args.out or Path("results") / name
+    command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    try:
+        report = build_report(args.sweep_dirs, out, args.baseline, args.wandb, title=args.title, command=command)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    print(report.comparison_markdown)
+    print(f"report: {report.report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Sweep collection: what a set of runs left behind, as two tables.
+
+`runs` has one row per run: its identity (variant, depth, seed, status), every ablation axis as
+its own column, and the headline numbers of its summary (final and min val bpb, CORE and each
+CORE task, tok/s, MFU, training time, total FLOPs). `curves` is long: one row per (run, step,
+metric) with the step's tokens, FLOPs and training time, for plotting against any of them.
+
+Axes are found, not declared: every flattened config key whose value differs between runs,
+except the seed (its own column) and bookkeeping keys that do not change what a run computes
+(paths, logger, launcher, sweep, name; the same keys Hydra keeps out of a run's folder name).
+A config group chosen as a whole (`mlp_lr=c_fc_2x`) changes several keys at once; the variant's
+name keeps only the keys that are not implied by another (`mlp_lr.name` implies
+`mlp_lr.shape_rule`), and leaves out keys implied by the depth (depth is a dimension of its own).
+
+Runs are never dropped: a run without summary.json has status `missing` and shows what its
+metrics say so far; failed, diverged and interrupted runs keep their status. Statistics use
+completed runs only, and say how many others there were.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import ConfigError
+from harness.results.rundir import RunDir, find_run_dirs
+
+MISSING = "missing"
+COMPLETED = "completed"
+DEPTH_KEY = "model.depth"
+SEED_KEY = "seed"
+NAME_KEY = "name"
+NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.")
+NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume")
+
+CURVE_INDEX = ("step", "tokens", "flops", "time_s")
+CURVE_COLUMNS = ("run", *CURVE_INDEX, "metric", "value")
+SUMMARY_NUMBERS = (
+    "step",
+    "num_iterations",
+    "tokens",
+    "flops",
+    "final_val_bpb",
+    "last_val_bpb",
+    "min_val_bpb",
+    "core",
+    "tok_per_s",
+    "mfu",
+    "train_time_s",
+    "wall_time_s",
+    "params",
+    "flops_per_token",
+    "world_size",
+)
+HEADLINE = 8  # SUMMARY_NUMBERS[:HEADLINE] come before the CORE task columns
+SUMMARY_TEXT = ("device", "git_commit", "error")
+CORE_PREFIX = "core/"
+
+
+@dataclass
+class RunRecord:
+    """One run as read from its source (a run directory or a wandb run), before tabulation."""
+
+    run: str
+    source: str
+    config: dict
+    summary: dict | None
+    metrics: list[dict]
+    problem: str = ""
+
+
+@dataclass
+class Collection:
+    """The two tables plus what was learned about the sweep's shape while building them."""
+
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    axes: list[str]
+    variant_keys: list[str]
+    configs: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def core_tasks(self) -> list[str]:
+        return [c for c in self.runs.columns if c.startswith(CORE_PREFIX)]
+
+    @property
+    def depths(self) -> list[int]:
+        return sorted(int(d) for d in self.runs["depth"].dropna().unique())
+
+    def completed(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == COMPLETED]
+
+
+# reading -----------------------------------------------------------------------------------
+def load_run_dirs(*roots: str | os.PathLike) -> list[RunRecord]:
+    """Every run directory under the roots (any depth, Hydra multirun layout included)."""
+    records = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise ConfigError(f"sweep directory {str(root)!r} does not exist")
+        for run_dir in find_run_dirs(root):
+            relative = run_dir.path.relative_to(root)
+            if "wandb" in relative.parts:  # wandb's own files/config.yaml, not a run of ours
+                continue
+            run = root.name if relative == Path(".") else f"{root.name}/{relative.as_posix()}"
+            records.append(_read_run_dir(run, run_dir))
+    return records
+
+
+def _read_run_dir(run: str, run_dir: RunDir) -> RunRecord:
+    problem = ""
+    try:
+        metrics = run_dir.read_metrics()
+    except ValueError as e:
+        metrics, problem = [], str(e)
+    return RunRecord(run, str(run_dir.path), run_dir.read_config(), run_dir.read_summary(), metrics, problem)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys; lists become JSON text so that every value is comparable."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, sort_keys=True)
+        else:
+            flat[name] = value
+    return flat
+
+
+# the sweep's shape -------------------------------------------------------------------------
+def ablation_axes(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """Flattened keys whose value differs across runs, in config order, bookkeeping excluded."""
+    keys: dict[str, None] = {}
+    for flat in configs:
+        keys.update(dict.fromkeys(flat))
+    axes = []
+    for key in keys:
+        if key in NOT_AXIS_KEYS or key.startswith(NOT_AXIS_PREFIXES):
+            continue
+        if len({_hashable(flat.get(key, "<absent>")) for flat in configs}) > 1:
+            axes.append(key)
+    return axes
+
+
+def variant_keys(configs: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[str]:
+    """The axes that name a variant: those not fixed by the depth and not implied by a key of
+    their own group that varies more (`mlp_lr.name` implies `mlp_lr.shape_rule`)."""
+    table = pd.DataFrame([{k: _hashable(flat.get(k)) for k in (*axes, DEPTH_KEY)} for flat in configs])
+    free = [k for k in axes if k != DEPTH_KEY and not _implied_by(table, k, [DEPTH_KEY])]
+    kept: list[str] = []
+    for group in dict.fromkeys(k.split(".")[0] for k in free):
+        members = sorted((k for k in free if k.split(".")[0] == group), key=lambda k: -table[k].nunique())
+        for key in members:
+            same_group = [k for k in kept if k.split(".")[0] == group]
+            if not same_group or not _implied_by(table, key, same_group):
+                kept.append(key)
+    return [k for k in axes if k in kept]
+
+
+def _implied_by(table: pd.DataFrame, key: str, by: list[str]) -> bool:
+    return bool((table.groupby(by, dropna=False)[key].nunique(dropna=False) <= 1).all())
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def variant_label(flat: dict[str, Any], keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={_format_value(flat.get(k))}" for k in keys)
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+# tables ------------------------------------------------------------------------------------
+def collect(records: Iterable[RunRecord]) -> Collection:
+    """Build the runs and curves tables from records of any source."""
+    records = sorted(records, key=lambda r: r.run)
+    configs = {r.run: flatten(r.config) for r in records}
+    flats = list(configs.values())
+    axes = ablation_axes(flats)
+    keys = variant_keys(flats, axes) if flats else []
+    fallback_name = "/".join(sorted({str(f.get(NAME_KEY, "run")) for f in flats}))
+    rows = []
+    for record in records:
+        flat = configs[record.run]
+        row = {
+            "run": record.run,
+            "name": flat.get(NAME_KEY),
+            "variant": variant_label(flat, keys) if keys else fallback_name,
+            "depth": flat.get(DEPTH_KEY),
+            "seed": flat.get(SEED_KEY),
+            "status": (record.summary or {}).get("status") or MISSING,
+        }
+        row.update({axis: flat.get(axis) for axis in axes})
+        row.update(_headline_numbers(record))
+        row["note"] = _note(record)
+        row["path"] = record.source
+        rows.append(row)
+    runs = _tidy(pd.DataFrame(rows, columns=_run_columns(rows, axes)))
+    return Collection(runs, _curves(records), axes, keys, configs)
+
+
+def _run_columns(rows: list[dict], axes: list[str]) -> list[str]:
+    tasks = sorted({k for row in rows for k in row if k.startswith(CORE_PREFIX)})
+    head = ["run", "name", "variant", "depth", "seed", "status", *axes]
+    return [*head, *SUMMARY_NUMBERS[:HEADLINE], *tasks, *SUMMARY_NUMBERS[HEADLINE:], *SUMMARY_TEXT, "note", "path"]
+
+
+def _headline_numbers(record: RunRecord) -> dict[str, Any]:
+    """From summary.json, absent keys NaN. A run with no summary yet, or only the stub a run
+    writes when it starts, shows what its metrics say so far (never a `final_val_bpb`)."""
+    summary = record.summary or {}
+    numbers = _numbers_from_metrics(record.metrics) if summary.get("status", "running") == "running" else {}
+    for key in SUMMARY_NUMBERS:
+        value = _number(summary.get(key))
+        if math.isfinite(value) or key not in numbers:
+            numbers[key] = value
+    numbers["params"] = _number((summary.get("param_counts") or {}).get("total", numbers["params"]))
+    for task, value in (summary.get("core_tasks") or {}).items():
+        numbers[f"{CORE_PREFIX}{task}"] = _number(value)
+    numbers.update({key: summary.get(key) for key in SUMMARY_TEXT})
+    return numbers
+
+
+def _numbers_from_metrics(metrics: list[dict]) -> dict[str, Any]:
+    numbers: dict[str, Any] = {}
+    if not metrics:
+        return numbers
+    last = metrics[-1]
+    numbers.update({k: _number(last.get(k)) for k in ("step", "tokens", "flops")})
+    numbers["train_time_s"] = _number(last.get("time_s"))
+    val = [_number(r["val_bpb"]) for r in metrics if "val_bpb" in r]
+    if val:
+        numbers["last_val_bpb"] = val[-1]
+        numbers["min_val_bpb"] = float(np.nanmin(val)) if np.isfinite(val).any() else math.nan
+    for key in ("tok_per_s", "mfu"):
+        seen = [_number(r[key]) for r in metrics if key in r]
+        numbers[key] = float(np.nanmedian(seen)) if np.isfinite(seen).any() else math.nan
+    core = [r for r in metrics if "core" in r]
+    if core:
+        numbers.update({k: _number(v) for k, v in core[-1].items() if k == "core" or k.startswith(CORE_PREFIX)})
+    return numbers
+
+
+def _note(record: RunRecord) -> str:
+    notes = [record.problem] if record.problem else []
+    if record.summary is None:
+        notes.append("no summary.json: numbers from metrics so far")
+    elif record.summary.get("status") == "running":
+        notes.append("running (or killed without a summary): numbers from metrics so far")
+    return "; ".join(notes)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _tidy(runs: pd.DataFrame) -> pd.DataFrame:
+    """One type per column (numbers, or text), so that parquet and CSV round-trip."""
+    for column in runs.columns:
+        values = runs[column]
+        numeric = values.map(lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+        if numeric.all():
+            runs[column] = pd.to_numeric(values, errors="coerce")
+        else:
+            runs[column] = values.map(lambda v: "" if v is None else _format_value(v)).astype(str)
+    for column in ("depth", "seed", "step", "num_iterations", "world_size"):
+        if column in runs and runs[column].notna().all() and pd.api.types.is_numeric_dtype(runs[column]):
+            runs[column] = runs[column].astype("int64")
+    return runs
+
+
+def _curves(records: Sequence[RunRecord]) -> pd.DataFrame:
+    columns: dict[str, list] = {c: [] for c in CURVE_COLUMNS}
+    for record in records:
+        for entry in record.metrics:
+            index = [_number(entry.get(k)) for k in CURVE_INDEX]
+            for metric, value in entry.items():
+                if metric in CURVE_INDEX or isinstance(value, (str, bool, dict, list)):
+                    continue
+                columns["run"].append(record.run)
+                for name, x in zip(CURVE_INDEX, index, strict=True):
+                    columns[name].append(x)
+                columns["metric"].append(metric)
+                columns["value"].append(_number(value))
+    curves = pd.DataFrame(columns)
+    curves["run"] = curves["run"].astype(str)
+    curves["metric"] = curves["metric"].astype(str)
+    return curves
+
+
+# entry points ------------------------------------------------------------------------------
+def collect_dirs(*roots: str | os.PathLike) -> Collection:
+    return collect(load_run_dirs(*roots))
+
+
+def save_tables(collection: Collection, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """runs and curves as parquet and CSV; returns the written paths by file name."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, table in (("runs", collection.runs), ("curves", collection.curves)):
+        for suffix in ("parquet", "csv"):
+            path = out_dir / f"{name}.{suffix}"
+            if suffix == "parquet":
+                table.to_parquet(path, index=False)
+            else:
+                table.to_csv(path, index=False)
+            written[path.name] = path
+    return written

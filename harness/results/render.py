@@ -1,0 +1,227 @@
+"""A sweep's report: one folder with the tables, the statistics, the plots and report.md.
+
+    <out_dir>/
+      report.md                  everything below, linked, with the comparison and run tables inline
+      runs.parquet, runs.csv     one row per run (collect.py)
+      curves.parquet, curves.csv one row per (run, step, metric)
+      runs.md                    the per-run table: variant, seed, status, final/min val bpb, time, tok/s
+      comparison.md, .csv        per depth and variant, against the baseline (compare.py)
+      spread.csv                 seed-to-seed spread and detectable differences per depth
+      plots/*.png, *.svg         (plots.py)
+
+`python -m harness.report` and the multirun callback both call `build_report`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.errors import ConfigError
+from harness.results.collect import COMPLETED, Collection, RunRecord, collect, load_run_dirs, save_tables
+from harness.results.compare import (
+    comparison_markdown,
+    comparison_table,
+    parse_baseline,
+    save_comparison,
+    spread_table,
+)
+from harness.results.plots import all_plots, save_figure
+from harness.results.stats import ALPHA, POWER
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    report_path: Path
+    collection: Collection
+    comparison: pd.DataFrame
+    comparison_markdown: str
+    spread: pd.DataFrame
+    plots: list[str]
+
+
+def build_report(
+    roots: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    baseline: str | Sequence[str] | Mapping[str, Any] | None = None,
+    wandb_projects: Sequence[str] = (),
+    wandb_api: Any = None,
+    title: str | None = None,
+    command: str | None = None,
+) -> Report:
+    """Collect the runs under `roots` (and wandb projects), write every table and plot, and report.md."""
+    records: list[RunRecord] = load_run_dirs(*roots) if roots else []
+    for project in wandb_projects:
+        from harness.results.wandb_import import load_wandb
+
+        records += load_wandb(project, api=wandb_api)
+    sources = [str(r) for r in roots] + [f"wandb:{p}" for p in wandb_projects]
+    if not records:
+        raise ConfigError(f"no runs found in {', '.join(sources) or 'nothing'} (a run is a folder with config.yaml)")
+    out_dir = Path(out_dir)
+    collection = collect(records)
+    # The default baseline may not apply to foreign runs (a note); one the user named must (an error).
+    table, notes = comparison_table(collection, parse_baseline(baseline), strict=baseline is not None)
+    markdown = comparison_markdown(table, collection.variant_keys, notes)
+    spread = spread_table(collection, table)
+    save_tables(collection, out_dir)
+    save_comparison(table, markdown, out_dir)
+    spread.to_csv(out_dir / "spread.csv", index=False)
+    runs_markdown = runs_table_markdown(collection)
+    (out_dir / "runs.md").write_text(runs_markdown + "\n")
+    baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
+    plots = []
+    for plot in all_plots(collection, baselines):
+        save_figure(plot.figure, out_dir / "plots", plot.stem)
+        plots.append((plot.stem, plot.title))
+    title = title or (Path(roots[0]).name if roots else "wandb")
+    text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command)
+    report_path = out_dir / "report.md"
+    report_path.write_text(text)
+    return Report(out_dir, report_path, collection, table, markdown, spread, [stem for stem, _ in plots])
+
+
+# the per-run table -------------------------------------------------------------------------
+def runs_table_markdown(collection: Collection) -> str:
+    """One row per run: variant keys, depth (when several), seed, status, the headline numbers."""
+    runs = collection.runs.sort_values(["depth", "variant", "seed"])
+    keys = collection.variant_keys or ["variant"]
+    several_depths = len(collection.depths) > 1
+    has_core = runs["core"].notna().any()
+    has_mfu = runs["mfu"].notna().any()
+    header = [*keys, *(["depth"] if several_depths else []), "seed", "status", "steps", "final val bpb"]
+    header += ["min val bpb", *(["CORE"] if has_core else []), "train time", "tok/s", *(["MFU"] if has_mfu else [])]
+    header += ["note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for _, run in runs.iterrows():
+        cells = [str(run[k]) for k in keys] + ([str(run["depth"])] if several_depths else [])
+        status = run["status"] if run["status"] == COMPLETED else f"**{run['status']}**"
+        cells += [str(run["seed"]), status, _steps(run), _number(run["final_val_bpb"], ".4f")]
+        cells += [_number(run["min_val_bpb"], ".4f")] + ([_number(run["core"], ".4f")] if has_core else [])
+        cells += [_duration(run["train_time_s"]), _number(run["tok_per_s"], ",.0f")]
+        cells += [_number(run["mfu"], ".1%")] if has_mfu else []
+        cells += [_note(run)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _steps(run: pd.Series) -> str:
+    step, total = run["step"], run["num_iterations"]
+    if not _finite(step):
+        return "—"
+    return f"{int(step)}/{int(total)}" if _finite(total) else str(int(step))
+
+
+def _note(run: pd.Series) -> str:
+    parts = [str(run[k]) for k in ("error", "note") if str(run.get(k, "")) not in ("", "nan")]
+    return "; ".join(parts).replace("|", "\\|")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _number(value: Any, spec: str) -> str:
+    return format(value, spec) if _finite(value) else "—"
+
+
+def _duration(seconds: Any) -> str:
+    if not _finite(seconds):
+        return "—"
+    if seconds < 180:
+        return f"{seconds:.1f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+# report.md ---------------------------------------------------------------------------------
+def _report_text(title, sources, collection, comparison_md, spread, runs_md, plots, baseline, command) -> str:
+    runs = collection.runs
+    counts = runs["status"].value_counts()
+    status_line = ", ".join(f"{n} {status}" for status, n in counts.items())
+    baseline_text = " ".join(f"{k}={v}" for k, v in parse_baseline(baseline).items())
+    lines = [
+        f"# Sweep report: {title}",
+        "",
+        f"{len(runs)} runs ({status_line}) from {', '.join(f'`{s}`' for s in sources)}, "
+        f"{len(collection.depths)} depth(s), {runs['variant'].nunique()} variant(s). "
+        f"Axes: {', '.join(f'`{a}`' for a in collection.variant_keys) or 'none'}. "
+        f"Baseline: `{baseline_text}`.",
+        "",
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC" + (f" by `{command}`." if command else "."),
+        "",
+    ]
+    incomplete = runs[runs["status"] != COMPLETED]
+    if len(incomplete):
+        lines += [
+            "## Runs that did not complete",
+            "",
+            "Kept in every table and plot (dotted curves), left out of the statistics.",
+            "",
+        ]
+        lines += ["| run | status | step | last val bpb | error / note |", "|---|---|---|---|---|"]
+        for _, run in incomplete.iterrows():
+            last = _number(run["last_val_bpb"], ".4f")
+            lines.append(f"| `{run['run']}` | {run['status']} | {_steps(run)} | {last} | {_note(run) or '—'} |")
+        lines.append("")
+    lines += ["## Comparison with the baseline", "", comparison_md.strip(), ""]
+    lines += ["## What this sweep could detect", "", *_power_text(spread), ""]
+    lines += ["## Every run", "", runs_md, ""]
+    lines += ["## Plots", ""]
+    for stem, plot_title in plots:
+        lines += [
+            f"### {plot_title}",
+            "",
+            f"![{plot_title}](plots/{stem}.png)",
+            "",
+            f"[PNG](plots/{stem}.png) · [SVG](plots/{stem}.svg)",
+            "",
+        ]
+    lines += [
+        "## Files",
+        "",
+        "- [runs.csv](runs.csv) / runs.parquet: one row per run, every axis a column",
+        "- [curves.csv](curves.csv) / curves.parquet: one row per (run, step, metric)",
+        "- [comparison.csv](comparison.csv) / [comparison.md](comparison.md): the comparison tables",
+        "- [runs.md](runs.md): the per-run table; [spread.csv](spread.csv): seed-to-seed spread",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _power_text(spread: pd.DataFrame) -> list[str]:
+    if spread.empty:
+        return [
+            "No variant has two completed seeds, so the seed-to-seed spread is unknown: no difference can be "
+            'tested, and "no significant difference" means nothing yet. Run at least two seeds.'
+        ]
+    lines = [
+        f"Smallest true difference the sweep's design would detect with {POWER:.0%} power at α = {ALPHA} "
+        "(two-sided), from the seed-to-seed spread pooled over the variants of each depth. A true difference "
+        'below it would likely come out "not significant": that verdict is not evidence of no difference.',
+        "",
+        "| depth | metric | seeds per variant | sd within a variant | detectable Δ, unpaired | "
+        "sd of per-seed differences | detectable Δ, paired by seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in spread.itertuples():
+        metric = "val bpb" if row.metric == "val_bpb" else "CORE"
+        lines.append(
+            f"| {row.depth} | {metric} | {row.seeds} | {_number(row.sd, '.4f')} | "
+            f"{_number(row.mdd_unpaired, '.4f')} | {_number(row.paired_sd, '.4f')} | {_number(row.mdd_paired, '.4f')} |"
+        )
+    lines += [
+        "",
+        "More seeds shrink these quickly: `python -m harness.plan <overrides> --spread-from <this sweep> "
+        "--detect 0.002` says how many seeds a chosen difference needs.",
+    ]
+    return lines

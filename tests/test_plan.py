@@ -1,0 +1,100 @@
+"""Sweep planning: the runs a multirun would launch, their compute and cost, and seeds needed."""
+
+import json
+
+import pytest
+
+from harness import plan
+from harness.results.synthetic import write_sweep
+
+# nanochat d12 at vocab 32768 (the recipe's reference counts): transformer matrices + lm_head.
+D12_SCALING_PARAMS = 84_935_808 + 25_165_824
+D12_MATMUL_PARAMS = 286_262_424 - 25_165_824 - 150_994_944 - 24  # total - wte - value embeds - scalars
+# SSSL over 12 layers: 9 layers see 1024 keys, 3 (incl. the last) see 2048; 6 heads of 128.
+D12_ATTENTION_FLOPS = 12 * 6 * 128 * (9 * 1024 + 3 * 2048)
+
+
+def test_smoke_experiment_is_sixteen_runs():
+    runs = plan.planned(["experiment=smoke"])
+    assert len(runs) == 16
+    assert {r.overrides.split()[0] for r in runs} == {"rope=slice", "rope=chunk"}
+    assert len({r.overrides for r in runs}) == 16
+    assert all(r.depth == 4 and r.steps == 60 and r.gpus == 0 and r.estimate == "CPU run" for r in runs)
+    assert all(r.tokens == 60 * 2048 for r in runs)  # train/smoke: 60 steps of 2,048 tokens
+
+
+def test_command_line_sweeps_add_to_and_replace_the_experiments():
+    jobs, shared = plan.jobs_and_shared(["experiment=smoke", "seed=0,1,2", "train.num_iterations=30"])
+    assert len(jobs) == 24 and shared == ["experiment=smoke", "train.num_iterations=30"]
+    jobs, _ = plan.jobs_and_shared(["experiment=smoke", "seed=5", "rope=chunk"])
+    assert len(jobs) == 4 and all("seed=5" in job and "rope=chunk" in job for job in jobs)
+
+
+# The recipe's d12 on FineWeb, every sweep of the experiment pinned to one value: a single run.
+D12 = ["experiment=rope_mlp_lr", "model=d12", "rope=slice", "mlp_lr=c_fc_2x", "seed=0"]
+
+
+def test_d12_recipe_horizon_tokens_and_flops_by_hand():
+    (run,) = plan.planned(D12)
+    steps = round(10.5 * D12_SCALING_PARAMS / 524_288)  # target_param_data_ratio x scaling params / batch
+    assert steps == 2205
+    fpt = 6 * D12_MATMUL_PARAMS + D12_ATTENTION_FLOPS
+    assert (run.params, run.scaling_params) == (286_262_424, D12_SCALING_PARAMS)
+    assert run.flops_per_token == fpt
+    assert (run.steps, run.tokens, run.flops) == (steps, steps * 524_288, steps * 524_288 * fpt)
+    assert run.gpus == 1
+    assert run.gpu_hours == pytest.approx(steps * 524_288 * fpt / (0.45 * 989e12) / 3600)
+
+
+def test_measured_throughput_matches_depth_and_window_pattern(tmp_path):
+    measured = tmp_path / "throughput.json"
+    measured.write_text(
+        json.dumps(
+            [
+                {
+                    "model_depth": 12,
+                    "window_pattern": "L",
+                    "sequence_len": 2048,
+                    "tok_per_s": 523_000.0,
+                    "gpu_name": "H100",
+                    "world_size": 1,
+                },
+                {
+                    "model_depth": 12,
+                    "window_pattern": "SSSL",
+                    "sequence_len": 2048,
+                    "tok_per_s": 8 * 425_000.0,
+                    "gpu_name": "H100",
+                    "world_size": 8,
+                },
+            ]
+        )
+    )
+    (run,) = plan.planned(D12, throughput=measured)
+    assert run.gpu_hours == pytest.approx(2205 * 524_288 / 425_000.0 / 3600)
+    assert "measured 425,000 tok/s/GPU" in run.estimate
+    (other,) = plan.planned([*D12, "model=d16"], throughput=measured)  # no d16 measurement: assumed MFU
+    assert other.estimate.startswith("assumed MFU 45%")
+
+
+def test_cli_lists_runs_and_seeds_needed(tmp_path, capsys):
+    write_sweep(tmp_path / "earlier", grid={"rope": ("slice", "chunk"), "mlp_lr": ("c_fc_2x",)}, seeds=(0, 1, 2))
+    overrides = ["experiment=smoke", "rope=slice", "mlp_lr=c_fc_2x"]
+    code = plan.main([*overrides, "--spread-from", str(tmp_path / "earlier"), "--detect", "0.002"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("| `seed=") == 2 and "Total: 2 runs" in out
+    seeds_row = next(line for line in out.splitlines() if line.startswith("| 4 | val bpb | 3 |"))
+    needed = seeds_row.split("|")[-3:-1]
+    assert all(cell.strip().isdigit() and int(cell) >= 2 for cell in needed)
+
+
+def test_help_and_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plan.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "--spread-from" in capsys.readouterr().out
+    assert plan.main(["model=d13"]) == 2
+    assert "model=d13 is not an option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plan.parse_args(["--detect", "0.002"])  # nothing to take the spread from

@@ -1,0 +1,176 @@
+"""Plots: the right panels and lines, nothing drawn over anything else, files written."""
+
+import pytest
+from matplotlib.collections import PolyCollection
+
+from harness.results.collect import collect_dirs
+from harness.results.plots import (
+    INCOMPLETE_STYLE,
+    all_plots,
+    core_figure,
+    curve_figure,
+    ema,
+    final_figure,
+    save_figure,
+    scaling_figure,
+    throughput_figure,
+)
+from harness.results.rundir import RunDir
+
+VARIANTS = (("slice", "c_fc_2x"), ("chunk", "c_fc_2x"), ("slice", "none"))
+
+
+def write_run(root, depth, rope, mlp, seed, status="completed", core=False, steps=20):
+    run = RunDir(root / f"model=d{depth},mlp_lr={mlp},rope={rope},seed={seed}")
+    run.write_config({"seed": seed, "model": {"depth": depth}, "rope": {"split": rope}, "mlp_lr": {"name": mlp}})
+    offset = 0.01 * seed + (0.02 if mlp == "none" else 0.0)
+    last = steps if status == "completed" else steps // 2
+    speed = 1e4 / depth * (1.05 if rope == "chunk" else 1.0) + seed
+    for step in range(last + 1):
+        base = {"step": step, "tokens": 1000 * step, "flops": 1e9 * depth * step, "time_s": 0.1 * step}
+        if step:
+            run.append_metrics({**base, "train_loss": 6.0 / (1 + step) + 2 + offset, "tok_per_s": speed})
+        if step % 5 == 0:
+            run.append_metrics({**base, "val_bpb": 2.0 / (1 + step) + 1 + offset})
+    summary = {
+        "status": status,
+        "final_val_bpb": 1 + offset + 2.0 / (1 + steps),
+        "tok_per_s": speed,
+        "flops": 1e9 * depth * steps,
+        "mfu": 0.4,
+    }
+    if core:
+        summary.update(core=0.2 - offset, core_tasks={"arc_easy": 0.3 - offset, "piqa": 0.1 - offset})
+    run.write_summary(summary)
+
+
+@pytest.fixture(scope="module")
+def two_depths(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    for depth in (12, 24):
+        for rope, mlp in VARIANTS:
+            for seed in (0, 1):
+                write_run(tmp_path, depth, rope, mlp, seed, core=True)
+    write_run(tmp_path, 12, "slice", "none", 2, status="interrupted")
+    return collect_dirs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_depth(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("one_depth")
+    for rope, mlp in VARIANTS:
+        for seed in (0, 1):
+            write_run(tmp_path, 12, rope, mlp, seed)
+    return collect_dirs(tmp_path)
+
+
+BASELINES = {12: "rope.split=slice mlp_lr.name=c_fc_2x", 24: "rope.split=slice mlp_lr.name=c_fc_2x"}
+
+
+def test_ema_is_debiased_with_beta_point_nine():
+    assert ema([1.0, 2.0]).tolist() == pytest.approx([1.0, (0.09 + 0.2) / (1 - 0.81)])
+    assert ema([3.0] * 5).tolist() == pytest.approx([3.0] * 5)
+
+
+def test_curves_have_a_whole_and_a_zoom_panel_per_depth_with_one_line_per_variant(two_depths):
+    fig = curve_figure(two_depths, "val_bpb", "step", BASELINES)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == [
+        "depth 12: whole run",
+        "depth 24: whole run",
+        "depth 12: second half of training (zoom)",
+        "depth 24: second half of training (zoom)",
+    ]
+    depth12 = [axes[0], axes[2]]
+    for ax in depth12:
+        solid = [line for line in ax.get_lines() if line.get_linestyle() != INCOMPLETE_STYLE]
+        dotted = [line for line in ax.get_lines() if line.get_linestyle() == INCOMPLETE_STYLE]
+        assert len(solid) == len(VARIANTS) and len(dotted) == 1  # the interrupted run, on its own
+        assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == len(VARIANTS)  # seed bands
+    assert all(len(ax.get_lines()) == len(VARIANTS) for ax in (axes[1], axes[3]))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "slice · c_fc_2x (baseline)" in labels and "run not completed" in labels
+    assert "optimizer step" in axes[0].get_xlabel() and "bits per byte" in axes[0].get_ylabel()
+    zoom = axes[2].get_xlim()
+    assert zoom[0] > 8 and zoom[1] > 19  # the second half of 20 steps
+
+
+def test_train_loss_is_smoothed_and_says_so(two_depths):
+    fig = curve_figure(two_depths, "train_loss", "time_s", BASELINES)
+    assert "EMA 0.9" in fig.axes[0].get_ylabel()
+    assert fig.axes[0].get_xlabel() == "training time, evaluation excluded (s)"
+    mean = fig.axes[0].get_lines()[0].get_ydata()
+    raw_first = 6.0 / 2 + 2 + 0.005  # the first logged loss, mean of seeds 0 and 1
+    assert mean[0] == pytest.approx(raw_first)  # debiased EMA starts at the first value
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: curve_figure(c, "train_loss", "tokens", BASELINES),
+        lambda c: final_figure(c, BASELINES),
+        lambda c: scaling_figure(c, BASELINES),
+        lambda c: core_figure(c, BASELINES),
+        lambda c: throughput_figure(c, BASELINES),
+    ],
+    ids=["curves", "final", "scaling", "core", "throughput"],
+)
+@pytest.mark.parametrize("sweep", ["one_depth", "two_depths"])
+def test_nothing_overlaps(request, sweep, make):
+    fig = make(request.getfixturevalue(sweep))
+    if fig is None:
+        assert sweep == "one_depth"  # no scaling view, no CORE
+        return
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    # Each panel with its tick labels, axis labels and title; colorbars belong to their panel's space.
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
+    for legend in fig.legends:
+        assert not any(legend.get_window_extent(renderer).overlaps(b) for b in boxes)
+    page = fig.bbox
+    for text in fig.texts:  # the suptitle fits on the page
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1, text.get_text()
+    for ax in fig.axes:  # annotations stay inside their panel
+        frame = ax.get_window_extent(renderer)
+        for text in ax.texts:
+            box = text.get_window_extent(renderer)
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1 + 1, text.get_text()
+
+
+def test_scaling_needs_two_depths_and_core_needs_core(two_depths, tmp_path):
+    fig = scaling_figure(two_depths, BASELINES)
+    assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
+    assert all(len(ax.get_lines()) >= len(VARIANTS) for ax in fig.axes)
+    core = core_figure(two_depths, BASELINES)
+    images = [ax for ax in core.axes if ax.images]
+    assert len(images) == 4  # per depth: centered accuracy and difference to the baseline
+    assert [t.get_text() for t in images[0].get_xticklabels()] == ["CORE", "arc_easy", "piqa"]
+
+    one_depth = tmp_path / "one"
+    for rope, mlp in VARIANTS:
+        write_run(one_depth, 12, rope, mlp, 0)
+    collection = collect_dirs(one_depth)
+    assert scaling_figure(collection) is None
+    assert core_figure(collection) is None
+    assert {p.stem for p in all_plots(collection)} == {
+        *(f"{m}_vs_{x}" for m in ("train_loss", "val_bpb") for x in ("step", "tokens", "time", "flops")),
+        "final_val_bpb",
+        "throughput",
+    }
+
+
+def test_final_and_throughput_show_every_variant(two_depths):
+    for fig in (final_figure(two_depths, BASELINES), throughput_figure(two_depths, BASELINES)):
+        assert len(fig.axes) == 2
+        assert len(fig.axes[0].get_yticklabels()) == len(VARIANTS)
+    texts = [t.get_text() for t in throughput_figure(two_depths, BASELINES).axes[0].texts]
+    assert any("vs baseline" in t and "MFU 40.0%" in t for t in texts)
+
+
+def test_figures_are_saved_as_png_and_svg(two_depths, tmp_path):
+    png, svg = save_figure(curve_figure(two_depths, "train_loss", "tokens", BASELINES), tmp_path, "curve")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "<svg" in svg.read_text()[:500]

@@ -1,0 +1,169 @@
+"""Sweep collection: run directories of every status into the runs and curves tables."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from harness.errors import ConfigError
+from harness.results.collect import CURVE_COLUMNS, MISSING, collect_dirs, save_tables
+from harness.results.rundir import RunDir
+
+
+def write_run(
+    path,
+    *,
+    rope="slice",
+    mlp="c_fc_2x",
+    seed=0,
+    depth=4,
+    status="completed",
+    final=1.5,
+    steps=4,
+    data_dir="/data",
+    summary_extra=None,
+):
+    """A small run: train records every step, val bpb at 0 and the end, a summary unless status is None."""
+    run = RunDir(path)
+    run.write_config(
+        {
+            "name": "t",
+            "seed": seed,
+            "model": {"depth": depth, "aspect_ratio": 32},
+            "rope": {"split": rope, "base": 10000},
+            "mlp_lr": {
+                "name": mlp,
+                "shape_rule": "pr492" if mlp == "pr492_shape_rule" else "none",
+                "multipliers": [{"match": "*.c_fc.weight", "value": 2.0}] if mlp == "c_fc_2x" else [],
+            },
+            "train": {"num_iterations": steps},
+            "paths": {"data_dir": data_dir},
+            "logger": {"kind": "none"},
+        }
+    )
+    for step in range(steps + 1):
+        base = {"step": step, "tokens": 100 * step, "flops": 1e6 * step, "time_s": 0.5 * step}
+        if step:
+            run.append_metrics(
+                {**base, "train_loss": 5.0 - step, "lr_multiplier": 1.0, "tok_per_s": 200.0, "mfu": None}
+            )
+        if step in (0, steps):
+            run.append_metrics({**base, "val_bpb": final + (steps - step) * 0.1})
+    if status is not None:
+        summary = {
+            "status": status,
+            "step": steps,
+            "num_iterations": steps,
+            "final_val_bpb": final,
+            "min_val_bpb": final,
+            "tok_per_s": 200.0,
+            "mfu": None,
+            "train_time_s": 0.5 * steps,
+            **(summary_extra or {}),
+        }
+        run.write_summary(summary)
+    return run
+
+
+@pytest.fixture()
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    write_run(root / "mlp_lr=c_fc_2x,rope=slice,seed=0", final=1.50, data_dir="/a")
+    write_run(root / "mlp_lr=c_fc_2x,rope=slice,seed=1", seed=1, final=1.52, data_dir="/b")
+    write_run(
+        root / "mlp_lr=none,rope=chunk,seed=0",
+        rope="chunk",
+        mlp="none",
+        status="failed",
+        summary_extra={"error": "RuntimeError: boom"},
+    )
+    write_run(root / "mlp_lr=none,rope=chunk,seed=1", rope="chunk", mlp="none", seed=1, status="diverged")
+    write_run(root / "mlp_lr=none,rope=slice,seed=0", mlp="none", status="interrupted")
+    write_run(root / "mlp_lr=none,rope=slice,seed=1", mlp="none", seed=1, status=None, final=1.7)
+    # Hydra's date/time multirun layout, one level deeper, with a running stub summary.
+    stub = write_run(root / "2026-01-01" / "12-00-00" / "3", mlp="pr492_shape_rule", status=None, final=1.8)
+    stub.write_summary({"status": "running", "num_iterations": 4})
+    # wandb's own files beside a run are not runs.
+    (root / "mlp_lr=none,rope=slice,seed=1" / "wandb" / "run-x" / "files").mkdir(parents=True)
+    (root / "mlp_lr=none,rope=slice,seed=1" / "wandb" / "run-x" / "files" / "config.yaml").write_text("a: 1\n")
+    return root
+
+
+def test_every_run_is_kept_and_marked(sweep):
+    runs = collect_dirs(sweep).runs.set_index("run")
+    assert len(runs) == 7
+    status = runs["status"].to_dict()
+    assert status["sweep/mlp_lr=none,rope=chunk,seed=0"] == "failed"
+    assert status["sweep/mlp_lr=none,rope=chunk,seed=1"] == "diverged"
+    assert status["sweep/mlp_lr=none,rope=slice,seed=0"] == "interrupted"
+    assert status["sweep/mlp_lr=none,rope=slice,seed=1"] == MISSING
+    assert status["sweep/2026-01-01/12-00-00/3"] == "running"
+    assert runs.loc["sweep/mlp_lr=none,rope=chunk,seed=0", "error"] == "RuntimeError: boom"
+    assert "no summary.json" in runs.loc["sweep/mlp_lr=none,rope=slice,seed=1", "note"]
+
+
+def test_axes_are_the_differing_keys_and_variants_name_them_compactly(sweep):
+    collection = collect_dirs(sweep)
+    # seed has its own column; paths.* differ but are bookkeeping.
+    assert collection.axes == ["rope.split", "mlp_lr.name", "mlp_lr.shape_rule", "mlp_lr.multipliers"]
+    assert collection.variant_keys == ["rope.split", "mlp_lr.name"]
+    runs = collection.runs.set_index("run")
+    assert runs.loc["sweep/mlp_lr=none,rope=chunk,seed=1", "variant"] == "rope.split=chunk mlp_lr.name=none"
+    assert runs.loc["sweep/mlp_lr=none,rope=chunk,seed=1", "seed"] == 1
+    assert runs.loc["sweep/mlp_lr=none,rope=chunk,seed=1", "depth"] == 4
+    assert "paths.data_dir" not in runs.columns
+
+
+def test_depth_attributes_stay_out_of_the_variant_name(tmp_path):
+    write_run(tmp_path / "a", depth=12)
+    write_run(tmp_path / "b", depth=24, rope="chunk")
+    write_run(tmp_path / "c", depth=24)
+    collection = collect_dirs(tmp_path)
+    assert collection.axes == ["model.depth", "rope.split"]
+    assert collection.variant_keys == ["rope.split"]
+    assert collection.depths == [12, 24]
+
+
+def test_headline_numbers_from_the_summary_absent_keys_nan(sweep):
+    runs = collect_dirs(sweep).runs.set_index("run")
+    done = runs.loc["sweep/mlp_lr=c_fc_2x,rope=slice,seed=1"]
+    assert done["final_val_bpb"] == pytest.approx(1.52)
+    assert done["tok_per_s"] == 200.0 and done["train_time_s"] == 2.0
+    assert math.isnan(done["mfu"]) and math.isnan(done["core"]) and math.isnan(done["flops"])
+
+
+def test_runs_without_a_final_summary_show_their_metrics_so_far(sweep):
+    runs = collect_dirs(sweep).runs.set_index("run")
+    missing = runs.loc["sweep/mlp_lr=none,rope=slice,seed=1"]
+    assert math.isnan(missing["final_val_bpb"])  # never called final
+    assert missing["last_val_bpb"] == pytest.approx(1.7)
+    assert missing["min_val_bpb"] == pytest.approx(1.7)
+    assert missing["step"] == 4 and missing["flops"] == 4e6 and missing["train_time_s"] == 2.0
+    running = runs.loc["sweep/2026-01-01/12-00-00/3"]
+    assert running["last_val_bpb"] == pytest.approx(1.8) and running["num_iterations"] == 4
+
+
+def test_curves_are_long_with_every_numeric_metric(sweep):
+    curves = collect_dirs(sweep).curves
+    assert tuple(curves.columns) == CURVE_COLUMNS
+    one = curves[curves["run"] == "sweep/mlp_lr=c_fc_2x,rope=slice,seed=0"]
+    # 4 train records x 4 metrics (train_loss, lr_multiplier, tok_per_s, mfu) + 2 val records.
+    assert len(one) == 4 * 4 + 2
+    val = one[one["metric"] == "val_bpb"].sort_values("step")
+    assert val["value"].tolist() == pytest.approx([1.9, 1.5])
+    assert val["tokens"].tolist() == [0, 400] and val["time_s"].tolist() == [0.0, 2.0]
+    assert one.loc[one["metric"] == "mfu", "value"].isna().all()
+
+
+def test_tables_round_trip_through_parquet_and_csv(sweep, tmp_path):
+    collection = collect_dirs(sweep)
+    written = save_tables(collection, tmp_path / "out")
+    assert set(written) == {"runs.parquet", "runs.csv", "curves.parquet", "curves.csv"}
+    runs = pd.read_parquet(written["runs.parquet"])
+    pd.testing.assert_frame_equal(runs, collection.runs, check_dtype=False)
+    assert len(pd.read_csv(written["curves.csv"])) == len(collection.curves)
+
+
+def test_a_missing_sweep_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        collect_dirs(tmp_path / "nope")
