@@ -12,7 +12,6 @@ tokenizer, model, optimizer and data, and loop: evaluate when due, take a step, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import random
@@ -228,18 +227,33 @@ def autocast_for(device: torch.device, dtype: str):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def build_model(plan: RunPlan) -> GPT:
-    """Materialise the model on the run's device with the recipe's init, seeded by `seed`."""
-    model = GPT.on_meta(plan.model)
-    model.to_empty(device=plan.device)
-    torch.manual_seed(plan.cfg.seed)
+def materialize(config: GPTConfig, device: torch.device, seed: int) -> GPT:
+    """The network on `device` with the recipe's init (seeded) and the recipe's storage dtypes."""
+    model = GPT.on_meta(config)
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
     model.init_weights()
-    if plan.device.type == "cuda":
+    if device.type == "cuda":
         # The recipe keeps embedding tables in bf16 on the GPU (half the memory and traffic).
         model.transformer.wte.to(torch.bfloat16)
         model.value_embeds.to(torch.bfloat16)
+    return model
+
+
+def build_model(plan: RunPlan) -> GPT:
+    model = materialize(plan.model, plan.device, plan.cfg.seed)
     broadcast_parameters(model)  # every rank starts from rank 0's weights, whatever its RNG did
     return model
+
+
+def check_tokenizer(checkpoint: Path, saved_digest: str, tokenizer) -> None:
+    """A checkpoint's token ids mean something only with the tokenizer it was trained with."""
+    if saved_digest != tokenizer.digest():
+        raise ConfigError(
+            f"checkpoint {checkpoint} was trained with tokenizer {saved_digest}, but the current one is "
+            f"{tokenizer.digest()}; its token ids would mean other things (point data.* at the run's tokenizer, "
+            "or train.resume=never to restart)"
+        )
 
 
 def compile_for_training(model: GPT, plan: RunPlan):
@@ -282,7 +296,7 @@ class Trainer:
                 f"the tokenizer has {self.tokenizer.vocab_size} tokens but data.vocab_size={plan.model.vocab_size}"
             )
         self.token_bytes = self.tokenizer.token_bytes()
-        self.tokenizer_hash = hashlib.sha256(self.tokenizer.fingerprint().encode()).hexdigest()[:16]
+        self.tokenizer_hash = self.tokenizer.digest()
         self.model = build_model(plan)
         self.step_model = compile_for_training(self.model, plan)
         self.optimizer, self.param_rows = build_optimizer(
@@ -346,11 +360,7 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         ckpt = RunDir.load_checkpoint(path)
-        if ckpt["tokenizer"] != self.tokenizer_hash:
-            raise ConfigError(
-                f"checkpoint {path} was trained with tokenizer {ckpt['tokenizer']}, but the current one is "
-                f"{self.tokenizer_hash}; its token ids would mean other things (train.resume=never restarts)"
-            )
+        check_tokenizer(path, ckpt["tokenizer"], self.tokenizer)
         if ckpt["world_size"] != self.plan.dist.world_size:
             raise ConfigError(
                 f"checkpoint {path} was written by {ckpt['world_size']} ranks, this run has "
@@ -432,14 +442,15 @@ class Trainer:
         from harness.eval.core import core_config, evaluate_core, load_bundle
 
         core = core_config(self.plan.cfg)
+        # The eager model: CORE's batches vary in shape, and a compiled model would recompile for each.
         result = evaluate_core(
-            self.step_model,
+            self.model,
             self.tokenizer,
             load_bundle(core.bundle_dir),
             max_per_task=core.max_per_task,
             batch_size=core.batch_size,
             device=self.device,
-            max_seq_len=self.plan.model.sequence_len,
+            max_seq_len=None,  # as the recipe: prompts are cropped only to the rotary cache
             autocast=self.autocast,
             progress=self.plan.dist.is_main,
         )

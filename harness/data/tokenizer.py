@@ -11,6 +11,7 @@ inject a control token, and the byte lengths of an encoding always sum to the te
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -134,6 +135,10 @@ class Tokenizer:
     def fingerprint(self) -> str:
         """The serialized tokenizer, for cache keys of anything derived from its encodings."""
         return self._hf.to_str()
+
+    def digest(self) -> str:
+        """A short hash of the serialized tokenizer: checkpoints record it, resume and evaluation check it."""
+        return hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16]
 
 
 def _capped(texts: Iterable[str], doc_cap: int, max_chars: int) -> Iterator[str]:

@@ -1,0 +1,201 @@
+"""The CORE eval bundle on disk: fetch it once, check its layout, read its task list.
+
+The recipe's archive (eval_bundle.zip, ~162 MB) holds one top-level folder:
+
+    eval_bundle/
+      core.yaml               icl_tasks: a list of {label, icl_task_type, dataset_uri,
+                              num_fewshot: [k, ...] (the first is used), continuation_delimiter
+                              (optional, default " ")}
+      eval_meta_data.csv      one row per task: "Eval Task" (the label), "Random baseline" (percent)
+      eval_data/<dataset_uri> the examples, one JSON object per line
+
+Fetching is atomic: download to a temporary file, unpack into a temporary folder beside the
+target, validate, then rename into place, all under a file lock, so an interrupted, corrupt or
+concurrent fetch never leaves a half bundle where the evaluation looks for one.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import math
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from filelock import FileLock
+from tqdm import tqdm
+
+from harness.errors import ConfigError
+
+ARCHIVE_ROOT = "eval_bundle"
+TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+DEFAULT_CONTINUATION_DELIMITER = " "
+DOWNLOAD_TIMEOUT_S = 60
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CoreTask:
+    label: str
+    task_type: str
+    data_path: Path
+    num_fewshot: int
+    continuation_delimiter: str
+    random_baseline: float  # percent, as eval_meta_data.csv gives it
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    tasks: tuple[CoreTask, ...]
+
+
+# reading and checking ----------------------------------------------------------------------
+def load_bundle(root: str | os.PathLike) -> Bundle:
+    """The bundle's tasks with their data files and baselines; ConfigError names what is wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"CORE bundle folder {root} does not exist")
+    specs = _read_task_specs(root / "core.yaml")
+    baselines = _read_baselines(root / "eval_meta_data.csv")
+    tasks = tuple(_task(root, spec, baselines) for spec in specs)
+    return Bundle(root, tasks)
+
+
+def _read_task_specs(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: a CORE bundle needs core.yaml")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    specs = doc.get("icl_tasks") if isinstance(doc, dict) else None
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError(f"{path} has no 'icl_tasks' list")
+    labels = set()
+    for i, spec in enumerate(specs):
+        where = f"{path}: icl_tasks[{i}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} is not a mapping")
+        for key in ("label", "icl_task_type", "dataset_uri", "num_fewshot"):
+            if key not in spec:
+                raise ConfigError(f"{where} has no '{key}'")
+        label = spec["label"]
+        if not isinstance(label, str) or not label:
+            raise ConfigError(f"{where}: label={label!r} must be a non-empty string")
+        if label in labels:
+            raise ConfigError(f"{where}: label {label!r} appears twice")
+        labels.add(label)
+        if spec["icl_task_type"] not in TASK_TYPES:
+            raise ConfigError(
+                f"{where} ({label}): icl_task_type={spec['icl_task_type']!r} is not one of {', '.join(TASK_TYPES)}"
+            )
+        shots = spec["num_fewshot"]
+        if not (isinstance(shots, list) and shots and isinstance(shots[0], int) and shots[0] >= 0):
+            raise ConfigError(f"{where} ({label}): num_fewshot={shots!r} must be a list of counts, e.g. [10]")
+        delimiter = spec.get("continuation_delimiter", DEFAULT_CONTINUATION_DELIMITER)
+        if not isinstance(delimiter, str):
+            raise ConfigError(f"{where} ({label}): continuation_delimiter={delimiter!r} must be a string")
+    return specs
+
+
+def _read_baselines(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: a CORE bundle needs eval_meta_data.csv")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for column in ("Eval Task", "Random baseline"):
+            if column not in columns:
+                raise ConfigError(f"{path} has no '{column}' column")
+        return {row["Eval Task"]: row["Random baseline"] for row in reader}
+
+
+def _task(root: Path, spec: dict, baselines: dict[str, str]) -> CoreTask:
+    label = spec["label"]
+    meta = root / "eval_meta_data.csv"
+    if label not in baselines:
+        raise ConfigError(f"{meta} has no row for task {label!r} (its 'Eval Task' column)")
+    try:
+        baseline = float(baselines[label])
+    except (TypeError, ValueError):
+        raise ConfigError(f"{meta}: Random baseline {baselines[label]!r} of task {label!r} is not a number") from None
+    if not (math.isfinite(baseline) and 0 <= baseline < 100):
+        raise ConfigError(f"{meta}: Random baseline {baseline} of task {label!r} must be in [0, 100)")
+    data_dir = root / "eval_data"
+    data_path = data_dir / str(spec["dataset_uri"])
+    if not data_path.resolve().is_relative_to(data_dir.resolve()):
+        raise ConfigError(f"{root / 'core.yaml'}: dataset_uri {spec['dataset_uri']!r} of {label!r} leaves eval_data/")
+    if not data_path.is_file():
+        raise ConfigError(f"{data_path} is missing (dataset_uri of task {label!r} in core.yaml)")
+    return CoreTask(
+        label=label,
+        task_type=spec["icl_task_type"],
+        data_path=data_path,
+        num_fewshot=spec["num_fewshot"][0],
+        continuation_delimiter=spec.get("continuation_delimiter", DEFAULT_CONTINUATION_DELIMITER),
+        random_baseline=baseline,
+    )
+
+
+# fetching ----------------------------------------------------------------------------------
+def download_bundle(url: str, target: str | os.PathLike, progress: bool = True) -> Path:
+    """Make `target` a valid bundle, downloading and unpacking `url` if it is not there yet."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if target.exists():
+            try:
+                load_bundle(target)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (remove {target} to fetch the bundle again)") from None
+            return target
+        # The temporary folder sits beside the target, so the final rename stays on one file system.
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.partial.") as tmp:
+            archive = Path(tmp) / "eval_bundle.zip"
+            _download(url, archive, progress)
+            unpacked = _unpack(archive, Path(tmp) / "unpacked", url)
+            try:
+                load_bundle(unpacked)
+            except ConfigError as e:
+                reason = str(e).replace(str(unpacked), ARCHIVE_ROOT)  # the temporary folder is about to go
+                raise ConfigError(f"the archive at {url} is not a CORE bundle: {reason}") from None
+            os.rename(unpacked, target)
+    return target
+
+
+def _download(url: str, destination: Path, progress: bool) -> None:
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(destination, "wb") as f:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length is not None else None
+            with tqdm(total=expected, unit="B", unit_scale=True, desc="eval_bundle.zip", disable=not progress) as bar:
+                while chunk := response.read(CHUNK_BYTES):
+                    f.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigError(f"could not download eval.core.bundle_url={url}: {reason}") from None
+    if expected is not None and received != expected:
+        raise ConfigError(f"download of eval.core.bundle_url={url} stopped after {received} of {expected} bytes")
+
+
+def _unpack(archive: Path, destination: Path, url: str) -> Path:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(destination)  # CRC-checked; member names are confined to destination
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise ConfigError(f"eval.core.bundle_url={url} is not a valid zip archive: {e}") from None
+    root = destination / ARCHIVE_ROOT
+    if not root.is_dir():
+        raise ConfigError(f"the archive at {url} has no top-level {ARCHIVE_ROOT}/ folder")
+    return root

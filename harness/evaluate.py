@@ -1,0 +1,227 @@
+"""`python -m harness.evaluate run_dir=PATH [OPTION ...]`: score a run's checkpoint after the fact.
+
+Loads the run's saved config and its latest checkpoint, measures validation bits per byte and
+CORE, appends one metrics record at the checkpoint's step and adds the numbers to summary.json,
+without training. Under torchrun every rank scores its share and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.cli import exit_on_config_error
+from harness.config import model_config
+from harness.distributed import destroy_process_group, dist_info_from_env, init_process_group
+from harness.errors import ConfigError
+from harness.hardware import resolve_device
+from harness.results.rundir import RunDir
+from models.gpt import GPT
+
+DESCRIPTION = """\
+Score the latest checkpoint of a run directory again: validation bits per byte (eval.val_tokens
+held-out tokens) and CORE (eval.core.max_per_task examples per task, from eval.core.bundle_dir),
+with the run's own config. Appends one metrics record at the checkpoint's step and updates
+summary.json: core, core_tasks (centered accuracy per task), final_val_bpb (when the checkpoint
+is the run's last step) and an `evaluation` entry with what was measured and how.
+
+Arguments are KEY=VALUE:
+  run_dir=PATH     the run directory (required)
+  bpb=true|false   measure validation bits per byte (default true)
+  core=true|false  measure CORE (default true; eval.core.enabled is ignored here)
+  KEY.PATH=VALUE   override a key of the run's saved config, e.g. eval.core.max_per_task=-1
+                   (every example, as the recipe's final CORE), eval.core.bundle_dir=...,
+                   data.dir=... for data prepared elsewhere, train.device=cpu
+"""
+
+EXAMPLES = """\
+examples:
+  python -m harness.evaluate run_dir=runs/default/rope=chunk eval.core.max_per_task=-1
+  torchrun --nproc_per_node=8 -m harness.evaluate run_dir=runs/d24 bpb=false
+"""
+
+TOOL_OPTIONS = ("bpb", "core")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.evaluate",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="run_dir=PATH, options and overrides")
+    return parser
+
+
+def parse_arguments(arguments: list[str]) -> tuple[Path, dict[str, bool], list[str]]:
+    """run_dir, the tool's on/off options, and config overrides."""
+    run_dir, options, overrides = None, dict.fromkeys(TOOL_OPTIONS, True), []
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if not equals:
+            raise ConfigError(f"{argument!r} is not KEY=VALUE (python -m harness.evaluate --help)")
+        if key == "run_dir":
+            run_dir = Path(value)
+        elif key in TOOL_OPTIONS:
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"{key}={value!r} must be true or false")
+            options[key] = value.lower() == "true"
+        elif "." in key:
+            overrides.append(argument)
+        else:
+            raise ConfigError(f"{key} is not an option; use run_dir, bpb, core or a config key such as eval.val_tokens")
+    if run_dir is None:
+        raise ConfigError("run_dir=PATH is required (python -m harness.evaluate --help)")
+    if not any(options.values()):
+        raise ConfigError("bpb=false and core=false leave nothing to evaluate")
+    return run_dir, options, overrides
+
+
+def run_config(rundir: RunDir, overrides: list[str]) -> DictConfig:
+    """The run's saved (resolved) config with `overrides` applied; unknown keys are errors."""
+    cfg = OmegaConf.create(rundir.read_config())
+    OmegaConf.set_struct(cfg, True)
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        reason = f"{key} is not a key of" if key else f"{str(e).splitlines()[0]}: cannot override"
+        raise ConfigError(f"{reason} the run's config {rundir.config_path}") from None
+
+
+def load_model(cfg: DictConfig, state_dict: dict, device: torch.device) -> GPT:
+    """The run's network with the checkpoint's weights, laid out as training had it on `device`."""
+    from harness.train import materialize
+
+    model = materialize(model_config(cfg), device, seed=0)  # init only builds the rotary tables here
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) -> dict:
+    """Measure, then (rank 0) append the metrics record and update the summary; returns the record."""
+    from harness.data import build_tokenizer
+    from harness.eval.core import check_bundle
+    from harness.train import autocast_for, check_tokenizer
+
+    rundir = RunDir(run_dir)
+    if not rundir.exists():
+        raise ConfigError(f"run_dir={run_dir} has no config.yaml; it is not a run directory")
+    cfg = run_config(rundir, overrides)
+    checkpoint = rundir.latest_checkpoint()
+    if checkpoint is None:
+        raise ConfigError(f"run_dir={run_dir} has no checkpoint in {rundir.checkpoints_dir}")
+    if options["core"]:
+        check_bundle(cfg)
+    info = dist_info_from_env()
+    device = resolve_device(str(cfg.train.device))
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    init_process_group(info, device)
+    try:
+        state = RunDir.load_checkpoint(checkpoint)
+        tokenizer = build_tokenizer(cfg)
+        check_tokenizer(checkpoint, state["tokenizer"], tokenizer)
+        model = load_model(cfg, state["model"], device)
+        autocast = autocast_for(device, str(cfg.train.dtype))
+        values, evaluation = {}, {"step": state["step"], "checkpoint": checkpoint.name}
+        for wanted, measure in ((options["bpb"], measure_bpb), (options["core"], measure_core)):
+            if wanted:
+                measured, details = measure(cfg, model, tokenizer, device, autocast)
+                values.update(measured)
+                evaluation.update(details)
+        record = metrics_record(cfg, state, values)
+        if info.is_main:
+            rundir.append_metrics(record)
+            update_summary(rundir, evaluation, values)
+        return record
+    finally:
+        destroy_process_group()
+
+
+def measure_bpb(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
+    """Validation bits per byte on eval.val_tokens tokens: the metric, and how it was measured."""
+    from harness.data import val_batches
+    from harness.eval.bpb import evaluate_bpb
+
+    start = time.perf_counter()
+    info = dist_info_from_env()
+    batch_size, seq_len, num_tokens = (
+        int(cfg.train.device_batch_size),
+        model.config.sequence_len,
+        int(cfg.eval.val_tokens),
+    )
+    batches = val_batches(cfg, tokenizer, batch_size, seq_len, num_tokens, info.rank, info.world_size)
+    bpb = evaluate_bpb(model, batches, tokenizer.token_bytes(), device, autocast)
+    return {"val_bpb": bpb}, {"val_bpb": bpb, "val_tokens": num_tokens, "bpb_seconds": time.perf_counter() - start}
+
+
+def measure_core(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
+    """CORE with eval.core's settings: the metrics-record entries, and how it was measured."""
+    from harness.eval.core import core_config, evaluate_core, load_bundle
+
+    start = time.perf_counter()
+    core = core_config(cfg)
+    result = evaluate_core(
+        model,
+        tokenizer,
+        load_bundle(core.bundle_dir),
+        max_per_task=core.max_per_task,
+        batch_size=core.batch_size,
+        device=device,
+        max_seq_len=model.config.rotary_positions,  # crop only what the model cannot take, as the recipe does
+        autocast=autocast,
+        progress=dist_info_from_env().is_main,
+    )
+    details = {
+        "core": result.core,
+        "core_max_per_task": core.max_per_task,
+        "core_examples": result.num_examples,
+        "core_accuracy": {label: task["accuracy"] for label, task in result.tasks.items()},
+        "core_seconds": time.perf_counter() - start,
+    }
+    return result.to_record(), details
+
+
+def metrics_record(cfg: DictConfig, state: dict, values: dict) -> dict:
+    """Stamped like training's records: step, tokens, flops and training time at the checkpoint."""
+    step = int(state["step"])
+    tokens = step * int(cfg.train.total_batch_tokens)
+    flops_per_token = GPT.on_meta(model_config(cfg)).flops_per_token()
+    time_s = (state.get("train_state") or {}).get("train_time_s")
+    return {"step": step, "tokens": tokens, "flops": tokens * flops_per_token, "time_s": time_s, **values}
+
+
+def update_summary(rundir: RunDir, evaluation: dict, values: dict) -> None:
+    # A run killed before its first summary still has checkpoints; it ended without saying so.
+    summary = rundir.read_summary() or {"status": "interrupted"}
+    evaluation["evaluated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary["evaluation"] = evaluation
+    if "val_bpb" in values and evaluation["step"] == summary.get("num_iterations"):
+        summary["final_val_bpb"] = values["val_bpb"]
+    if "core" in values:
+        summary["core"] = values["core"]
+        summary["core_tasks"] = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("core/")}
+    rundir.write_summary(summary)
+
+
+@exit_on_config_error
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    run_dir, options, overrides = parse_arguments(args.arguments)
+    record = evaluate_run(run_dir, options, overrides)
+    if dist_info_from_env().is_main:
+        shown = {k: v for k, v in record.items() if k in ("step", "val_bpb", "core")}
+        print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,192 @@
+"""`python -m harness.evaluate`: a run directory written here with RunDir (a tiny model's
+checkpoint on the builtin corpus) is scored again, and its summary and metrics gain the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from harness.cli import compose
+from harness.config import model_config
+from harness.errors import USAGE_EXIT_CODE
+from harness.evaluate import main
+from harness.results.rundir import RunDir
+from models.gpt import GPT
+
+FIXTURE = Path(__file__).parent / "fixtures" / "core_bundle"
+STEP = 60
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> dict:
+    """A resolved run config; its builtin-corpus cache (tokenizer, documents) serves every test here."""
+    return run_config(tmp_path_factory.mktemp("data"))
+
+
+def run_config(data_dir: Path) -> dict:
+    cfg = compose(
+        [
+            "experiment=smoke",
+            f"paths.data_dir={data_dir}",
+            "eval=core",
+            f"eval.core.bundle_dir={FIXTURE}",
+            "eval.core.max_per_task=-1",
+            "eval.val_tokens=4096",
+            "data.corpus_bytes=400000",  # a tenth of the smoke corpus: the tokenizer trains in about a second
+        ]
+    )
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def trained_weights(config: dict, seed: int) -> dict:
+    """A stand-in for a trained model: the recipe's init, then every matrix perturbed."""
+    torch.manual_seed(seed)
+    model = GPT(model_config(OmegaConf.create(config)))
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.state_dict()
+
+
+def make_run(path: Path, config: dict, seed: int = 0, **checkpoint_extra) -> RunDir:
+    rundir = RunDir(path)
+    rundir.write_config(config)
+    from harness.data import build_tokenizer
+
+    state = {
+        "step": STEP,
+        "model": trained_weights(config, seed),
+        "train_state": {"train_time_s": 12.5},
+        "tokenizer": build_tokenizer(OmegaConf.create(config)).digest(),  # as training records it
+    }
+    rundir.save_checkpoint(STEP, {**state, **checkpoint_extra}, keep_last=2)
+    rundir.write_summary({"status": "completed", "step": STEP, "num_iterations": STEP, "core": None})
+    return rundir
+
+
+def reference_scores(rundir: RunDir) -> tuple[float, object]:
+    """The same numbers computed directly from the checkpoint, outside harness.evaluate."""
+    from harness.data import build_tokenizer, val_batches
+    from harness.eval.bpb import evaluate_bpb
+    from harness.eval.core import evaluate_core, load_bundle
+
+    cfg = OmegaConf.create(rundir.read_config())
+    model = GPT(model_config(cfg))
+    model.init_weights()
+    model.load_state_dict(RunDir.load_checkpoint(rundir.latest_checkpoint())["model"])
+    model.eval()
+    tok = build_tokenizer(cfg)
+    batches = val_batches(cfg, tok, cfg.train.device_batch_size, cfg.model.sequence_len, 4096, 0, 1)
+    cpu = torch.device("cpu")
+    import contextlib
+
+    bpb = evaluate_bpb(model, batches, tok.token_bytes(), cpu, contextlib.nullcontext)
+    return bpb, evaluate_core(model, tok, load_bundle(FIXTURE), device=cpu)
+
+
+def test_evaluate_scores_the_checkpoint_and_updates_summary_and_metrics(tmp_path, config, capsys):
+    rundir = make_run(tmp_path / "run", config)
+    rundir.append_metrics({"step": STEP, "tokens": 1, "flops": 1, "time_s": 12.5, "val_bpb": 9.0})
+    main([f"run_dir={rundir.path}"])
+    bpb, core = reference_scores(rundir)
+
+    records = rundir.read_metrics()
+    assert len(records) == 2
+    record = records[-1]
+    flops_per_token = GPT.on_meta(model_config(OmegaConf.create(rundir.read_config()))).flops_per_token()
+    assert record["step"] == STEP and record["tokens"] == STEP * 2048 and record["time_s"] == 12.5
+    assert record["flops"] == STEP * 2048 * flops_per_token
+    assert record["val_bpb"] == pytest.approx(bpb, rel=1e-6)
+    assert {k: v for k, v in record.items() if k.startswith("core")} == pytest.approx(core.to_record())
+
+    summary = rundir.read_summary()
+    assert summary["status"] == "completed"
+    assert summary["final_val_bpb"] == record["val_bpb"]
+    assert summary["core"] == pytest.approx(core.core)
+    assert summary["core_tasks"] == pytest.approx({label: t["centered"] for label, t in core.tasks.items()})
+    evaluation = summary["evaluation"]
+    assert evaluation["step"] == STEP and evaluation["checkpoint"] == f"step_{STEP:08d}.pt"
+    assert evaluation["core_max_per_task"] == -1 and evaluation["core_examples"] == 23
+    assert evaluation["val_tokens"] == 4096
+    assert f"step {STEP} | val_bpb {record['val_bpb']:.4f} | core {record['core']:.4f}" in capsys.readouterr().out
+
+
+def test_weights_come_from_the_checkpoint(tmp_path, config):
+    """Two runs differing only in their weights score differently; a bpb-only pass leaves CORE alone."""
+    first, second = make_run(tmp_path / "a", config, seed=0), make_run(tmp_path / "b", config, seed=1)
+    for rundir in (first, second):
+        main([f"run_dir={rundir.path}", "core=false"])
+    a, b = first.read_metrics()[-1], second.read_metrics()[-1]
+    assert a["val_bpb"] != b["val_bpb"]
+    assert "core" not in a and first.read_summary()["core"] is None
+    assert reference_scores(first)[0] == pytest.approx(a["val_bpb"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "error: run_dir=PATH is required (python -m harness.evaluate --help)"),
+        (["run_dir"], "error: 'run_dir' is not KEY=VALUE (python -m harness.evaluate --help)"),
+        (["run_dir={run}", "bpb=false", "core=false"], "error: bpb=false and core=false leave nothing to evaluate"),
+        (["run_dir={run}", "core=maybe"], "error: core='maybe' must be true or false"),
+        (["run_dir={run}", "device=cpu"], "error: device is not an option; use run_dir, bpb, core or a config key"),
+        (["run_dir={missing}"], "error: run_dir={missing} has no config.yaml; it is not a run directory"),
+        (["run_dir={run}", "eval.val_tokenz=3"], "error: eval.val_tokenz is not a key of the run's config {run}/"),
+        (["run_dir={run}", "eval.core.bundle_dir={missing}"], "error: eval.core.bundle_dir={missing} does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(tmp_path, config, capsys, arguments, message):
+    run = make_run(tmp_path / "run", config).path
+    missing = tmp_path / "missing"
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(run=run, missing=missing) for a in arguments])
+    assert exit_info.value.code == USAGE_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(run=run, missing=missing))
+    assert err.count("\n") == 1
+
+
+def test_a_run_without_checkpoint_or_with_another_tokenizer_is_refused(tmp_path, config, capsys):
+    rundir = RunDir(tmp_path / "fresh")
+    rundir.write_config(config)
+    with pytest.raises(SystemExit):
+        main([f"run_dir={rundir.path}"])
+    assert capsys.readouterr().err == f"error: run_dir={rundir.path} has no checkpoint in {rundir.checkpoints_dir}\n"
+
+    other = make_run(tmp_path / "other", config, tokenizer="0123456789abcdef")
+    with pytest.raises(SystemExit):
+        main([f"run_dir={other.path}", "core=false"])
+    assert "was trained with tokenizer 0123456789abcdef" in capsys.readouterr().err
+    assert other.read_metrics() == []
+
+
+def test_matching_tokenizer_hash_is_accepted(tmp_path, config):
+    from harness.data import build_tokenizer
+
+    tok = build_tokenizer(OmegaConf.create(config))
+    rundir = make_run(tmp_path / "run", config, tokenizer=tok.digest())
+    main([f"run_dir={rundir.path}", "core=false"])
+    assert "val_bpb" in rundir.read_metrics()[-1]
+
+
+def test_help_describes_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m harness.evaluate [-h] [KEY=VALUE ...]")
+    for phrase in ("run_dir=PATH", "bpb=true|false", "core=true|false", "eval.core.max_per_task=-1", "summary.json"):
+        assert phrase in out
