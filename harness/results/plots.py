@@ -436,7 +436,8 @@ def throughput_figure(collection: Collection, baselines: Mapping[int, str] | Non
             if interval.n > 1:
                 ax.errorbar(interval.mean, y, xerr=interval.half_width, fmt="none", ecolor="black", capsize=3)
             text = _throughput_text(interval.mean, reference, runs["mfu"].mean())
-            ax.text(0.015 * right, y, text, va="center", fontsize=7.5)
+            # In a column right of the panel: never on top of the bars, dots or whiskers.
+            ax.text(1.02, y, text, va="center", ha="left", fontsize=7.5, transform=ax.get_yaxis_transform())
         ax.set_xlim(0, right * 1.04)
         ax.set_yticks(range(len(variants)), [styles[v].label for v in variants], fontsize=8)
         ax.set_ylim(-0.6, len(variants) - 0.4)
