@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -131,6 +132,25 @@ def format_parameter_table(rows: list[ParamRow]) -> str:
             f"{r.name}\t{shape}\t{r.optimizer}\t{r.base_lr:.6g}\t{r.multiplier:.6g}\t{r.lr:.6g}\t{betas}\t{r.weight_decay:.6g}"
         )
     return "\n".join(lines) + "\n"
+
+
+def summarize_parameter_table(rows: list[ParamRow]) -> str:
+    """The table collapsed over layers (transformer.h.*.mlp.c_fc.weight x 12): what a run prints."""
+    groups: dict[tuple, list[ParamRow]] = {}
+    for r in rows:
+        pattern = re.sub(r"\.\d+\.", ".*.", r.name)
+        groups.setdefault((pattern, r.shape, r.optimizer, r.base_lr, r.multiplier, r.betas, r.weight_decay), []).append(
+            r
+        )
+    lines = []
+    for (pattern, shape, optimizer, base_lr, multiplier, betas, wd), members in groups.items():
+        count = f" x{len(members)}" if len(members) > 1 else ""
+        betas_text = "" if betas is None else f" betas {betas[0]},{betas[1]}"
+        lines.append(
+            f"  {pattern}{count}  {'x'.join(map(str, shape))}  {optimizer}  lr {base_lr:.6g} x {multiplier:.4g} = "
+            f"{base_lr * multiplier:.6g}{betas_text}  wd {wd:.4g}"
+        )
+    return "\n".join(lines)
 
 
 # the update math ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ All three compute the same function; they differ in rounding and speed only.
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 
 import torch
@@ -37,12 +38,18 @@ def _is_full(window: int, seq_len: int) -> bool:
 _MASKS: dict[tuple, torch.Tensor | BlockMask] = {}
 
 
+def _compiling() -> bool:
+    """torch.compiler.is_compiling() imports torch._dynamo on its first call (a second of start-up);
+    nothing can be compiling before that module is loaded, so look there first."""
+    return "torch._dynamo" in sys.modules and torch.compiler.is_compiling()
+
+
 def cached_mask(build, seq_len: int, window: int, device: torch.device):
     """`build(seq_len, window, device)`, once per key in eager mode. Under torch.compile the build is
     traced into the graph instead (a Python cache cannot be): a few small kernels per forward that
     read only positions, cheap next to attention (common-subexpression elimination may also merge
     identical layers' copies; TORCH_LOGS=output_code shows what remains)."""
-    if torch.compiler.is_compiling():
+    if _compiling():
         return build(seq_len, window, device)
     key = (build.__name__, seq_len, window, device)
     if key not in _MASKS:
@@ -69,7 +76,7 @@ def _compiled_flex_attention():
 def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
     """Compiling is what turns FlexAttention into a fused kernel: inside a compiled model the model's
     graph holds it already; called eagerly on CUDA it goes through its own compiled wrapper."""
-    if q.device.type != "cuda" or torch.compiler.is_compiling():
+    if q.device.type != "cuda" or _compiling():
         return flex_attention(q, k, v, block_mask=block_mask)
     return _compiled_flex_attention()(q, k, v, block_mask=block_mask)
 

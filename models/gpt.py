@@ -152,6 +152,12 @@ class Block(nn.Module):
         return x + self.mlp(rms_norm(x))
 
 
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """An embedding without PyTorch's default init: init_weights sets every parameter, and the
+    default normal_ would load Python meta kernels under GPT.on_meta (a second of start-up)."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -159,20 +165,22 @@ class GPT(nn.Module):
         vocab, kv_dim = config.padded_vocab_size, config.n_kv_head * config.head_dim
         self.transformer = nn.ModuleDict(
             {
-                "wte": nn.Embedding(vocab, config.n_embd),
+                "wte": _embedding(vocab, config.n_embd),
                 "h": nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             }
         )
         self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
         self.value_embeds = nn.ModuleDict(
-            {str(i): nn.Embedding(vocab, kv_dim) for i in range(config.n_layer) if config.has_value_embedding(i)}
+            {str(i): _embedding(vocab, kv_dim) for i in range(config.n_layer) if config.has_value_embedding(i)}
         )
         self.resid_lambdas = nn.Parameter(torch.empty(config.n_layer))
         self.x0_lambdas = nn.Parameter(torch.empty(config.n_layer))
         self.windows = config.window_sizes()
-        cos, sin = rotary_tables(config.rotary_positions, config.head_dim, config.rope_base, device="meta")
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        # Placeholders of the tables' shape; init_weights computes them on the real device. (Computing
+        # them here would run Python meta kernels under GPT.on_meta: a second of start-up for nothing.)
+        table_shape = (1, config.rotary_positions, 1, config.head_dim // 2)
+        self.register_buffer("cos", torch.empty(table_shape), persistent=False)
+        self.register_buffer("sin", torch.empty(table_shape), persistent=False)
 
     @classmethod
     def on_meta(cls, config: GPTConfig) -> GPT:

@@ -10,7 +10,14 @@ import torch
 from harness.cli import compose
 from harness.config import LRMultiplier, LRPlacement, lr_placement, model_config, optim_config, train_config
 from harness.errors import ConfigError
-from harness.optim import POLAR_EXPRESS_COEFFS, adamw_update, build_optimizer, parameter_table, polar_express
+from harness.optim import (
+    POLAR_EXPRESS_COEFFS,
+    adamw_update,
+    build_optimizer,
+    parameter_table,
+    polar_express,
+    summarize_parameter_table,
+)
 from models.gpt import GPT
 
 MLP_LR_CHOICES = ["c_fc_2x", "c_proj_2x", "none", "pr492_shape_rule"]
@@ -234,3 +241,15 @@ def test_legacy_shape_rule_equals_the_explicit_c_fc_placement(model):
         if rule_row.optimizer == "muon":
             expected = expected_multiplier("c_fc_2x", rule_row.name, rule_row.shape)
             assert rule_row.multiplier == pytest.approx(expected), rule_row.name
+
+
+def test_the_console_table_collapses_layers_and_keeps_each_distinct_multiplier():
+    cfg = compose(["model=d12", "mlp_lr=pr492_shape_rule"])
+    rows = parameter_table(GPT.on_meta(model_config(cfg)), optim_config(cfg), lr_placement(cfg), 524288)
+    lines = summarize_parameter_table(rows).splitlines()
+    c_proj = [line for line in lines if "mlp.c_proj" in line]
+    assert c_proj == ["  transformer.h.*.mlp.c_proj.weight x12  768x3072  muon  lr 0.02 x 2 = 0.04  wd 0.2"]
+    gate = [line for line in lines if "ve_gate" in line]
+    # sqrt(32 / 6) = 2.3094: the PR's rule boosts the value-embedding gates too
+    assert gate == ["  transformer.h.*.attn.ve_gate.weight x6  6x32  muon  lr 0.02 x 2.309 = 0.046188  wd 0.2"]
+    assert len(lines) == 12  # 2 scalars, wte, lm_head, value embeds, 7 block matrices

@@ -23,7 +23,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness.errors import ConfigError
-from harness.results.render import build_report
 
 
 class ReportCallback(Callback):
@@ -34,6 +33,8 @@ class ReportCallback(Callback):
         self.baseline = baseline
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from harness.results.render import build_report  # pandas, scipy, matplotlib: only when reporting
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             report = build_report(
