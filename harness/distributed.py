@@ -2,7 +2,7 @@
 
 Under torchrun (or SLURM through submitit) the environment names this process's rank and the
 world size; without it the run is one process, rank 0 of 1, and nothing here touches
-torch.distributed.
+torch.distributed. harness.launch arranges that environment.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def dist_info_from_env() -> DistInfo:
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
     )
+
+
+def has_rank_env() -> bool:
+    """Whether a launcher (torchrun, or submitit in a SLURM job) already gave this process its rank."""
+    return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
 
 
 def init_process_group(info: DistInfo, device: torch.device) -> None:

@@ -52,12 +52,13 @@ from harness.distributed import (
     broadcast_parameters,
     destroy_process_group,
     dist_info_from_env,
+    has_rank_env,
     init_process_group,
 )
 from harness.errors import USAGE_EXIT_CODE, ConfigError
 from harness.eval.bpb import evaluate_bpb
 from harness.hardware import peak_flops, resolve_device
-from harness.optim import build_optimizer, format_parameter_table, parameter_table
+from harness.optim import build_optimizer, format_parameter_table, parameter_table, summarize_parameter_table
 from harness.provenance import provenance
 from harness.results.rundir import RunDir
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
@@ -93,14 +94,16 @@ class RunPlan:
         return bool(self.evals.core.get("enabled", False))
 
 
-def plan_run(cfg: DictConfig, check_inputs: bool = True) -> RunPlan:
+def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None = None) -> RunPlan:
     """Validate the config and derive the run's arithmetic. Raises ConfigError on user mistakes.
-    `check_inputs=False` skips the dataset and CORE bundle checks (benchmarks on random tokens)."""
+    `check_inputs=False` skips the dataset and CORE bundle checks (benchmarks on random tokens).
+    `world_size` plans for that many ranks (the preflight, before a launcher starts them); by
+    default this process's rank and world size come from the environment."""
     from harness.data import check_data
 
     model_cfg = model_config(cfg)
     train, optim, placement, evals = train_config(cfg), optim_config(cfg), lr_placement(cfg), eval_config(cfg)
-    dist = dist_info_from_env()
+    dist = dist_info_from_env() if world_size is None else DistInfo(world_size=world_size)
     device = resolve_device(train.device)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -652,6 +655,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
         destroy_process_group()
     log.info(f"{status}: {rundir.path} (final val bpb {summary.get('final_val_bpb')})")
     if status == "interrupted":
+        _hand_over_signal(trainer.stop_signal)
         raise KeyboardInterrupt(f"stopped by signal {trainer.stop_signal}; checkpoint saved, re-run to resume")
     return summary
 
@@ -675,21 +679,36 @@ def describe_plan(plan: RunPlan, trainer: Trainer) -> str:
             f"{plan.model.sequence_len} x {plan.grad_accum} accumulation x {plan.dist.world_size} ranks",
             f"horizon: {plan.num_iterations:,} steps, {tokens:,} tokens, "
             f"{tokens * plan.flops_per_token:.3e} FLOPs ({tokens / counts['scaling']:.2f} tokens per scaling param)",
-            "LR table:\n" + format_parameter_table(trainer.param_rows),
+            f"LR table (every parameter in {trainer.rundir.params_path.name}):\n"
+            + summarize_parameter_table(trainer.param_rows),
         ]
     )
 
 
+# A repeat of a stop signal within this many seconds is the same request: a terminal's Ctrl-C reaches
+# torchrun's workers directly and once more through torchrun, which forwards it.
+REPEATED_SIGNAL_S = 2.0
+
+
 @contextlib.contextmanager
 def _stop_on_signals(trainer: Trainer):
-    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the next step; a second one kills."""
+    """SIGINT, SIGTERM and the scheduler's time-limit warning (submitit's SIGUSR2) ask the loop to
+    checkpoint and stop at the next step; the same signal again goes to the handler installed before
+    (by default: abort at once)."""
+    from harness.launch.slurm import requeue_signal
 
     def request_stop(signum, frame):
+        if signum in first_seen:
+            if time.monotonic() - first_seen[signum] >= REPEATED_SIGNAL_S:
+                signal.signal(signum, previous[signum])
+                signal.raise_signal(signum)
+            return
+        first_seen[signum] = time.monotonic()
         log.warning(f"signal {signum}: checkpointing at the next step boundary (again to abort)")
         trainer.stop_signal = signum
-        signal.signal(signum, previous[signum])
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    first_seen: dict[int, float] = {}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, requeue_signal())}
     for s in previous:
         signal.signal(s, request_stop)
     try:
@@ -697,6 +716,15 @@ def _stop_on_signals(trainer: Trainer):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _hand_over_signal(signum: int | None) -> None:
+    """After the checkpoint, pass the stop signal to the handler that was installed before the loop,
+    if it is someone's (submitit's: on rank 0 it requeues the job and exits). Python's defaults are
+    left out: the caller raises KeyboardInterrupt, as a stopped run always does."""
+    handler = signal.getsignal(signum) if signum is not None else None
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signum, None)
 
 
 def _now() -> str:
@@ -708,11 +736,20 @@ def main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from harness.launch import quiet_other_ranks
+    from harness.launch.slurm import join_submitit_job
+    from harness.launch.torchrun import run_on_workers
+
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_name = hydra_cfg.job.override_dirname
     try:
-        return run_training(cfg, run_dir, hydra_cfg.job.override_dirname)
+        if cfg.launcher.kind == "torchrun" and not has_rank_env():
+            return run_on_workers(cfg, run_dir, run_name)  # each worker calls run_training
+        join_submitit_job(cfg)  # a SLURM task: its rank, the world size and the rendezvous
+        quiet_other_ranks(dist_info_from_env().rank)
+        return run_training(cfg, run_dir, run_name)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
@@ -755,13 +792,15 @@ HYDRA_FLAGS = (
 def preflight(argv: list[str]) -> None:
     """Compose and check every job the command would launch, before the first one starts."""
     from harness.cli import compose, expand_sweep
+    from harness.launch import launcher_world_size
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
     jobs = expand_sweep(overrides) if multirun else [overrides]
     for i, job in enumerate(jobs):
         try:
-            plan_run(compose(job))
+            cfg = compose(job)
+            plan_run(cfg, world_size=launcher_world_size(cfg))
         except ConfigError as e:
             where = f"job {i + 1}/{len(jobs)} ({' '.join(job)}): " if len(jobs) > 1 else ""
             raise ConfigError(f"{where}{e}") from None

@@ -131,6 +131,4 @@ def test_a_fixed_value_on_the_command_line_replaces_the_experiments_sweep():
 
 def test_a_plain_command_line_sweep_expands_without_an_experiment():
     jobs = expand_sweep(["model=d12,d24", "seed=0,1"])
-    assert sorted(map(tuple, jobs)) == sorted(
-        (f"model={m}", f"seed={s}") for m in ("d12", "d24") for s in ("0", "1")
-    )
+    assert sorted(map(tuple, jobs)) == sorted((f"model={m}", f"seed={s}") for m in ("d12", "d24") for s in ("0", "1"))
