@@ -13,6 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# The flat collectives of the sharded optimizer. torch 2.14 renamed them (the old names now warn on
+# every call); the releases this project supports before that have only the old names.
+reduce_scatter_flat = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+all_gather_flat = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+
 
 @dataclass(frozen=True)
 class DistInfo:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from harness.config import LRPlacement, OptimConfig
+from harness.distributed import all_gather_flat, reduce_scatter_flat
 from harness.errors import ConfigError
 
 # Polar Express (Amsel, Persson, Musco, Gower 2025) coefficients (a, b, c) for five iterations.
@@ -371,12 +372,12 @@ class DistMuonAdamW(MuonAdamW):
         if group["kind"] == "muon":
             grads = self._padded_stack([p.grad for p in group["params"]])
             shard = grads.new_empty(grads.shape[0] // self.world_size, *grads.shape[1:])
-            return [(dist.reduce_scatter_tensor(shard, grads, async_op=True), shard, grads)]
+            return [(reduce_scatter_flat(shard, grads, async_op=True), shard, grads)]
         pending = []
         for p in group["params"]:
             if self._shardable(p):
                 shard = p.grad.new_empty(p.shape[0] // self.world_size, *p.shape[1:])
-                pending.append((dist.reduce_scatter_tensor(shard, p.grad, async_op=True), shard, p.grad))
+                pending.append((reduce_scatter_flat(shard, p.grad, async_op=True), shard, p.grad))
             else:
                 pending.append((dist.all_reduce(p.grad, async_op=True), p.grad, p.grad))
         return pending
@@ -411,7 +412,7 @@ class DistMuonAdamW(MuonAdamW):
             state["step"] += 1
             adamw_update(target, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1, beta2, eps, wd)
             if sharded:
-                gathers.append(dist.all_gather_into_tensor(p, target, async_op=True))
+                gathers.append(all_gather_flat(p, target, async_op=True))
 
         def finish():
             for handle in gathers:
@@ -451,7 +452,7 @@ class DistMuonAdamW(MuonAdamW):
             self.ortho_dtype,
         )
         gathered = shard.new_empty(chunk * self.world_size, *shard.shape[1:])
-        gather = dist.all_gather_into_tensor(gathered, shard, async_op=True)
+        gather = all_gather_flat(gathered, shard, async_op=True)
 
         def finish():
             gather.wait()
