@@ -1,0 +1,188 @@
+"""The launchers end to end on CPU (gloo): a launcher=torchrun sweep runs every job as two processes,
+one after another, and a rank that dies fails only its own run; a launcher=submitit_local job of two
+tasks is preempted (SIGUSR2, what SLURM sends before the time limit), checkpoints, is requeued by
+submitit and resumes to exactly the loss history of an uninterrupted job."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.results.rundir import RunDir, find_run_dirs
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc"),
+]
+
+STEPS = 16
+RUN_ARGS = [
+    "experiment=smoke",
+    "rope=slice",
+    "seed=0",
+    f"train.num_iterations={STEPS}",
+    "train.device_batch_size=8",  # 2,048 tokens = 8 rows x 128 tokens x 2 ranks
+    "train.checkpoint_every=4",
+    "eval.val_every=8",
+    "eval.val_tokens=4096",
+]
+
+
+def sweep_command(runs_dir, *overrides) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "harness.train",
+        "-m",
+        *RUN_ARGS,
+        f"paths.runs_dir={runs_dir}",
+        f"paths.results_dir={runs_dir}/results",
+        *overrides,
+    ]
+
+
+def one_thread_env() -> dict:
+    """One intra-op thread per process, as torchrun gives its workers: two processes on a 2-core
+    machine, and the same float32 sums in every run compared here."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_steps(rundir: RunDir) -> list[int]:
+    return [r["step"] for r in rundir.read_metrics() if "train_loss" in r]
+
+
+def history(rundir: RunDir) -> list[tuple]:
+    return [(r["step"], r.get("train_loss"), r.get("val_bpb")) for r in rundir.read_metrics()]
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid`, oldest first (from /proc; pids grow with creation here)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def wait_until(condition, timeout_s: float = 180, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_torchrun_sweep_runs_each_job_on_two_ranks_and_a_dead_rank_fails_only_its_run(tmp_path):
+    """A 2 x 2 sweep (rope x mlp_lr), two processes per job. While the second job trains, its rank 1
+    is killed (SIGKILL, as when a GPU or its process dies): that run is recorded as failed with the
+    cause, and the sweep goes on to the last two jobs and the report."""
+    sweep = sweep_command(
+        tmp_path,
+        "rope=slice,chunk",
+        "mlp_lr=c_fc_2x,none",
+        "launcher=torchrun",
+        "launcher.nproc_per_node=2",
+    )
+    process = subprocess.Popen(sweep, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+
+        def second_job_training() -> bool:
+            runs = find_run_dirs(tmp_path)
+            done = [r for r in runs if r.status() == "completed"]
+            going = [r for r in runs if r.status() == "running" and len(train_steps(r)) >= 3]
+            return len(done) == 1 and len(going) == 1
+
+        wait_until(second_job_training, what="the second job to train")
+        (victim,) = [r for r in find_run_dirs(tmp_path) if r.status() == "running"]
+        workers = [p for p in children(process.pid) if "spawn_main" in command_line(p)]
+        assert len(workers) == 2, [command_line(p) for p in children(process.pid)]
+        os.kill(workers[-1], signal.SIGKILL)  # the younger worker: local rank 1
+        output, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output[-3000:]
+
+    runs = find_run_dirs(tmp_path)
+    assert len(runs) == 4
+    statuses = {r.path.name: r.status() for r in runs}
+    assert sorted(statuses.values()) == ["completed"] * 3 + ["failed"], statuses
+    assert statuses[victim.path.name] == "failed"
+    error = victim.read_summary()["error"]
+    assert error.startswith("rank 1:") and "SIGKILL" in error, error
+    for rundir in runs:
+        if rundir.status() == "completed":
+            summary = rundir.read_summary()
+            assert (summary["world_size"], summary["grad_accum_steps"]) == (2, 1)
+            assert train_steps(rundir) == list(range(1, STEPS + 1))  # rank 0 alone writes metrics
+    report = (tmp_path / "results" / "smoke" / "runs.csv").read_text()
+    assert report.count("completed") == 3 and report.count("failed") == 1
+
+
+def submitit_tasks(controller_pid: int) -> list[int]:
+    return [p for p in children(controller_pid) if "submitit.core._submit" in command_line(p)]
+
+
+def submitit_controller(sweep_pid: int) -> int | None:
+    controllers = [p for p in children(sweep_pid) if "submitit.local._local" in command_line(p)]
+    return controllers[0] if controllers else None
+
+
+def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or_repeated_step(tmp_path):
+    launcher = ["launcher=submitit_local", "launcher.nproc_per_node=2", "mlp_lr=c_fc_2x"]
+    reference = subprocess.run(
+        sweep_command(tmp_path / "reference", *launcher), env=one_thread_env(), capture_output=True, text=True
+    )
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    (uninterrupted,) = find_run_dirs(tmp_path / "reference")
+    assert uninterrupted.status() == "completed"
+
+    runs = tmp_path / "preempted"
+    process = subprocess.Popen(
+        sweep_command(runs, *launcher), env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+
+        def training() -> bool:
+            found = find_run_dirs(runs)
+            return bool(found) and len(train_steps(found[0])) >= 6
+
+        wait_until(training, what="the job to train six steps")
+        controller = submitit_controller(process.pid)
+        tasks = submitit_tasks(controller)
+        assert len(tasks) == 2, [command_line(p) for p in children(controller)]
+        for task in tasks:  # SLURM signals every task of the job
+            os.kill(task, signal.SIGUSR2)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output[-3000:]
+
+    (rundir,) = find_run_dirs(runs)
+    summary = rundir.read_summary()
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    rank0_logs = "".join(p.read_text() for p in runs.rglob("*_0_log.out"))
+    assert "Requeued job" in rank0_logs
+    resumed = [line for line in rank0_logs.splitlines() if "resumed from" in line]
+    assert len(resumed) == 1, rank0_logs[-3000:]
+    resumed_at = int(resumed[0].rsplit("at step", 1)[1])
+    assert 6 <= resumed_at < STEPS  # from the checkpoint written where the signal stopped it
+    assert train_steps(rundir) == list(range(1, STEPS + 1))
+    assert history(rundir) == history(uninterrupted)
