@@ -95,6 +95,18 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices.values())]
 
 
+def check_jobs(jobs: list[list[str]], check):
+    """`check(job)` for every job of a sweep, in order; a ConfigError names the job it came from."""
+    results = []
+    for i, job in enumerate(jobs):
+        try:
+            results.append(check(job))
+        except ConfigError as e:
+            where = f"job {i + 1}/{len(jobs)} ({' '.join(job)}): " if len(jobs) > 1 else ""
+            raise ConfigError(f"{where}{e}") from None
+    return results
+
+
 def exit_on_config_error(fn):
     """Run `fn`; a ConfigError becomes `error: <line>` on stderr and exit code 2."""
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.cli import compose, expand_sweep
+from harness.cli import check_jobs, compose, expand_sweep
 from harness.errors import USAGE_EXIT_CODE, ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -64,20 +64,19 @@ def jobs_and_shared(overrides: Sequence[str]) -> tuple[list[list[str]], list[str
 def plan_run(
     job: Sequence[str], shared: Sequence[str], throughputs: list[dict], mfu: float, peak_flops: float
 ) -> PlannedRun:
-    from harness.config import model_config, num_iterations, train_config
-    from models.gpt import GPT
+    """One job, checked as the training preflight checks it (batch arithmetic for the world size
+    the launcher starts, horizon, LR placement), without needing its data to be prepared yet."""
+    from harness.launch import launcher_world_size
+    from harness.train import plan_run as plan_training
 
     cfg = compose(list(job))
-    model = GPT.on_meta(model_config(cfg))
-    counts, fpt = model.parameter_counts(), float(model.flops_per_token())
-    train = train_config(cfg)
-    steps = num_iterations(train, counts["scaling"], fpt)
-    tokens = steps * train.total_batch_tokens
-    launcher = cfg.get("launcher") or {}
-    gpus = int(launcher.get("nproc_per_node", 1)) * int(launcher.get("nodes", 1))
-    depth, pattern, seq = int(cfg.model.depth), str(cfg.model.window_pattern), int(cfg.model.sequence_len)
+    gpus = launcher_world_size(cfg) or 1
+    run = plan_training(cfg, check_inputs=False, world_size=gpus)
+    counts, fpt, steps = run.param_counts, float(run.flops_per_token), run.num_iterations
+    tokens = steps * run.train.total_batch_tokens
+    depth, pattern, seq = run.model.n_layer, run.model.window_pattern, run.model.sequence_len
     gpu_hours, estimate = _gpu_hours(tokens, tokens * fpt, depth, pattern, seq, throughputs, mfu, peak_flops)
-    if train.device == "cpu":
+    if run.train.device == "cpu":
         gpus, gpu_hours, estimate = 0, math.nan, "CPU run"
     return PlannedRun(
         overrides=" ".join(o for o in job if o not in shared) or "(single run)",
@@ -296,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         jobs, shared = jobs_and_shared(args.overrides)
         throughputs = load_throughputs(args.throughput)
-        runs = [plan_run(job, shared, throughputs, args.mfu, args.peak_flops) for job in jobs]
+        runs = check_jobs(jobs, lambda job: plan_run(job, shared, throughputs, args.mfu, args.peak_flops))
         print(f"Overrides shared by every run: {' '.join(shared) or '(none)'}\n")
         print(runs_markdown(runs))
         if args.csv:

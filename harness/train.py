@@ -96,7 +96,8 @@ class RunPlan:
 
 def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None = None) -> RunPlan:
     """Validate the config and derive the run's arithmetic. Raises ConfigError on user mistakes.
-    `check_inputs=False` skips the dataset and CORE bundle checks (benchmarks on random tokens).
+    `check_inputs=False` skips the output directory, dataset and CORE bundle checks (benchmarks on
+    random tokens, planning).
     `world_size` plans for that many ranks (the preflight, before a launcher starts them); by
     default this process's rank and world size come from the environment."""
     from harness.data import check_data
@@ -123,8 +124,8 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
             f"eval.val_tokens={evals.val_tokens} is less than one validation batch per rank "
             f"(train.device_batch_size x model.sequence_len x world_size = {one_batch_per_rank})"
         )
-    check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
     if check_inputs:
+        check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
         check_data(cfg)
         if evals.core.get("enabled", False):
             from harness.eval.core import check_bundle
@@ -791,19 +792,16 @@ HYDRA_FLAGS = (
 
 def preflight(argv: list[str]) -> None:
     """Compose and check every job the command would launch, before the first one starts."""
-    from harness.cli import compose, expand_sweep
+    from harness.cli import check_jobs, compose, expand_sweep
     from harness.launch import launcher_world_size
+
+    def check(job: list[str]) -> None:
+        cfg = compose(job)
+        plan_run(cfg, world_size=launcher_world_size(cfg))
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
-    jobs = expand_sweep(overrides) if multirun else [overrides]
-    for i, job in enumerate(jobs):
-        try:
-            cfg = compose(job)
-            plan_run(cfg, world_size=launcher_world_size(cfg))
-        except ConfigError as e:
-            where = f"job {i + 1}/{len(jobs)} ({' '.join(job)}): " if len(jobs) > 1 else ""
-            raise ConfigError(f"{where}{e}") from None
+    check_jobs(expand_sweep(overrides) if multirun else [overrides], check)
 
 
 def cli_main() -> None:

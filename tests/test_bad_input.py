@@ -90,6 +90,30 @@ CASES = [
         "`python -m harness.prepare eval=core`",
     ),
     (
+        f"{SMOKE} launcher=torchrun launcher.nproc_per_node=2",
+        "train.total_batch_tokens=2048 is not divisible by train.device_batch_size x model.sequence_len x "
+        "world_size = 16 x 128 x 2 = 4096",
+    ),
+    (
+        f"{SMOKE} launcher=slurm launcher.nodes=4 train.device_batch_size=1",
+        "train.total_batch_tokens=2048 is not divisible by train.device_batch_size x model.sequence_len x "
+        "world_size = 1 x 128 x 32 = 4096",
+    ),
+    (f"{SMOKE} launcher=torchrun launcher.nproc_per_node=0", "launcher.nproc_per_node=0 must be a positive integer"),
+    (
+        f"{SMOKE} launcher=torchrun +launcher.nodes=2",
+        "launcher.nodes=2: launcher=torchrun runs on one node; use launcher=slurm",
+    ),
+    (
+        f"{SMOKE} launcher.nproc_per_node=2",
+        "launcher.nodes=1 x launcher.nproc_per_node=2 needs a launcher that starts processes: "
+        "launcher=torchrun (one node) or launcher=slurm",
+    ),
+    (
+        f"{SMOKE} launcher=torchrun launcher.start_method=fork",
+        "launcher.start_method='fork' is not one of: spawn, forkserver",
+    ),
+    (
         f"-m {SMOKE} mlp_lr=c_fc_2x,bogus",
         "job 3/8 (rope=slice mlp_lr=bogus seed=0 experiment=smoke paths.runs_dir={runs}): "
         f"mlp_lr=bogus is not an option; choose from: {options('mlp_lr')}",

@@ -156,7 +156,11 @@ def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or
 
     runs = tmp_path / "preempted"
     process = subprocess.Popen(
-        sweep_command(runs, *launcher), env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        sweep_command(runs, *launcher),
+        env=one_thread_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
 

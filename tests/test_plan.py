@@ -46,6 +46,23 @@ def test_d12_recipe_horizon_tokens_and_flops_by_hand():
     assert run.gpu_hours == pytest.approx(steps * 524_288 * fpt / (0.45 * 989e12) / 3600)
 
 
+def test_launcher_size_sets_gpus_and_the_batch_split_is_checked_for_it(capsys):
+    """d12 on 8 GPUs of one node: the same GPU-hours, an eighth of the wall-clock. On 4 SLURM nodes of
+    8 GPUs the recipe's device batch (32 x 2048 x 32 ranks = 2M tokens) overshoots the 524,288-token
+    batch: refused as the training preflight refuses it; device batch 8 fits with no accumulation."""
+    (single,) = plan.planned(D12)
+    (node,) = plan.planned([*D12, "launcher=torchrun", "launcher.nproc_per_node=8"])
+    assert node.gpus == 8 and node.gpu_hours == pytest.approx(single.gpu_hours)
+    assert node.hours == pytest.approx(single.gpu_hours / 8)
+    assert plan.main([*D12, "launcher=slurm", "launcher.nodes=4"]) == 2
+    assert capsys.readouterr().err == (
+        "error: train.total_batch_tokens=524288 is not divisible by train.device_batch_size x "
+        "model.sequence_len x world_size = 32 x 2048 x 32 = 2097152\n"
+    )
+    (cluster,) = plan.planned([*D12, "launcher=slurm", "launcher.nodes=4", "train.device_batch_size=8"])
+    assert cluster.gpus == 32
+
+
 def test_measured_throughput_matches_depth_and_window_pattern(tmp_path):
     measured = tmp_path / "throughput.json"
     measured.write_text(
