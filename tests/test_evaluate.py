@@ -1,5 +1,6 @@
 """`python -m harness.evaluate`: a run directory written here with RunDir (a tiny model's
-checkpoint on the builtin corpus) is scored again, and its summary and metrics gain the numbers."""
+checkpoint on the builtin corpus) is scored again, and its summary and metrics gain the numbers.
+And CORE during training: a smoke run on the fixture bundle records every task where it should."""
 
 from __future__ import annotations
 
@@ -190,3 +191,31 @@ def test_help_describes_the_command(capsys):
     assert out.startswith("usage: python -m harness.evaluate [-h] [KEY=VALUE ...]")
     for phrase in ("run_dir=PATH", "bpb=true|false", "core=true|false", "eval.core.max_per_task=-1", "summary.json"):
         assert phrase in out
+
+
+@pytest.mark.slow
+def test_training_with_core_enabled_records_every_task_at_its_steps_and_in_the_summary(tmp_path, config):
+    """CORE during training (eval=core on the fixture bundle, every 4 steps of 8): records at steps 0, 4
+    and 8 with the aggregate, each task's centered and raw accuracy; the summary holds the last one,
+    which equals the fixture scored directly from the final checkpoint."""
+    from harness.eval.core import load_bundle
+    from harness.train import run_training
+
+    overrides = {"train.num_iterations": 8, "train.checkpoint_every": 8, "eval.core.every": 4, "eval.val_every": 4}
+    cfg = OmegaConf.create(config)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["status"] == "completed"
+
+    rundir = RunDir(tmp_path / "run")
+    labels = [task.label for task in load_bundle(FIXTURE).tasks]
+    core_records = [r for r in rundir.read_metrics() if "core" in r]
+    assert [r["step"] for r in core_records] == [0, 4, 8]
+    for record in core_records:
+        assert {k for k in record if k.startswith("core/")} == {f"core/{label}" for label in labels}
+        assert {k for k in record if k.startswith("core_acc/")} == {f"core_acc/{label}" for label in labels}
+        assert record["core"] == pytest.approx(sum(record[f"core/{label}"] for label in labels) / len(labels))
+    _, core = reference_scores(rundir)
+    assert summary["core"] == pytest.approx(core.core) == pytest.approx(core_records[-1]["core"])
+    assert summary["core_tasks"] == pytest.approx({label: t["centered"] for label, t in core.tasks.items()})
