@@ -62,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT_CODE
-    print(report.comparison_markdown)
-    print(f"report: {report.report_path}")
+    print(report.console_text())
     return 0
 
 

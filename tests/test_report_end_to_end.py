@@ -58,6 +58,8 @@ def test_cli_writes_every_file_and_prints_the_table(smoke, cli_output):
         assert (out / name).stat().st_size > 0, name
     assert "| rope.split | mlp_lr.name | seeds |" in printed
     assert printed.strip().endswith(f"report: {out / 'report.md'}")
+    figures = len(list((out / "plots").glob("*.png")))
+    assert f"plots: {out / 'plots'}/ ({figures} figures, PNG and SVG)" in printed
 
 
 def test_the_smoke_tables_have_one_row_per_run_and_per_variant(smoke, cli_output):

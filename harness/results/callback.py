@@ -43,5 +43,4 @@ class ReportCallback(Callback):
         except ConfigError as e:
             print(f"report not written: {e}")
             return
-        print(report.comparison_markdown)
-        print(f"report: {report.report_path}")
+        print(report.console_text())

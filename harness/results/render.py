@@ -47,6 +47,12 @@ class Report:
     spread: pd.DataFrame
     plots: list[str]
 
+    def console_text(self) -> str:
+        """What a command prints when the report is written: the comparison table, then where the
+        plots and the report are."""
+        figures = f"{self.out_dir / 'plots'}/ ({len(self.plots)} figures, PNG and SVG)" if self.plots else "none"
+        return f"{self.comparison_markdown}\nplots: {figures}\nreport: {self.report_path}"
+
 
 def build_report(
     roots: Sequence[str | os.PathLike],
