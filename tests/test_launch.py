@@ -32,12 +32,12 @@ RUN_ARGS = [
 ]
 
 
-def sweep_command(runs_dir, *overrides) -> list[str]:
+def train_command(runs_dir, *overrides, multirun: bool = True) -> list[str]:
     return [
         sys.executable,
         "-m",
         "harness.train",
-        "-m",
+        *(["-m"] if multirun else []),
         *RUN_ARGS,
         f"paths.runs_dir={runs_dir}",
         f"paths.results_dir={runs_dir}/results",
@@ -94,7 +94,7 @@ def test_torchrun_sweep_runs_each_job_on_two_ranks_and_a_dead_rank_fails_only_it
     """A 2 x 2 sweep (rope x mlp_lr), two processes per job. While the second job trains, its rank 1
     is killed (SIGKILL, as when a GPU or its process dies): that run is recorded as failed with the
     cause, and the sweep goes on to the last two jobs and the report."""
-    sweep = sweep_command(
+    sweep = train_command(
         tmp_path,
         "rope=slice,chunk",
         "mlp_lr=c_fc_2x,none",
@@ -148,7 +148,7 @@ def submitit_controller(sweep_pid: int) -> int | None:
 def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or_repeated_step(tmp_path):
     launcher = ["launcher=submitit_local", "launcher.nproc_per_node=2", "mlp_lr=c_fc_2x"]
     reference = subprocess.run(
-        sweep_command(tmp_path / "reference", *launcher), env=one_thread_env(), capture_output=True, text=True
+        train_command(tmp_path / "reference", *launcher), env=one_thread_env(), capture_output=True, text=True
     )
     assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
     (uninterrupted,) = find_run_dirs(tmp_path / "reference")
@@ -156,7 +156,7 @@ def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or
 
     runs = tmp_path / "preempted"
     process = subprocess.Popen(
-        sweep_command(runs, *launcher),
+        train_command(runs, *launcher),
         env=one_thread_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -190,3 +190,23 @@ def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or
     assert 6 <= resumed_at < STEPS  # from the checkpoint written where the signal stopped it
     assert train_steps(rundir) == list(range(1, STEPS + 1))
     assert history(rundir) == history(uninterrupted)
+
+
+def test_resuming_with_another_world_size_is_refused_in_one_line(tmp_path):
+    """The run directory does not depend on the launcher, so the same command with another one finds
+    the run; its sharded optimizer state cannot continue on another number of ranks."""
+    two_ranks = ["launcher=torchrun", "launcher.nproc_per_node=2", "launcher.start_method=forkserver"]
+    first = subprocess.run(
+        train_command(tmp_path, *two_ranks, "mlp_lr=none"), env=one_thread_env(), capture_output=True
+    )
+    assert first.returncode == 0, first.stdout[-3000:]
+    (rundir,) = find_run_dirs(tmp_path)
+    rundir.write_summary({**rundir.read_summary(), "status": "interrupted"})  # as if stopped before the end
+
+    one_rank = train_command(tmp_path, "mlp_lr=none", multirun=False)  # launcher=local: this process
+    again = subprocess.run(one_rank, env=one_thread_env(), capture_output=True, text=True)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {rundir.checkpoint_path(STEPS)} was written by 2 ranks, this run has 1; "
+        "resume with the same world size (the optimizer state is sharded)"
+    )
