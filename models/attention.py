@@ -21,6 +21,7 @@ All three compute the same function; they differ in rounding and speed only.
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 from functools import lru_cache
 
 import torch
@@ -34,8 +35,12 @@ def _is_full(window: int, seq_len: int) -> bool:
     return window >= seq_len - 1
 
 
-# Masks by (kind, length, window, device), built on first use.
-_MASKS: dict[tuple, torch.Tensor | BlockMask] = {}
+# Masks by (kind, length, window, device), built on first use, least recently used dropped first.
+# Training needs one or two (one length, one sliding window); CORE evaluation brings a new length
+# almost every batch, and an unbounded cache grew by ~330 MiB over 3k examples. Eight covers
+# training's masks plus the few evaluation lengths in flight.
+MASK_CACHE_SIZE = 8
+_MASKS: OrderedDict[tuple, torch.Tensor | BlockMask] = OrderedDict()
 
 
 def _compiling() -> bool:
@@ -52,9 +57,13 @@ def cached_mask(build, seq_len: int, window: int, device: torch.device):
     if _compiling():
         return build(seq_len, window, device)
     key = (build.__name__, seq_len, window, device)
-    if key not in _MASKS:
-        _MASKS[key] = build(seq_len, window, device)
-    return _MASKS[key]
+    if key in _MASKS:
+        _MASKS.move_to_end(key)
+        return _MASKS[key]
+    mask = _MASKS[key] = build(seq_len, window, device)
+    while len(_MASKS) > MASK_CACHE_SIZE:
+        _MASKS.popitem(last=False)
+    return mask
 
 
 def sliding_window_mask(seq_len: int, window: int, device: torch.device) -> torch.Tensor:

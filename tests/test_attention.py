@@ -163,3 +163,24 @@ def test_compiled_model_auto_matches_sdpa_on_cuda():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             losses[backend] = torch.compile(model, dynamic=False)(idx, idx).item()
     assert abs(losses["auto"] - losses["sdpa"]) < 1e-2
+
+
+def test_the_dense_mask_cache_keeps_only_the_most_recently_used_masks():
+    """CORE evaluation brings a new length almost every batch: the cache stays bounded, drops the
+    least recently used mask first, and what it returns is still the right mask."""
+    from models import attention
+
+    cpu = torch.device("cpu")
+    attention._MASKS.clear()
+    size = attention.MASK_CACHE_SIZE
+    kept = attention.cached_mask(sliding_window_mask, 40, 5, cpu)  # used again below, so it stays
+    for length in range(41, 41 + 3 * size):
+        mask = attention.cached_mask(sliding_window_mask, length, 5, cpu)
+        i, j = torch.meshgrid(torch.arange(length), torch.arange(length), indexing="ij")
+        assert torch.equal(mask, (i - j >= 0) & (i - j <= 5))
+        assert attention.cached_mask(sliding_window_mask, 40, 5, cpu) is kept
+        assert len(attention._MASKS) <= size
+    last = 41 + 3 * size - 1
+    assert [key[1] for key in attention._MASKS] == [*range(last - size + 2, last + 1), 40]
+    assert attention.cached_mask(sliding_window_mask, 41, 5, cpu) is not None  # rebuilt after eviction
+    assert (sliding_window_mask.__name__, 41, 5, cpu) in attention._MASKS
