@@ -97,6 +97,20 @@ def run_config(rundir: RunDir, overrides: list[str]) -> DictConfig:
         raise ConfigError(f"{reason} the run's config {rundir.config_path}") from None
 
 
+def locate_core_bundle(cfg: DictConfig, saved: dict, overrides: list[str]) -> None:
+    """Point eval.core.bundle_dir at the bundle as it is found now (core_bundle.find_bundle), unless
+    the command line names it: the saved path is the training machine's."""
+    from harness.cli import compose
+    from harness.eval.core_bundle import find_bundle
+
+    given = {override.split("=", 1)[0] for override in overrides}
+    if "eval.core.bundle_dir" in given:
+        return
+    data_dir = cfg.paths.data_dir if "paths.data_dir" in given else compose([]).paths.data_dir
+    saved_data_dir = (saved.get("paths") or {}).get("data_dir")
+    cfg.eval.core.bundle_dir = str(find_bundle(cfg.eval.core.bundle_dir, saved_data_dir, str(data_dir)))
+
+
 def load_model(cfg: DictConfig, state_dict: dict, device: torch.device) -> GPT:
     """The run's network with the checkpoint's weights, laid out as training had it on `device`."""
     from harness.train import materialize
@@ -120,6 +134,7 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
     if checkpoint is None:
         raise ConfigError(f"run_dir={run_dir} has no checkpoint in {rundir.checkpoints_dir}")
     if options["core"]:
+        locate_core_bundle(cfg, rundir.read_config(), overrides)
         check_bundle(cfg)
     info = dist_info_from_env()
     device = resolve_device(str(cfg.train.device))
@@ -166,20 +181,12 @@ def measure_bpb(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, au
 
 def measure_core(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
     """CORE with eval.core's settings: the metrics-record entries, and how it was measured."""
-    from harness.eval.core import core_config, evaluate_core, load_bundle
+    from harness.eval.core import core_config, run_core_eval
 
     start = time.perf_counter()
     core = core_config(cfg)
-    result = evaluate_core(
-        model,
-        tokenizer,
-        load_bundle(core.bundle_dir),
-        max_per_task=core.max_per_task,
-        batch_size=core.batch_size,
-        device=device,
-        max_seq_len=model.config.rotary_positions,  # crop only what the model cannot take, as the recipe does
-        autocast=autocast,
-        progress=dist_info_from_env().is_main,
+    result = run_core_eval(
+        model, tokenizer, core, device=device, autocast=autocast, progress=dist_info_from_env().is_main
     )
     details = {
         "core": result.core,

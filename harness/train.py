@@ -443,18 +443,14 @@ class Trainer:
         self.state.wall_time_s += time.perf_counter() - start
 
     def evaluate_core(self) -> None:
-        from harness.eval.core import core_config, evaluate_core, load_bundle
+        from harness.eval.core import core_config, run_core_eval
 
-        core = core_config(self.plan.cfg)
         # The eager model: CORE's batches vary in shape, and a compiled model would recompile for each.
-        result = evaluate_core(
+        result = run_core_eval(
             self.model,
             self.tokenizer,
-            load_bundle(core.bundle_dir),
-            max_per_task=core.max_per_task,
-            batch_size=core.batch_size,
+            core_config(self.plan.cfg),
             device=self.device,
-            max_seq_len=None,  # as the recipe: prompts are cropped only to the rotary cache
             autocast=self.autocast,
             progress=self.plan.dist.is_main,
         )
@@ -642,7 +638,8 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
         raise
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
-        log.error(traceback.format_exc())
+        if not isinstance(e, ConfigError):  # a user mistake is one line, printed by the entry point
+            log.error(traceback.format_exc())
         raise
     finally:
         summary = (

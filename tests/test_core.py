@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from harness.errors import ConfigError
 from harness.eval.core import (
+    Bundle,
     CoreResult,
     build_requests,
     check_bundle,
@@ -327,7 +328,7 @@ def test_language_modeling_rejects_a_context_that_is_not_a_token_prefix():
 
     # A tokenizer that merges the context's last token with the continuation's first.
     task = CoreTask("lm", "language_modeling", Path("unused"), 0, " ", 0.0)
-    with pytest.raises(ValueError, match="CORE task 'lm' example 3: the context's tokens are not a strict prefix"):
+    with pytest.raises(ConfigError, match="CORE task 'lm' example 3: the context's tokens are not a strict prefix"):
         make_request(0, task, 3, -1, [[BOS, 7, 8], [BOS, 7, 9, 10]], None)
 
 
@@ -702,3 +703,61 @@ def test_result_record_and_count():
     assert result.to_record() == {"core": 0.5, "core/a": 0.5, "core_acc/a": 0.75}
     assert result.num_examples == 4
     assert math.isclose((0.75 - 0.5) / (1 - 0.5), 0.5)
+
+
+# task-file data errors: one line naming the task and the example -----------------------------
+def test_a_gold_out_of_range_is_named_by_task_file_and_line(tmp_path):
+    """arc_mini is 2-shot: a bad gold on any example would index past its choices when that example
+    is shown solved as another's few-shot example (an IndexError before)."""
+    arc = "eval_data/world_knowledge/arc_mini.jsonl"
+    root = _broken_bundle(tmp_path, lambda r: _replace(r / arc, '"Neon"], "gold": 1}', '"Neon"], "gold": 4}'))
+    with pytest.raises(ConfigError) as error:
+        evaluate_core(UniformModel(), ByteTokenizer(), load_bundle(root))
+    assert str(error.value) == (
+        f"CORE task 'arc_mini', {root / arc}:2: gold=4 is not an index into its 4 choices (0..3)"
+    )
+
+
+def test_a_schema_gold_must_index_the_context_options(tmp_path):
+    winograd = "eval_data/language_understanding/winograd_mini.jsonl"
+    root = _broken_bundle(
+        tmp_path, lambda r: _replace(r / winograd, '"was hungry.", "gold": 0', '"was hungry.", "gold": "0"')
+    )
+    with pytest.raises(
+        ConfigError, match=r"^CORE task 'winograd_mini', .*winograd_mini.jsonl:1: gold='0' is not an index"
+    ):
+        evaluate_core(UniformModel(), ByteTokenizer(), load_bundle(root))
+
+
+def test_an_answer_longer_than_the_models_limit_names_the_task_example_and_line():
+    """At max_seq_len=4 no answer of the first task (copa_mini) fits with the token before it; the
+    error names the task, the example's index in evaluation order and its line in the file."""
+    bundle = load_bundle(FIXTURE)
+    with pytest.raises(ConfigError) as error:
+        build_requests(bundle, ByteTokenizer(), max_seq_len=4)
+    message = str(error.value)
+    assert message.startswith("CORE task 'copa_mini' example ")
+    assert f"({FIXTURE / 'eval_data/commonsense_reasoning/copa_mini.jsonl'}:" in message
+    assert message.endswith("does not fit in max_seq_len=4")
+    assert "\n" not in message
+
+
+def test_a_context_that_does_not_tokenize_as_a_prefix_names_the_example_line(tmp_path):
+    """A tokenizer that merges the last context byte with the continuation's first (as BPE can)."""
+
+    class MergingTokenizer(ByteTokenizer):
+        def encode(self, text: str, prepend_bos: bool = False) -> list[int]:
+            ids = super().encode(text, prepend_bos)
+            return [*ids[:-6], 1000, *ids[-4:]] if text.endswith("to rain") else ids  # "o " as one token
+
+    lambada = load_bundle(FIXTURE).tasks[-1]
+    bundle = Bundle(FIXTURE, (lambada,))
+    with pytest.raises(ConfigError) as error:
+        build_requests(bundle, MergingTokenizer())
+    lines = lambada.data_path.read_text().splitlines()
+    (line,) = [n for n, text in enumerate(lines, 1) if '"rain"' in text]
+    (idx,) = [i for i, item in enumerate(load_examples(lambada)) if item["continuation"] == "rain"]
+    assert str(error.value) == (
+        f"CORE task 'lambada_mini' example {idx} ({lambada.data_path}:{line}): the context's tokens are not a "
+        "strict prefix of the context-plus-continuation's tokens"
+    )

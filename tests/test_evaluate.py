@@ -219,3 +219,103 @@ def test_training_with_core_enabled_records_every_task_at_its_steps_and_in_the_s
     _, core = reference_scores(rundir)
     assert summary["core"] == pytest.approx(core.core) == pytest.approx(core_records[-1]["core"])
     assert summary["core_tasks"] == pytest.approx({label: t["centered"] for label, t in core.tasks.items()})
+
+
+# the CORE bundle of a run that moved ---------------------------------------------------------
+def moved_run(tmp_path: Path, config: dict, monkeypatch) -> tuple[RunDir, Path]:
+    """A run trained where the bundle was <old data dir>/eval_bundle, evaluated on a machine whose
+    paths.data_dir (ABLATE_DATA_DIR) is another folder."""
+    old, new = tmp_path / "old_data", tmp_path / "new_data"
+    moved = {**config, "paths": {**config["paths"], "data_dir": str(old)}}
+    moved["eval"] = {**config["eval"], "core": {**config["eval"]["core"], "bundle_dir": str(old / "eval_bundle")}}
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(new))
+    return make_run(tmp_path / "run", moved), new
+
+
+def test_a_moved_bundle_is_found_under_the_current_data_dir(tmp_path, config, monkeypatch):
+    import shutil
+
+    rundir, new = moved_run(tmp_path, config, monkeypatch)
+    shutil.copytree(FIXTURE, new / "eval_bundle")
+    main([f"run_dir={rundir.path}", "bpb=false"])
+    _, core = reference_scores(rundir)  # scored on FIXTURE, the same tasks
+    assert rundir.read_summary()["core"] == pytest.approx(core.core)
+    assert rundir.read_summary()["evaluation"]["core_examples"] == 23
+
+
+def test_a_bundle_found_nowhere_is_one_line_naming_every_path_tried(tmp_path, config, monkeypatch, capsys):
+    rundir, new = moved_run(tmp_path, config, monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"run_dir={rundir.path}", "bpb=false"])
+    assert exit_info.value.code == USAGE_EXIT_CODE
+    assert capsys.readouterr().err == (
+        f"error: eval.core.bundle_dir: no CORE bundle at {tmp_path / 'old_data' / 'eval_bundle'} (the run's config) "
+        f"nor {new / 'eval_bundle'} (under the current paths.data_dir); fetch it with "
+        "`python -m harness.prepare eval=core` or pass eval.core.bundle_dir=PATH\n"
+    )
+
+
+# CORE during training is scored as harness.evaluate scores it ------------------------------------
+def long_prompt_bundle(root: Path) -> Path:
+    """One 3-shot language-modeling task whose prompts run to ~1,000 bytes: several hundred tokens,
+    past a model whose rotary table holds 128 positions."""
+    import shutil
+
+    shutil.copytree(FIXTURE, root)
+    sentence = "the quick brown fox jumps over the lazy dog and keeps on running through the field "
+    lines = [f'{{"context": "Story {i}: {sentence * 3}then it", "continuation": "stopped"}}' for i in range(6)]
+    (root / "eval_data/long.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "core.yaml").write_text(
+        "icl_tasks:\n- label: long_lm\n  dataset_uri: long.jsonl\n"
+        "  num_fewshot: [3]\n  icl_task_type: language_modeling\n"
+    )
+    (root / "eval_meta_data.csv").write_text("Eval Task,Random baseline\nlong_lm,0\n")
+    return root
+
+
+def core_run_config(config: dict, bundle: Path, **overrides) -> OmegaConf:
+    cfg = OmegaConf.create(config)
+    OmegaConf.set_struct(cfg, False)
+    cfg.model.rotary_cache_len = 128  # = model.sequence_len: the prompts do not fit
+    for key, value in {"eval.core.bundle_dir": str(bundle), **overrides}.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def test_core_in_training_crops_long_prompts_as_evaluate_does(tmp_path, config):
+    """Training's CORE at its last step and harness.evaluate on the final checkpoint give the same
+    record: both crop rows to the model's rotary positions (training cropped nothing before and a
+    prompt longer than the rotary table crashed the run at step 0)."""
+    from harness.train import run_training
+
+    steps = {"train.num_iterations": 2, "train.checkpoint_every": 2, "eval.core.every": 2, "eval.val_every": 2}
+    cfg = core_run_config(config, long_prompt_bundle(tmp_path / "bundle"), **steps)
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["status"] == "completed"
+    rundir = RunDir(tmp_path / "run")
+    trained = [r for r in rundir.read_metrics() if "core" in r][-1]
+    main([f"run_dir={rundir.path}", "bpb=false"])
+    evaluated = rundir.read_metrics()[-1]
+    core_keys = {k for k in evaluated if k.startswith("core")}
+    assert core_keys == {"core", "core/long_lm", "core_acc/long_lm"}
+    assert {k: trained[k] for k in core_keys} == {k: evaluated[k] for k in core_keys}
+
+
+def test_a_task_file_error_during_training_is_one_line_without_a_traceback(tmp_path, config, caplog):
+    """An answer longer than the model's limit is found when CORE first runs (it needs the tokenizer):
+    a ConfigError naming the task and the example, which harness.train prints as one line (exit 2)."""
+    from harness.errors import ConfigError
+    from harness.train import run_training
+
+    bundle = long_prompt_bundle(tmp_path / "bundle")
+    long_answer = "and " * 200
+    (bundle / "eval_data/long.jsonl").write_text(
+        "".join(f'{{"context": "Story {i}:", "continuation": "{long_answer}"}}\n' for i in range(6))
+    )
+    cfg = core_run_config(config, bundle, **{"train.num_iterations": 2, "eval.core.every": 2})
+    with pytest.raises(ConfigError) as error:
+        run_training(cfg, tmp_path / "run")
+    assert str(error.value).startswith("CORE task 'long_lm' example ")
+    assert str(error.value).endswith("does not fit in max_seq_len=128")
+    assert "Traceback" not in caplog.text
+    assert RunDir(tmp_path / "run").read_summary()["status"] == "failed"

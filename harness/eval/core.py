@@ -53,6 +53,7 @@ __all__ = [
     "load_examples",
     "prepare_bundle",
     "render_prompts",
+    "run_core_eval",
 ]
 
 SHUFFLE_SEED = 1337  # the order examples are taken in, so that max_per_task keeps a random subset
@@ -106,6 +107,12 @@ def prepare_bundle(cfg: DictConfig, progress: bool = True) -> Path:
 # examples and prompts ------------------------------------------------------------------------
 def load_examples(task: CoreTask, max_per_task: int = -1) -> list[dict]:
     """The task's examples in evaluation order: shuffled with Random(1337), then cropped."""
+    return [item for _, item in load_numbered_examples(task, max_per_task)]
+
+
+def load_numbered_examples(task: CoreTask, max_per_task: int = -1) -> list[tuple[int, dict]]:
+    """(line number, example) in evaluation order, so that an error can point at the file's line.
+    Random.shuffle's permutation depends only on the length, so the order is load_examples'."""
     examples = []
     with open(task.data_path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
@@ -118,13 +125,36 @@ def load_examples(task: CoreTask, max_per_task: int = -1) -> list[dict]:
             missing = [k for k in REQUIRED_FIELDS[task.task_type] if not isinstance(item, dict) or k not in item]
             if missing:
                 raise ConfigError(f"{task.data_path}:{line_number}: a {task.task_type} example needs '{missing[0]}'")
-            examples.append(item)
+            examples.append((line_number, item))
     random.Random(SHUFFLE_SEED).shuffle(examples)
     if max_per_task > 0:
         examples = examples[:max_per_task]
     if not examples:
         raise ConfigError(f"{task.data_path} has no examples (task {task.label!r})")
+    for line_number, item in examples:  # the ones scored, or shown solved as another's few-shot example
+        check_gold(task, item, line_number)
     return examples
+
+
+# The field whose options `gold` indexes, per task type (language modeling has no gold).
+GOLD_OPTIONS = {"multiple_choice": "choices", "schema": "context_options"}
+
+
+def check_gold(task: CoreTask, item: dict, line_number: int) -> None:
+    """`gold` must index the example's options: rendering it as a few-shot example takes that option."""
+    options_key = GOLD_OPTIONS.get(task.task_type)
+    if options_key is None:
+        return
+    options, gold = item[options_key], item["gold"]
+    if not isinstance(options, list) or not options:
+        raise ConfigError(
+            f"CORE task {task.label!r}, {task.data_path}:{line_number}: {options_key} must be a non-empty list"
+        )
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(options):
+        raise ConfigError(
+            f"CORE task {task.label!r}, {task.data_path}:{line_number}: gold={gold!r} is not an index into its "
+            f"{len(options)} {options_key} (0..{len(options) - 1})"
+        )
 
 
 def fewshot_indices(idx: int, num_examples: int, num_fewshot: int) -> list[int]:
@@ -189,7 +219,7 @@ def common_suffix_length(rows: list[list[int]]) -> int:
     return common_prefix_length([row[::-1] for row in rows])
 
 
-def answer_spans(task_type: str, rows: list[list[int]], label: str, idx: int) -> tuple[list, list]:
+def answer_spans(task_type: str, rows: list[list[int]]) -> tuple[list, list]:
     """Rows to score and the [start, end) span of each, following the recipe per task type."""
     if task_type == "multiple_choice":
         start = common_prefix_length(rows)
@@ -200,10 +230,7 @@ def answer_spans(task_type: str, rows: list[list[int]], label: str, idx: int) ->
         return rows, [(max(len(row) - suffix, 1), len(row)) for row in rows]
     without, with_continuation = rows
     if not (len(without) < len(with_continuation) and with_continuation[: len(without)] == without):
-        raise ValueError(
-            f"CORE task {label!r} example {idx}: the context's tokens are not a strict prefix of "
-            "the context-plus-continuation's tokens"
-        )
+        raise ValueError("the context's tokens are not a strict prefix of the context-plus-continuation's tokens")
     return [with_continuation], [(len(without), len(with_continuation))]
 
 
@@ -214,7 +241,7 @@ def crop_left(row: list[int], span: tuple[int, int], max_seq_len: int | None) ->
     cut = len(row) - max_seq_len
     start, end = span[0] - cut, span[1] - cut
     if start < 1:
-        raise ValueError(f"an answer span of {end - start} tokens does not fit in max_seq_len={max_seq_len}")
+        raise ValueError(f"its answer span of {end - start} tokens does not fit in max_seq_len={max_seq_len}")
     return row[cut:], (start, end)
 
 
@@ -226,11 +253,22 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def make_request(
-    task_index: int, task: CoreTask, idx: int, gold: int, rows: list[list[int]], max_seq_len: int | None
+    task_index: int,
+    task: CoreTask,
+    idx: int,
+    gold: int,
+    rows: list[list[int]],
+    max_seq_len: int | None,
+    line_number: int | None = None,
 ) -> Request:
-    """An example's request from its prompts' token rows (BOS first): spans found, long rows cropped."""
-    rows, spans = answer_spans(task.task_type, rows, task.label, idx)
-    cropped = [crop_left(row, span, max_seq_len) for row, span in zip(rows, spans, strict=True)]
+    """An example's request from its prompts' token rows (BOS first): spans found, long rows cropped.
+    A task file the model cannot score is a ConfigError naming the task and the example."""
+    where = f" ({task.data_path}:{line_number})" if line_number is not None else ""
+    try:
+        rows, spans = answer_spans(task.task_type, rows)
+        cropped = [crop_left(row, span, max_seq_len) for row, span in zip(rows, spans, strict=True)]
+    except ValueError as e:
+        raise ConfigError(f"CORE task {task.label!r} example {idx}{where}: {e}") from None
     return Request(
         task=task_index,
         example=idx,
@@ -255,7 +293,8 @@ def build_requests(
     as lists of Python ints."""
     requests, num_examples = [], []
     for t, task in enumerate(bundle.tasks):
-        examples = load_examples(task, max_per_task)
+        numbered = load_numbered_examples(task, max_per_task)
+        examples = [item for _, item in numbered]
         num_examples.append(len(examples))
         mine = range(rank, len(examples), world_size)
         for chunk in (mine[i : i + ENCODE_CHUNK] for i in range(0, len(mine), ENCODE_CHUNK)):
@@ -267,7 +306,7 @@ def build_requests(
             for idx, texts in zip(chunk, prompts, strict=True):
                 rows = [[tokenizer.bos_id, *next(encoded)] for _ in texts]
                 gold = int(examples[idx].get("gold", -1))
-                requests.append(make_request(t, task, idx, gold, rows, max_seq_len))
+                requests.append(make_request(t, task, idx, gold, rows, max_seq_len, numbered[idx][0]))
     return requests, num_examples
 
 
@@ -411,3 +450,21 @@ def evaluate_core(
         }
     core = sum(task["centered"] for task in tasks.values()) / len(tasks)
     return CoreResult(core=core, tasks=tasks)
+
+
+def run_core_eval(model, tokenizer, core: CoreConfig, *, device, autocast: Callable, progress: bool) -> CoreResult:
+    """CORE of a harness GPT with eval.core's settings: the one call training and harness.evaluate
+    share, so a checkpoint scores the same in both. Rows are cropped on the left only to what the
+    model can take (its rotary positions, 10x the training length by default), as the recipe does
+    for its own models: a long few-shot prompt is scored, not a crash."""
+    return evaluate_core(
+        model,
+        tokenizer,
+        load_bundle(core.bundle_dir),
+        max_per_task=core.max_per_task,
+        batch_size=core.batch_size,
+        device=device,
+        max_seq_len=model.config.rotary_positions,
+        autocast=autocast,
+        progress=progress,
+    )

@@ -145,6 +145,31 @@ def _task(root: Path, spec: dict, baselines: dict[str, str]) -> CoreTask:
     )
 
 
+def find_bundle(
+    saved: str | os.PathLike, saved_data_dir: str | os.PathLike | None, data_dir: str | os.PathLike
+) -> Path:
+    """Where a run's bundle is now: `saved` (its resolved eval.core.bundle_dir) if it still exists,
+    else the same place under the current paths.data_dir (`data_dir`): a run directory copied to
+    another machine, or a data folder that moved, still finds the bundle prepared there. The
+    relative place is the saved path's part below the run's own paths.data_dir, else its name."""
+    saved = Path(saved)
+    try:
+        relative = saved.relative_to(saved_data_dir) if saved_data_dir else Path(saved.name)
+    except ValueError:
+        relative = Path(saved.name)
+    candidates = list(dict.fromkeys([saved, Path(data_dir) / relative]))
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    tried = f"{saved} (the run's config)"
+    if len(candidates) > 1:
+        tried += f" nor {candidates[1]} (under the current paths.data_dir)"
+    raise ConfigError(
+        f"eval.core.bundle_dir: no CORE bundle at {tried}; fetch it with `python -m harness.prepare eval=core` "
+        "or pass eval.core.bundle_dir=PATH"
+    )
+
+
 # fetching ----------------------------------------------------------------------------------
 def download_bundle(url: str, target: str | os.PathLike, progress: bool = True) -> Path:
     """Make `target` a valid bundle, downloading and unpacking `url` if it is not there yet."""
