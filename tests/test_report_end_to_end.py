@@ -122,6 +122,27 @@ def test_callback_reports_the_sweep_dir_from_the_experiment_wiring(tmp_path, cap
     assert len(pd.read_csv(results_dir / "smoke" / "runs.csv")) == 4
 
 
+def test_the_callbacks_report_follows_the_sweeps_name(tmp_path, capsys, monkeypatch):
+    """`experiment=smoke name=b` is a second sweep of the same experiment: its runs go to runs/b and its
+    report to results/b, leaving the first sweep's results/smoke alone."""
+    monkeypatch.setattr(render, "all_plots", lambda *args, **kwargs: [])
+    runs_dir, results_dir = tmp_path / "runs", tmp_path / "results"
+    first_report = results_dir / "smoke" / "report.md"
+    first_report.parent.mkdir(parents=True)
+    first_report.write_text("the first sweep's report")
+    write_sweep(runs_dir / "b", grid={"rope": ("slice",), "mlp_lr": ("c_fc_2x", "none")})
+    cfg = compose(
+        ["experiment=smoke", "name=b", f"paths.runs_dir={runs_dir}", f"paths.results_dir={results_dir}"],
+        with_hydra=True,
+    )
+    assert cfg.hydra.sweep.dir == str(runs_dir / "b")
+    instantiate(cfg.hydra.callbacks.report).on_multirun_end(config=cfg)
+    assert f"report: {results_dir / 'b' / 'report.md'}" in capsys.readouterr().out
+    assert len(pd.read_csv(results_dir / "b" / "runs.csv")) == 4
+    assert first_report.read_text() == "the first sweep's report"
+    assert sorted(p.name for p in results_dir.iterdir()) == ["b", "smoke"]
+
+
 def test_callback_with_nothing_to_report_says_so(tmp_path, capsys):
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "empty")}}})
     (tmp_path / "empty").mkdir()

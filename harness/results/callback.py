@@ -6,11 +6,13 @@ Wired in an experiment file, e.g. configs/experiment/smoke.yaml:
       callbacks:
         report:
           _target_: harness.results.callback.ReportCallback
-          output_dir: ${paths.results_dir}/smoke
           baseline: [rope.split=slice, mlp_lr.name=c_fc_2x]   # optional; this is the default
+          output_dir: results/elsewhere                       # optional; see below
 
-After the last run it writes the report of `hydra.sweep.dir` into `output_dir` and prints the
-comparison table and the report's path. A sweep that left nothing to report says so in one line
+After the last run it writes the report of `hydra.sweep.dir` and prints the comparison table and
+the report's path. The report goes where the sweep's runs are named, `<paths.results_dir>/<name>/`
+(runs/<name> -> results/<name>), so `name=...` on the command line keeps two sweeps of one
+experiment, and their reports, apart. A sweep that left nothing to report says so in one line
 rather than failing the multirun; its runs are on disk either way.
 """
 
@@ -26,8 +28,8 @@ from harness.errors import ConfigError
 
 
 class ReportCallback(Callback):
-    def __init__(self, output_dir: str, baseline: Any = None) -> None:
-        self.output_dir = Path(output_dir)
+    def __init__(self, output_dir: str | None = None, baseline: Any = None) -> None:
+        self.output_dir = Path(output_dir) if output_dir else None
         if isinstance(baseline, (DictConfig, ListConfig)):
             baseline = OmegaConf.to_container(baseline, resolve=True)
         self.baseline = baseline
@@ -36,11 +38,17 @@ class ReportCallback(Callback):
         from harness.results.render import build_report  # pandas, scipy, matplotlib: only when reporting
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        output_dir = self.output_dir or report_dir(config)
         try:
             report = build_report(
-                [sweep_dir], self.output_dir, self.baseline, command=f"the multirun's ReportCallback on {sweep_dir}"
+                [sweep_dir], output_dir, self.baseline, command=f"the multirun's ReportCallback on {sweep_dir}"
             )
         except ConfigError as e:
             print(f"report not written: {e}")
             return
         print(report.console_text())
+
+
+def report_dir(config: DictConfig) -> Path:
+    """results/<name>: the sweep's own folder of reports, named as its runs are (runs/<name>)."""
+    return Path(str(config.paths.results_dir)) / str(config.name)
