@@ -22,8 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import USAGE_EXIT_CODE, ConfigError
+from harness.identity import register_resolvers
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+register_resolvers()  # configs/config.yaml names run folders with ${ablate.run_dir:...}
 
 
 def compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:

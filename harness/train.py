@@ -150,9 +150,13 @@ def resolved_config(cfg: DictConfig) -> dict:
 
 
 def location_keys(cfg: DictConfig) -> set[str]:
-    """Keys whose value comes from paths.* or the environment: where files live, not what a run computes."""
+    """Keys that say where files live, not what a run computes: harness.identity's LOCATION_KEYS and
+    whatever else takes its value from paths.* or the environment."""
+    from harness.identity import LOCATION_KEYS
+
     unresolved = _flatten(OmegaConf.to_container(cfg, resolve=False))
-    return {k for k, v in unresolved.items() if isinstance(v, str) and ("${paths." in v or "${oc.env" in v)}
+    derived = {k for k, v in unresolved.items() if isinstance(v, str) and ("${paths." in v or "${oc.env" in v)}
+    return derived | set(LOCATION_KEYS)
 
 
 def config_differences(saved: dict, current: dict, ignored: set[str] = frozenset()) -> list[str]:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import ConfigError
+from harness.identity import LOCATION_KEYS
 from harness.results.rundir import RunDir, find_run_dirs
 
 MISSING = "missing"
@@ -39,7 +40,8 @@ DEPTH_KEY = "model.depth"
 SEED_KEY = "seed"
 NAME_KEY = "name"
 NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.")
-NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume")
+# Where data and bundles live is not an axis either: sweeps on two machines compare as one.
+NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume", *LOCATION_KEYS)
 
 CURVE_INDEX = ("step", "tokens", "flops", "time_s")
 CURVE_COLUMNS = ("run", *CURVE_INDEX, "metric", "value")

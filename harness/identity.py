@@ -1,0 +1,52 @@
+"""What names a run: the config keys that never do, and the folder a run's overrides name.
+
+A run's directory, runs/<name>/<overrides>, is its identity (harness.results.rundir). Location keys
+say where files live, not what a run computes: the same sweep run on two machines with their data
+in different folders is one set of runs. So they stay out of the folder name (configs/config.yaml's
+`override_dirname.exclude_keys`, which a test holds to this list), out of the resume check
+(harness.train.location_keys) and out of the report's ablation axes (harness.results.collect).
+What does not move with them: a checkpoint is still refused when its tokenizer differs, and
+`name=...` keeps sweeps on really different data apart.
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+LOCATION_KEYS = (
+    "paths.runs_dir",
+    "paths.results_dir",
+    "paths.data_dir",
+    "data.path",  # data=local: the folder or file of text
+    "data.val_path",
+    "data.dir",  # data=fineweb: the shards and tokenizer
+    "data.cache_dir",  # data=builtin, local: tokenizer and tokenized documents
+    "data.base_url",
+    "eval.core.bundle_dir",
+    "eval.core.bundle_url",
+    "logger.dir",
+)
+
+# A run with no override of its experiment's config: a folder of its own beside the sweep's, not
+# the sweep's root (where the report would count it as one more run of the default variant).
+DEFAULTS_RUN_SUFFIX = "-defaults"
+# The same inside a multirun, where every job is a subfolder of the sweep.
+DEFAULTS_JOB_DIR = "defaults"
+RESOLVER = "ablate.run_dir"
+
+
+def run_dir_name(name: str, override_dirname: str, multirun: bool = False) -> str:
+    """`<name>/<overrides>` for a single run; `<overrides>` for a job below the sweep's folder."""
+    if multirun:
+        return override_dirname or DEFAULTS_JOB_DIR
+    return f"{name}/{override_dirname}" if override_dirname else f"{name}{DEFAULTS_RUN_SUFFIX}"
+
+
+def register_resolvers() -> None:
+    """${ablate.run_dir:name,override_dirname[,multirun]} for hydra.run.dir and hydra.sweep.subdir
+    (configs/config.yaml); Hydra resolves them in every process that starts a job, each of which
+    imports the harness first."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(
+            RESOLVER, lambda name, dirname, multirun=False: run_dir_name(str(name), str(dirname), bool(multirun))
+        )

@@ -1,0 +1,112 @@
+"""What names a run: location keys (data and bundle folders, anything under paths.*) stay out of run
+folder names, the resume check and the report's axes; a run with no overrides does not land in
+its sweep's root folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from harness.cli import CONFIG_DIR, compose
+from harness.identity import LOCATION_KEYS
+from harness.results.collect import collect_dirs
+from harness.results.compare import comparison_table, parse_baseline
+from harness.results.rundir import RunDir
+from harness.results.synthetic import write_sweep
+from harness.train import config_differences, location_keys, resolved_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_dir(*overrides: str) -> str:
+    return compose(list(overrides), with_hydra=True).hydra.run.dir
+
+
+def test_every_location_key_stays_out_of_hydras_folder_names():
+    exclude = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["hydra"]["job"]["config"]["override_dirname"]
+    assert set(LOCATION_KEYS) <= set(exclude["exclude_keys"])
+
+
+def test_an_absolute_data_path_is_not_in_the_run_folder_name():
+    """Before, data.path=/abs/my/text became the nested folders data.path=/abs/my/text,..."""
+    overrides = [
+        "data=local",
+        "data.path=/abs/my/text",
+        "data.val_path=/abs/my/val",
+        "eval.core.bundle_dir=/elsewhere/eval_bundle",
+        "rope=chunk",
+    ]
+    assert run_dir(*overrides) == "runs/default/data=local,rope=chunk"
+    sweep_job = compose(["experiment=smoke", *overrides], with_hydra=True).hydra
+    assert (sweep_job.sweep.dir, sweep_job.sweep.subdir) == ("runs/smoke", "data=local,rope=chunk")
+
+
+def test_a_run_with_no_overrides_lands_beside_its_sweep_not_in_its_root():
+    """`harness.train experiment=smoke` in runs/smoke/ itself would be one more seed-0 baseline run in
+    the sweep's report; a run with overrides is the sweep's job of the same overrides, as before."""
+    assert run_dir("experiment=smoke") == "runs/smoke-defaults"
+    assert run_dir("experiment=smoke", "paths.data_dir=/d") == "runs/smoke-defaults"  # a location only
+    assert run_dir() == "runs/default-defaults"
+    assert run_dir("experiment=smoke", "seed=1", "rope=chunk") == "runs/smoke/rope=chunk,seed=1"
+    assert compose(["experiment=smoke"], with_hydra=True).hydra.sweep.subdir == "defaults"
+
+
+def test_the_command_line_resolves_the_run_folder_in_its_own_process():
+    """Hydra resolves hydra.run.dir in the training process: the harness registers its resolver there."""
+    command = [sys.executable, "-m", "harness.train", "experiment=smoke", "-c", "all", "--resolve", "-p"]
+    shown = subprocess.run([*command, "hydra.run.dir"], capture_output=True, text=True, cwd=REPO)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.strip().splitlines()[-1] == "runs/smoke-defaults"
+
+
+def test_resuming_elsewhere_ignores_where_the_data_lives():
+    """The same run on another machine: its data and bundle folders differ, nothing it computes does."""
+    here = compose(["data=local", "data.path=/machine_a/text", "eval.core.bundle_dir=/machine_a/bundle"])
+    there = compose(["data=local", "data.path=/machine_b/text", "eval.core.bundle_dir=/machine_b/bundle"])
+    assert config_differences(resolved_config(here), resolved_config(there), location_keys(there)) == []
+    other_data_seed = compose(["data=local", "data.path=/machine_b/text", "data.seed=1"])
+    assert config_differences(resolved_config(here), resolved_config(other_data_seed), location_keys(here)) == [
+        "data.seed"
+    ]
+
+
+def relocate(runs: list[RunDir], data_dir: str) -> None:
+    """As if the sweep ran where paths.data_dir is `data_dir`: every path under it moves."""
+    for run in runs:
+        config = OmegaConf.create(run.read_config())
+        config.paths.data_dir = data_dir
+        config.data.cache_dir = f"{data_dir}/builtin"
+        config.data.path = f"{data_dir}/text"  # not a key of data=builtin; stands for a data=local run
+        config.eval.core.bundle_dir = f"{data_dir}/eval_bundle"
+        run.write_config(OmegaConf.to_container(config))
+
+
+def test_two_sweeps_with_different_data_directories_compare_as_one_variant_set(tmp_path):
+    """Seeds 0-1 on one machine, 2-3 on another: one set of 8 variants of 4 seeds, one baseline,
+    every other variant compared with it (before: data.cache_dir etc. split them into 16 variants
+    and no baseline matched)."""
+    first = write_sweep(tmp_path / "a" / "smoke", seeds=(0, 1), rng_seed=0)
+    second = write_sweep(tmp_path / "b" / "smoke", seeds=(2, 3), rng_seed=1)
+    relocate(first, "/home/me/.cache/ablate")
+    relocate(second, "/scratch/you/ablate")
+    collection = collect_dirs(tmp_path / "a" / "smoke", tmp_path / "b" / "smoke")
+    assert not set(collection.axes) & set(LOCATION_KEYS)
+    assert collection.variant_keys == ["rope.split", "mlp_lr.name"]
+    sizes = collection.runs.groupby("variant").size()
+    assert len(sizes) == 8 and (sizes == 4).all()
+    table, _ = comparison_table(collection, parse_baseline(None))
+    assert table["is_baseline"].sum() == 1
+    assert (table["n_seeds"] == 4).all() and (table["seeds"] == "0,1,2,3").all()
+    assert (table.loc[~table["is_baseline"], "val_bpb_test"] == "paired").all()
+
+
+@pytest.mark.parametrize("key", LOCATION_KEYS)
+def test_each_location_key_alone_is_never_an_axis(tmp_path, key):
+    from harness.results.collect import ablation_axes
+
+    assert ablation_axes([{key: "/a", "rope.split": "slice"}, {key: "/b", "rope.split": "chunk"}]) == ["rope.split"]
