@@ -126,7 +126,7 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
         )
     if check_inputs:
         check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
-        check_data(cfg)
+        check_data(cfg, dist.world_size)
         if evals.core.get("enabled", False):
             from harness.eval.core import check_bundle
 

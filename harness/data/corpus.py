@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from harness.data.packing import row_pieces
 from harness.data.tokenizer import Tokenizer
 
 Document = Sequence[int]  # token ids, starting with BOS
@@ -86,3 +87,19 @@ class TokenCorpus:
         tokens = np.fromiter((t for d in documents for t in d), dtype=np.int32, count=int(offsets[-1]))
         np.save(directory / f"{split}_tokens.npy", tokens)
         np.save(directory / f"{split}_offsets.npy", offsets)
+
+
+class RowPieceCorpus:
+    """Another corpus whose documents longer than `row_len` tokens are read as row-sized pieces
+    (packing.row_pieces), one document of this corpus per piece: for sources of long documents
+    (data=local) whose rows would otherwise keep one crop of each. Piece indices are stable, so the
+    loader's state and its restore work on pieces as they do on documents."""
+
+    def __init__(self, corpus: Corpus, row_len: int):
+        self._corpus = corpus
+        self.row_len = row_len
+        self.name, self.num_units, self.prefetch = corpus.name, corpus.num_units, corpus.prefetch
+
+    def read(self, unit: int, indices: Sequence[int] | None = None) -> list[Document]:
+        pieces = [piece for document in self._corpus.read(unit) for piece in row_pieces(document, self.row_len)]
+        return pieces if indices is None else [pieces[i] for i in indices]

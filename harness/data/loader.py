@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from harness.data.config import data_config
-from harness.data.corpus import Corpus, Document
+from harness.data.corpus import Corpus, Document, RowPieceCorpus
 from harness.data.packing import BestFitPacker
 from harness.data.sources import open_source
 from harness.data.tokenizer import Tokenizer
@@ -158,6 +158,8 @@ class TrainLoader:
                 f"{world_size} ranks; every rank needs at least one"
             )
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        # Document indices count pieces in a RowPieceCorpus: a state of another kind names other text.
+        self.pieces = getattr(corpus, "row_len", None)
         start: DocId = (0, 0, 0)
         buffered: list[DocId] = []
         if state is not None:
@@ -189,6 +191,7 @@ class TrainLoader:
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
+            "pieces": self.pieces,
             "next": list(self._next),
             "buffer": [list(doc_id) for doc_id in self._packer.buffered_ids()],
         }
@@ -201,11 +204,23 @@ class TrainLoader:
                 "data loader state (version, data.seed, rank, world_size)="
                 f"{saved} does not match this run's {here}; resume with the same data.seed and GPU count"
             )
+        if state.get("pieces") != self.pieces:
+            raise ConfigError(
+                f"data loader state counts documents in pieces of {state.get('pieces')} tokens, this run in pieces "
+                f"of {self.pieces} (model.sequence_len + 1; None: whole documents); train.resume=never restarts"
+            )
 
 
 def split_rows(rows: np.ndarray) -> Batch:
     batch = torch.from_numpy(rows)
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+
+def open_corpus(cfg: DictConfig, split: str, tok: Tokenizer, seq_len: int) -> Corpus:
+    """The source's split; in row-sized pieces for a source of long documents (data=local)."""
+    source = open_source(cfg)
+    corpus = source.corpus(split, tok)
+    return RowPieceCorpus(corpus, seq_len + 1) if getattr(source, "splits_long_documents", False) else corpus
 
 
 def build_train_loader(
@@ -218,7 +233,7 @@ def build_train_loader(
     state: dict | None = None,
 ) -> TrainLoader:
     data = data_config(cfg)
-    corpus = open_source(cfg).corpus("train", tok)
+    corpus = open_corpus(cfg, "train", tok, seq_len)
     return TrainLoader(corpus, batch_size, seq_len, data.seed, rank, world_size, data.buffer_size, state)
 
 
@@ -232,8 +247,8 @@ def val_batches(
     the same arguments give the same batches on every call.
     """
     data = data_config(cfg)
-    corpus = open_source(cfg).corpus("val", tok)
-    num_batches = max(1, num_tokens // (world_size * batch_size * seq_len))
+    corpus = open_corpus(cfg, "val", tok, seq_len)
+    num_batches = validation_rows(num_tokens, batch_size, seq_len, world_size) // batch_size
     packer = BestFitPacker(validation_documents(corpus, rank, world_size), seq_len + 1, data.buffer_size)
     rows = []
     for _ in range(num_batches * batch_size):
@@ -247,6 +262,12 @@ def val_batches(
         rows.append(row)
     rows_array = np.stack(rows)
     return [split_rows(rows_array[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+def validation_rows(num_tokens: int, batch_size: int, seq_len: int, world_size: int) -> int:
+    """Rows of seq_len + 1 tokens each rank validates on: num_tokens (a total over ranks) rounded down
+    to whole batches on every rank, at least one batch."""
+    return max(1, num_tokens // (world_size * batch_size * seq_len)) * batch_size
 
 
 def validation_documents(corpus: Corpus, rank: int, world_size: int) -> Iterator[tuple[DocId, Document]]:

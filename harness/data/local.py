@@ -6,10 +6,21 @@ under `data.val_path` when that is set; otherwise each document whose (file, row
 hashes into the first `data.val_fraction` is held out, wherever it sits. The tokenizer is trained
 on the training split like the builtin one and cached under `data.cache_dir`, keyed by the files'
 names, sizes and modification times (not their content, which may be large).
+
+Ordinary text files are long next to a row (a 15 kB file is thousands of tokens), and best-fit
+packing would keep one row's crop of each: validation would see a row per held-out file, training a
+few percent of the text per epoch. So the loader reads this source in row-sized pieces, each led by
+BOS (harness.data.corpus.RowPieceCorpus): training and validation use all of every file.
+
+Whether the validation split can fill eval.val_tokens is checked before the tokenizer is trained
+(`check_validation`), from the held-out text's UTF-8 length: a byte-level BPE token is at least one
+byte, so that length bounds the tokens from above and a split too small by that bound is refused in
+the preflight; one that passes the bound but not the real count is refused once the tokenizer exists.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from harness.data.cache import build_once, fingerprint
@@ -20,9 +31,12 @@ from harness.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
 from harness.errors import ConfigError
 
 Unit = tuple[Path, int]  # (file, parquet row group; 0 for .txt and .jsonl)
+_VALIDATION_CHECKED: set[tuple] = set()  # (data config, rows, row_len, world size) found big enough
 
 
 class LocalSource:
+    splits_long_documents = True  # read in row-sized pieces (harness.data.loader.open_corpus): see above
+
     def __init__(self, data: LocalData):
         self.data = data
         self.cache_dir = Path(data.cache_dir)
@@ -60,6 +74,8 @@ class LocalSource:
 
     def texts(self, unit: Unit, split: str) -> list[str]:
         path, group = unit
+        if path.suffix == ".txt" and not self.data.val_path and self._held_out(path, group, 0) != (split == "val"):
+            return []  # a .txt file is one document: its split is known without reading it
         if path.suffix == ".parquet":
             texts = read_row_group(path, group, self.data.text_field)
         elif path.suffix == ".jsonl":
@@ -68,10 +84,49 @@ class LocalSource:
             texts = read_txt(path)
         if self.data.val_path:
             return texts
+        want_val = split == "val"
+        return [t for i, t in enumerate(texts) if self._held_out(path, group, i) == want_val]
+
+    def _held_out(self, path: Path, group: int, index: int) -> bool:
         root = Path(self.data.path).expanduser()
         name = path.name if root.is_file() else path.relative_to(root).as_posix()
-        want_val = split == "val"
-        return [t for i, t in enumerate(texts) if held_out(f"{name}:{group}:{i}", self.data.val_fraction) == want_val]
+        return held_out(f"{name}:{group}:{index}", self.data.val_fraction)
+
+    def check_validation(self, rows: int, row_len: int, world_size: int, val_tokens: int) -> None:
+        """Refuse, before any tokenizer exists, a validation split that cannot fill `rows` packed rows
+        of `row_len` tokens on every rank (harness.data.loader.val_batches' need), by an upper bound
+        on its tokens. Units are read in order and reading stops once every rank's bound suffices."""
+        key = (self.data, rows, row_len, world_size)
+        if key in _VALIDATION_CHECKED:  # a sweep's preflight checks each job: read the split once
+            return
+        units = self.units("val")
+        capacity, documents, text_bytes = [0] * world_size, [0] * world_size, [0] * world_size
+        for index, unit in enumerate(units):
+            rank = index % world_size  # validation_documents: rank r reads units r, r + W, ...
+            for text in self.texts(unit, "val"):
+                n = len(text.encode("utf-8"))
+                # <= n tokens + BOS; a piece per row_len - 1 of them, each led by a BOS of its own
+                capacity[rank] += n + max(1, math.ceil(n / (row_len - 1)))
+                documents[rank] += 1
+                text_bytes[rank] += n
+            if all(c >= rows * row_len for c in capacity):
+                _VALIDATION_CHECKED.add(key)
+                return
+        rank = min(range(world_size), key=lambda r: capacity[r])
+        whose = (
+            "the validation split"
+            if world_size == 1
+            else f"rank {rank} of {world_size}'s share of the validation split"
+        )
+        source = f"data.val_path={self.data.val_path}" if self.data.val_path else f"data.path={self.data.path}"
+        more = (
+            "add files to data.val_path" if self.data.val_path else f"raise data.val_fraction={self.data.val_fraction}"
+        )
+        raise ConfigError(
+            f"{source}: {whose} holds {documents[rank]} documents, {text_bytes[rank]:,} bytes of text, at most "
+            f"{capacity[rank] // row_len} rows of {row_len} tokens, but eval.val_tokens={val_tokens} needs {rows} "
+            f"per rank; {more}, or lower eval.val_tokens"
+        )
 
     def tokenizer(self) -> Tokenizer:
         d = self.data

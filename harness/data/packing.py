@@ -75,3 +75,13 @@ class BestFitPacker:
             index = 0
         _, arrival = self._keys.pop(index)
         return self._entries.pop(arrival)[1]
+
+
+def row_pieces(document: Document, row_len: int) -> list[np.ndarray]:
+    """A document longer than a row as row-sized pieces, each led by the document's BOS, so that all
+    of it is packed (into many rows) instead of one row's crop; a shorter document as itself."""
+    document = np.asarray(document)
+    if len(document) <= row_len:
+        return [document]
+    body, step = document[1:], row_len - 1
+    return [np.concatenate((document[:1], body[start : start + step])) for start in range(0, len(body), step)]

@@ -23,9 +23,17 @@ def open_source(cfg: DictConfig) -> Source:
     return LocalSource(data)
 
 
-def check_data(cfg: DictConfig) -> None:
-    """Raise ConfigError now, before any model is built, if the data or its tokenizer is missing."""
-    open_source(cfg).check()
+def check_data(cfg: DictConfig, world_size: int = 1) -> None:
+    """Raise ConfigError now, before any model is built, if the data or its tokenizer is missing, or
+    (data=local) the validation split cannot fill eval.val_tokens on each of `world_size` ranks."""
+    source = open_source(cfg)
+    source.check()
+    if isinstance(source, LocalSource):
+        from harness.data.loader import validation_rows
+
+        batch_size, seq_len, val_tokens = cfg.train.device_batch_size, cfg.model.sequence_len, cfg.eval.val_tokens
+        rows = validation_rows(val_tokens, batch_size, seq_len, world_size)
+        source.check_validation(rows, seq_len + 1, world_size, val_tokens)
 
 
 def build_tokenizer(cfg: DictConfig) -> Tokenizer:
