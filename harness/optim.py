@@ -170,9 +170,11 @@ def summarize_parameter_table(rows: list[ParamRow]) -> str:
 # the update math ----------------------------------------------------------------------------
 def equilibrate_rows(X: Tensor) -> Tensor:
     """MuonEq (arXiv 2603.28254): rescale every row to the mean row norm ||X||_F / sqrt(rows), so the
-    spectrum entering orthogonalization is better conditioned. Norms in float32, X keeps its dtype."""
-    target = X.float().norm(dim=(-2, -1), keepdim=True) / X.size(-2) ** 0.5
-    row_norm = X.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    spectrum entering orthogonalization is better conditioned. Norms in at least float32 (bf16 rows
+    would lose the scale they are equalized to), X keeps its dtype."""
+    wide = X.to(torch.promote_types(X.dtype, torch.float32))
+    target = wide.norm(dim=(-2, -1), keepdim=True) / X.size(-2) ** 0.5
+    row_norm = wide.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     return X * (target / row_norm).to(X.dtype)
 
 
@@ -180,7 +182,8 @@ def rescale_to_orthogonal_norm(update: Tensor) -> Tensor:
     """Muon+ (arXiv 2602.21545): set each matrix's Frobenius norm to sqrt(min(rows, cols)), that of an
     exactly semi-orthogonal matrix, undoing Polar Express's under-convergence."""
     target = min(update.size(-2), update.size(-1)) ** 0.5
-    norm = update.float().norm(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    norm = update.to(torch.promote_types(update.dtype, torch.float32)).norm(dim=(-2, -1), keepdim=True)
+    norm = norm.clamp_min(1e-6)
     return update * (target / norm).to(update.dtype)
 
 

@@ -124,7 +124,10 @@ CASES = [
         "optim.muon.weight_decay_rule='quadratic' is not one of: depth_squared, horizon",
     ),
     (f"{SMOKE} train.horizon_rounding=up", "train.horizon_rounding='up' is not one of: nearest, floor"),
-    (f"{SMOKE} train.total_batch_tokens=-2", "train.total_batch_tokens=-2 must be positive, or -1 for the automatic batch"),
+    (
+        f"{SMOKE} train.total_batch_tokens=-2",
+        "train.total_batch_tokens=-2 must be positive, or -1 for the automatic batch",
+    ),
     (
         f"{SMOKE} model.short_window_rounding=sideways",
         "model: short_window_rounding='sideways' is not one of ('down', 'up')",
