@@ -210,3 +210,34 @@ def test_resuming_with_another_world_size_is_refused_in_one_line(tmp_path):
         f"error: checkpoint {rundir.checkpoint_path(STEPS)} was written by 2 ranks, this run has 1; "
         "resume with the same world size (the optimizer state is sharded)"
     )
+
+
+def test_submitit_local_runs_the_smoke_experiment_and_shows_its_progress(tmp_path):
+    """The README's CPU experiment under launcher=submitit_local with its defaults (one task per job,
+    the smoke batch): the job completes, and its progress lines reach the sweep's console while it
+    trains, prefixed with its run folder, before the report."""
+    command = [
+        sys.executable,
+        "-m",
+        "harness.train",
+        "-m",
+        "experiment=smoke",
+        "launcher=submitit_local",
+        "rope=slice",
+        "mlp_lr=c_fc_2x",
+        "seed=0",
+        "train.num_iterations=4",
+        "train.print_every=2",
+        "eval.val_every=4",
+        "eval.val_tokens=2048",
+        f"paths.runs_dir={tmp_path}",
+        f"paths.results_dir={tmp_path}/results",
+    ]
+    done = subprocess.run(command, env=one_thread_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (rundir,) = find_run_dirs(tmp_path / "smoke")
+    assert rundir.read_summary()["status"] == "completed"
+    prefix = f"[{rundir.path.relative_to(tmp_path / 'smoke').as_posix()}] "
+    followed = [line for line in done.stdout.splitlines() if line.startswith(prefix)]
+    assert any("step     2/4" in line for line in followed) and any("step     4/4" in line for line in followed)
+    assert done.stdout.index(prefix) < done.stdout.index("report: ")
