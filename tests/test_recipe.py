@@ -182,6 +182,20 @@ def test_pr492_shape_rule_reads_the_new_gates_shape(depth, heads, expected):
     assert rows["transformer.h.0.mlp.c_fc.weight"].multiplier == 1.0
 
 
+def test_d26_gate_is_tall_and_the_legacy_rule_boosts_it():
+    """Fact sheet section 4: ve_gate (n_head x 12) is tall above 12 heads, 1.041x at d26 under the
+    reference's rule; c_fc_2x states 2x on c_fc alone, so the two placements part there."""
+    _, model, _, _, legacy = plan_of("model=d26", "mlp_lr=legacy_shape_rule")
+    assert model.parameter_counts()["scaling"] == 918423532
+    gate = legacy["transformer.h.1.attn.ve_gate.weight"]
+    assert gate.shape == (13, 12) and gate.multiplier == pytest.approx(math.sqrt(13 / 12)) == pytest.approx(
+        1.041, abs=5e-4
+    )
+    assert legacy["transformer.h.0.mlp.c_fc.weight"].multiplier == 2.0
+    _, _, _, _, explicit = plan_of("model=d26", "mlp_lr=c_fc_2x")
+    assert explicit["transformer.h.1.attn.ve_gate.weight"].multiplier == 1.0
+
+
 def test_individual_keys_override_the_recipe():
     cfg = compose([NEW, "model=d24", "model.qk_scale=1.0", "optim.muon.norm_rescale=false", "rope.base=10000"])
     config = model_config(cfg)
