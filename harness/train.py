@@ -146,9 +146,9 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
     if check_inputs:
         if not str(cfg.paths.runs_dir).strip():
             raise ConfigError("paths.runs_dir='' is empty; give the folder runs are written to (default: runs)")
-        check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
         if cfg.launcher.get("kind") in ("local", "torchrun"):  # runs on this machine (SLURM jobs run elsewhere)
             check_rope(model_cfg, device)
+        check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
         check_data(cfg)
         if evals.core.get("enabled", False):
             from harness.eval.core import check_bundle
