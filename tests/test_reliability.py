@@ -204,6 +204,22 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on_and_rerunning_trains_
     after = sweep_summaries(tmp_path)
     assert after[0.5] == summaries[0.5] and after[0.4] == summaries[0.4]  # completed runs untouched
     assert after[1e30]["status"] == "diverged" and after[1e30]["started_at"] != summaries[1e30]["started_at"]
+    # The start-over kept the first attempt, and the report reads only the current one.
+    (retried_run,) = [r for r in find_run_dirs(tmp_path) if r.read_config()["optim"]["adamw"]["scalar_lr"] == 1e30]
+    first_attempt = RunDir(retried_run.path / "attempts" / "1")
+    assert first_attempt.read_summary() == summaries[1e30] and first_attempt.read_metrics()
+    assert len(find_run_dirs(tmp_path)) == 3
+
+    # A default changes after the sweep: every job is refused in one line, each run's record stays byte for byte.
+    for rundir in find_run_dirs(tmp_path):
+        config = rundir.read_config()
+        config["optim"]["muon"]["beta2"] = 0.9
+        rundir.write_config(config)
+    record = {p: p.read_bytes() for p in run_files(tmp_path)}
+    changed = subprocess.run(train_command(tmp_path, *sweep, multirun=True), capture_output=True, text=True)
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert changed.stderr.count("holds a run with a different config (optim.muon.beta2)") == 3, changed.stderr[-3000:]
+    assert {p: p.read_bytes() for p in run_files(tmp_path)} == record
 
 
 def test_rerunning_with_a_changed_config_is_refused(tmp_path, reference):
