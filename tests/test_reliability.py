@@ -159,12 +159,13 @@ def test_torn_metrics_line_is_skipped_and_summaries_are_atomic(tmp_path):
 
 def run_files(runs) -> list:
     """What the runs wrote: config, metrics, summary, checkpoints (not Hydra's own bookkeeping,
-    which it rewrites on every invocation, nor logs and the report)."""
+    which it rewrites on every invocation, nor logs and the report, nor the lock file, which taking the
+    lock opens and some filelock versions truncate)."""
     return [
         p
         for rundir in find_run_dirs(runs)
         for p in rundir.path.rglob("*")
-        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != "run.lock"
     ]
 
 
