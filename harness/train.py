@@ -617,11 +617,11 @@ def train_claimed(plan: RunPlan, rundir: RunDir, config: dict, start: Start, res
 
     cfg = plan.cfg
     started_at = _now()
-    if plan.dist.is_main:
-        log.info(f"{rundir.path}: {start.reason}")
-        prepare(rundir, start, config, {**base_summary(plan), "status": "running", "started_at": started_at})
     trainer, logger, status, error = None, None, "failed", None
     try:
+        if plan.dist.is_main:
+            log.info(f"{rundir.path}: {start.reason}")
+            prepare(rundir, start, config, {**base_summary(plan), "status": "running", "started_at": started_at})
         logger = build_logger(
             cfg.logger,
             run_dir=rundir.path,

@@ -259,8 +259,13 @@ def copy_of_reference(reference, reference_root, tmp_path, status: str | None = 
 
 
 def snapshot(rundir: RunDir) -> dict:
-    """Every file of a run directory, by content."""
-    return {p.relative_to(rundir.path): p.read_bytes() for p in rundir.path.rglob("*") if p.is_file()}
+    """The run's record by content: every file but Hydra's .hydra/ and the job's log, which every
+    invocation rewrites, and the lock file (taking the lock opens it)."""
+    return {
+        p.relative_to(rundir.path): p.read_bytes()
+        for p in rundir.path.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != "run.lock"
+    }
 
 
 def rewrite_manifest(rundir: RunDir, checkpoint) -> None:
@@ -306,10 +311,7 @@ def test_a_pickled_payload_in_a_checkpoint_is_not_executed_by_resume_or_evaluate
     assert evaluated.returncode == 1, evaluated.stderr[-2000:]
     assert evaluated.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint file {newest} holds more than")
     assert not marker.exists(), "the checkpoint ran code"
-    after = snapshot(rundir)
-    assert {k: v for k, v in after.items() if k.suffix != ".log"} == {
-        k: v for k, v in before.items() if k.suffix != ".log"
-    }
+    assert snapshot(rundir) == before
 
 
 def tensor_data_offset(path, member_suffix: str = "") -> tuple[int, int]:
@@ -377,9 +379,7 @@ def test_no_valid_checkpoint_says_so_and_touches_nothing(tmp_path, reference, re
     assert last.startswith(f"error: {rundir.checkpoints_dir}: no valid checkpoint (checkpoint ") and last.endswith(
         "the run's files are left as they are"
     ), last
-    assert {k: v for k, v in snapshot(rundir).items() if k.suffix != ".log"} == {
-        k: v for k, v in before.items() if k.suffix != ".log"
-    }
+    assert snapshot(rundir) == before
 
 
 FULL_DISK = """
@@ -450,9 +450,7 @@ def test_a_second_process_on_a_held_run_names_the_holder_and_writes_nothing(tmp_
         f"{rundir.path}: trained by host {socket.gethostname()} pid {os.getpid()} since {holder['since']}; "
         "leaving the run to it"
     )
-    assert {k: v for k, v in snapshot(rundir).items() if k.suffix != ".log"} == {
-        k: v for k, v in before.items() if k.suffix != ".log"
-    }
+    assert snapshot(rundir) == before
 
 
 def test_two_identical_sweeps_launched_together_train_each_run_once(tmp_path):
