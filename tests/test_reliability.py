@@ -440,6 +440,7 @@ def test_a_second_process_on_a_held_run_names_the_holder_and_writes_nothing(tmp_
     try:
         before = snapshot(rundir)
         second = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+        after = snapshot(rundir)
     finally:
         lock.release()
     assert second.returncode == 0, second.stderr[-2000:]
@@ -450,7 +451,7 @@ def test_a_second_process_on_a_held_run_names_the_holder_and_writes_nothing(tmp_
         f"{rundir.path}: trained by host {socket.gethostname()} pid {os.getpid()} since {holder['since']}; "
         "leaving the run to it"
     )
-    assert snapshot(rundir) == before
+    assert after == before
 
 
 def test_two_identical_sweeps_launched_together_train_each_run_once(tmp_path):
