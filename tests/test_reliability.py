@@ -457,8 +457,12 @@ def test_a_second_process_on_a_held_run_names_the_holder_and_writes_nothing(tmp_
 def test_two_identical_sweeps_launched_together_train_each_run_once(tmp_path):
     sweep = ["rope=slice", "mlp_lr=c_fc_2x,none", "seed=0,1", "train.num_iterations=8", "eval.val_every=4"]
     command = train_command(tmp_path, *sweep, multirun=True)
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def with_own_report(name: str) -> list[str]:  # the same runs; each launch writes its report apart
+        return [f"paths.results_dir={tmp_path}/{name}" if a.startswith("paths.results_dir=") else a for a in command]
+
+    first = subprocess.Popen(with_own_report("a"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = subprocess.Popen(with_own_report("b"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     runs = find_run_dirs(tmp_path)
