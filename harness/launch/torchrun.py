@@ -54,7 +54,7 @@ def run_on_workers(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
 
     nproc = int(cfg.launcher.nproc_per_node)
     # Unresolved: the workers resolve ${paths...} and ${oc.env:...} themselves (same environment), so
-    # resume still tells which keys only say where files live (harness.train.location_keys).
+    # resume still tells which keys only say where files live (harness.lifecycle.location_keys).
     config = OmegaConf.to_container(cfg, resolve=False)
     log.info(f"{run_dir}: starting {nproc} processes")
     try:
