@@ -4,7 +4,7 @@ A run's directory, runs/<name>/<overrides>, is its identity (harness.results.run
 say where files live, not what a run computes: the same sweep run on two machines with their data
 in different folders is one set of runs. So they stay out of the folder name (configs/config.yaml's
 `override_dirname.exclude_keys`, which a test holds to this list), out of the resume check
-(harness.train.location_keys) and out of the report's ablation axes (harness.results.collect).
+(harness.lifecycle.location_keys) and out of the report's ablation axes (harness.results.collect).
 What does not move with them: a checkpoint is still refused when its tokenizer differs, and
 `name=...` keeps sweeps on really different data apart.
 """

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from harness.cli import CONFIG_DIR, compose
 from harness.identity import LOCATION_KEYS
+from harness.lifecycle import config_differences, location_keys, resolved_config
 from harness.results.collect import collect_dirs
 from harness.results.compare import comparison_table, parse_baseline
 from harness.results.rundir import RunDir
 from harness.results.synthetic import write_sweep
-from harness.train import config_differences, location_keys, resolved_config
 
 REPO = Path(__file__).resolve().parents[1]
 
