@@ -11,12 +11,12 @@ from harness.results.stats import (
     PAIRED,
     WELCH,
     compare,
-    holm,
-    ratio_compare,
     design_min_detectable,
+    holm,
     mean_interval,
     min_detectable_difference,
     pooled_sd,
+    ratio_compare,
     seeds_needed,
 )
 
