@@ -65,7 +65,8 @@ def test_rope_smoke_times_every_split_it_can(tmp_path, capsys):
     slice_ = next(r for r in record["results"] if r["split"] == "slice")
     ratio = sum(chunk["backward_block_ms"]) / sum(slice_["backward_block_ms"])
     assert chunk["backward_delta_pct"] == pytest.approx(100 * (ratio - 1))
-    assert chunk["backward_ci_low_pct"] <= chunk["backward_delta_pct"] <= chunk["backward_ci_high_pct"]
+    low, high = chunk["backward_ci_low_pct"], chunk["backward_ci_high_pct"]  # null: unbounded on a noisy machine
+    assert (low is None or low <= chunk["backward_delta_pct"]) and (high is None or chunk["backward_delta_pct"] <= high)
     assert "forward_backward_delta_pct" not in slice_  # the reference
     printed = capsys.readouterr().out
     assert "bwd/floor" in printed and "fwd+bwd vs slice [95% CI]" in printed
