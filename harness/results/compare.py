@@ -166,14 +166,14 @@ def _row(depth: int, variant: str, runs: pd.DataFrame, base_runs: pd.DataFrame, 
     not_finite = done[~done.index.isin(usable.index)]
     notes = []
     if len(not_finite):
-        seeds = ", ".join(str(s) for s in sorted(not_finite["seed"]))
+        seeds = ", ".join(_seed_text(s) for s in sorted(not_finite["seed"]))
         notes.append(f"completed with a NaN final val bpb, left out: seed {seeds}")
     row: dict[str, Any] = {
         "depth": depth,
         "variant": variant,
         "is_baseline": variant == reference,
         "n_seeds": len(usable),
-        "seeds": ",".join(str(s) for s in sorted(usable["seed"].dropna())),
+        "seeds": _seed_list(sorted(usable["seed"].dropna())),
         "not_completed": ", ".join(f"{n} {status}" for status, n in others.items()),
     }
     for metric in METRICS:
@@ -291,7 +291,12 @@ def _pairing_note(row: dict, done: pd.DataFrame, base: pd.DataFrame, variant: st
 
 
 def _seed_list(seeds: Sequence[int]) -> str:
-    return ",".join(str(s) for s in seeds)
+    return ",".join(_seed_text(s) for s in seeds)
+
+
+def _seed_text(seed: Any) -> str:
+    """Seeds are integers, even when the column is float because an unreadable run has none."""
+    return str(int(seed)) if isinstance(seed, float) and seed.is_integer() else str(seed)
 
 
 def _adjust_and_judge(table: pd.DataFrame) -> None:
