@@ -409,3 +409,64 @@ def test_a_muon_step_with_every_new_piece_equals_a_float64_reference():
         norm_rescale=True,
     )
     torch.testing.assert_close(params, torch.stack(expected), rtol=1e-5, atol=1e-7)
+
+
+# --- precision: float32 masters cast per matmul, no autocast -------------------------------------------
+def test_cast_weights_run_in_the_embedding_dtype_whatever_the_outer_autocast():
+    """92d63d4 on CUDA: bf16 embedding tables, float32 Linear weights cast per matmul, no autocast.
+    Emulated on CPU with bf16 tables; an outer autocast (what the harness wraps the default recipe
+    in) must change nothing, and the optimizer must see float32 weights and gradients."""
+    model = small_new_model().float()
+    assert isinstance(model.lm_head, torch.nn.Linear) and type(model.lm_head).__name__ == "CastLinear"
+    model.transformer.wte.to(torch.bfloat16)
+    model.value_embeds.to(torch.bfloat16)
+    seen = []
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    idx = torch.randint(0, 96, (1, 600), generator=torch.Generator().manual_seed(3))
+    plain = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.float16):
+        wrapped = model(idx, idx)
+    assert torch.equal(plain, wrapped)
+    assert seen[0] == (torch.bfloat16, torch.bfloat16)
+    plain.backward()
+    fc = model.transformer.h[0].mlp.c_fc.weight
+    assert fc.dtype == fc.grad.dtype == torch.float32
+    # bf16 compute stays close to the float64 function of the same weights.
+    reference = F.cross_entropy(reference_forward(model.double(), idx).view(-1, 96), idx.view(-1))
+    assert plain.item() == pytest.approx(reference.item(), rel=2e-2)
+
+
+def test_cast_weights_in_float32_are_the_plain_model():
+    model = small_new_model().float()
+    plain_config = model_config(
+        compose(
+            [
+                NEW,
+                "model=tiny",
+                "data.vocab_size=96",
+                "model.head_dim=32",
+                "model.sequence_len=600",
+                "model.cast_weights_per_matmul=false",
+            ]
+        )
+    )
+    plain = GPT(plain_config)
+    plain.load_state_dict(model.state_dict())
+    plain.cos, plain.sin = model.cos, model.sin
+    idx = torch.randint(0, 96, (1, 600), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(model(idx), plain(idx))
+
+
+def test_a_recipe_sweep_is_reported_by_the_recipes_name():
+    """The July recipe changes keys in model, rope, optim, train and eval; the report's variant is
+    the recipe's name plus what varies on its own, not one key per group."""
+    from omegaconf import OmegaConf
+
+    from harness.results.collect import ablation_axes, flatten, variant_keys
+
+    flats = [
+        flatten(OmegaConf.to_container(compose(["experiment=smoke", f"recipe={r}", f"rope={s}"]), resolve=True))
+        for r in ("nanochat_2026_01", "nanochat_2026_07")
+        for s in ("slice", "chunk")
+    ]
+    assert variant_keys(flats, ablation_axes(flats)) == ["rope.split", "recipe.name"]
