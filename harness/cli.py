@@ -36,6 +36,8 @@ CONFIG_NAME = "config"
 # Hydra's default sweeper: it enumerates every job before launching the first.
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_SWEEPER_MODULE = "hydra_plugins.hydra_optuna_sweeper."
+# Config groups that Hydra plugins add when they are installed.
+PLUGIN_HINTS = {"hydra/sweeper/optuna": "the Optuna sweeper is not installed: pip install -e '.[optuna]'"}
 
 
 @contextlib.contextmanager
@@ -82,7 +84,8 @@ def _missing_option_message(e: MissingConfigException) -> str:
     if "Could not find '" in first and e.options:
         missing = first.split("Could not find '", 1)[1].rstrip("'")
         group, _, option = missing.rpartition("/")
-        return f"{group}={option} is not an option; choose from: {', '.join(sorted(e.options))}"
+        hint = f" ({PLUGIN_HINTS[missing]})" if missing in PLUGIN_HINTS else ""
+        return f"{group}={option} is not an option; choose from: {', '.join(sorted(e.options))}{hint}"
     return first
 
 
@@ -200,8 +203,9 @@ def _basic_sweeper_jobs(overrides: list[Override]) -> list[list[str]]:
 
 def _check_searched_keys_compose(fixed: list[str], searched: dict[str, list[str]]) -> DictConfig:
     """Up front, what holds for every trial of a sweeper that picks them: every searched key composes
-    (it exists, the group option exists, the type fits) at the edges of its range. Whether a trial's
-    values train (batch arithmetic, LR placement) is checked as that trial launches."""
+    (the key exists; each option of a searched group exists) at every choice and at the ends of its
+    range. Whether a trial's values train (types, batch arithmetic, LR placement) is checked as that
+    trial launches."""
     first = [f"{key}={values[0]}" for key, values in searched.items()]
     cfg = compose(fixed + first)
     for i, (key, values) in enumerate(searched.items()):
@@ -217,7 +221,7 @@ def _check_optuna_search_space(overrides: list[Override]) -> None:
     for override in overrides:
         if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
             # The plugin parses overrides without a config loader, so a glob cannot list the options.
-            raise ConfigError(f"{override.input_line}: the Optuna sweeper cannot expand glob(); list them with choice()")
+            raise ConfigError(f"{override.input_line}: the Optuna sweeper cannot expand glob(); use choice(a,b,...)")
         try:
             create_params_from_overrides([override.input_line])
         except Exception as e:  # the plugin raises assertions, ValueError, NotImplementedError, Hydra errors

@@ -737,11 +737,10 @@ def main(cfg: DictConfig) -> dict | float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from harness.objective import chooses_trials, sweep_return
-
     from harness.launch import quiet_other_ranks
     from harness.launch.slurm import join_submitit_job
     from harness.launch.torchrun import run_on_workers
+    from harness.objective import chooses_trials, sweep_return
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
