@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from harness.cli import compose, exit_on_config_error
 from harness.errors import ConfigError
@@ -379,6 +380,7 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
     bandwidth = copy_bandwidth(device)
     datasheet = datasheet_bandwidth(device)
     results = []
+    bar = tqdm(total=len(args.depths) * len([s for s in splits if s not in skipped]), desc="rope", unit="case")
     for depth in args.depths:
         shape_cfg = config_from_depth(depth, int(cfg.model.aspect_ratio), int(cfg.model.head_dim))
         heads, head_dim = shape_cfg.n_head, shape_cfg.head_dim
@@ -391,8 +393,10 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
             floors |= {f"datasheet_floor_{kind}_ms": 1000 * b / datasheet for kind, b in traffic.items()}
         for split in (s for s in splits if s not in skipped):
             timing = rope_case(split, q, k, cos, sin, on_cuda, args.iters, args.warmup)
+            bar.update()
             results.append({"depth": depth, "shape": [batch, seq_len, heads, head_dim], "split": split,
                             **timing, **{f"bytes_{kind}": b for kind, b in traffic.items()}, **floors})  # fmt: skip
+    bar.close()
     record = {
         "benchmark": "rope",
         "device": device.type,
