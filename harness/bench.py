@@ -685,7 +685,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ab = sub.add_parser(
         "ab",
-        help="configs A and B in one process, timed in interleaved blocks: B's step time vs A's with a 95% CI",
+        help="configs A and B in one process, timed in interleaved blocks: B's step time vs A's with a 95%% CI",
         epilog='Example: python -m harness.bench ab "rope=slice" "rope=chunk" model=d12 --blocks 20',
     )
     ab.add_argument("a", help='config A\'s own overrides, one quoted string (e.g. "rope=slice"; "" for none)')
