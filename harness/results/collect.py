@@ -54,7 +54,7 @@ SEED_KEY = "seed"
 NAME_KEY = "name"
 NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.")
 # Where data and bundles live is not an axis either: sweeps on two machines compare as one.
-NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume", *LOCATION_KEYS)
+NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume", "optimized_metric", *LOCATION_KEYS)
 
 CURVE_INDEX = ("step", "tokens", "flops", "time_s")
 CURVE_COLUMNS = ("run", *CURVE_INDEX, "metric", "value")
