@@ -59,6 +59,7 @@ from harness.errors import USAGE_EXIT_CODE, ConfigError
 from harness.eval.bpb import evaluate_bpb
 from harness.hardware import peak_flops, resolve_device
 from harness.optim import build_optimizer, format_parameter_table, parameter_table, summarize_parameter_table
+from harness.precision import check_precision, convert_for_training, full_precision_linears
 from harness.provenance import provenance
 from harness.results.rundir import RunDir
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
@@ -109,6 +110,7 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     grad_accum = grad_accum_steps(train, model_cfg.sequence_len, dist.world_size)
+    check_precision(cfg, device)
     meta_model = GPT.on_meta(model_cfg)
     counts = meta_model.parameter_counts()
     fpt = meta_model.flops_per_token()
@@ -246,6 +248,7 @@ def materialize(config: GPTConfig, device: torch.device, seed: int) -> GPT:
 
 def build_model(plan: RunPlan) -> GPT:
     model = materialize(plan.model, plan.device, plan.cfg.seed)
+    convert_for_training(model, plan.cfg, plan.device)  # precision=fp8: float8 Linear layers, before compile
     broadcast_parameters(model)  # every rank starts from rank 0's weights, whatever its RNG did
     return model
 
@@ -261,8 +264,9 @@ def check_tokenizer(checkpoint: Path, saved_digest: str, tokenizer) -> None:
 
 
 def compile_for_training(model: GPT, plan: RunPlan):
-    """torch.compile on CUDA when train.compile is set; the eager model elsewhere."""
-    if plan.train.compile and plan.device.type == "cuda":
+    """torch.compile when train.compile is set (on CPU too: the smoke turns it off, its steps are too few
+    to pay back the compilation); the eager model otherwise."""
+    if plan.train.compile:
         return torch.compile(model, dynamic=False)
     return model
 
@@ -431,6 +435,12 @@ class Trainer:
     def evaluate(self, step: int) -> None:
         start = time.perf_counter()
         self.model.eval()
+        with full_precision_linears(self.model):  # precision=fp8 is scored like bf16
+            self._evaluate(step)
+        self.model.train()
+        self.state.wall_time_s += time.perf_counter() - start
+
+    def _evaluate(self, step: int) -> None:
         if self.due(self.plan.evals.val_every, step):
             bpb = evaluate_bpb(self.step_model, self.val_batches, self.token_bytes, self.device, self.autocast)
             self.state.last_val_bpb = bpb
@@ -439,8 +449,6 @@ class Trainer:
             log.info(f"step {step:5d} | val bpb {bpb:.4f}")
         if self.plan.core_enabled and self.due(int(self.plan.evals.core["every"]), step):
             self.evaluate_core()
-        self.model.train()
-        self.state.wall_time_s += time.perf_counter() - start
 
     def evaluate_core(self) -> None:
         from harness.eval.core import core_config, evaluate_core, load_bundle
