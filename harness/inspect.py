@@ -1,7 +1,8 @@
 """`python -m harness.inspect <overrides>`: what a run with these overrides would train.
 
 Prints every parameter's name, shape, optimizer, base LR, LR multiplier and effective LR (the
-same table every run logs to params.tsv), then the parameter counts by role and the horizon.
+same table every run logs to params.tsv), then the parameter counts by role and the horizon, and
+under precision=fp8 which Linear layers run in float8.
 Builds the model on the meta device, so d24 costs no memory and no data is read.
 """
 
@@ -11,7 +12,9 @@ import argparse
 
 from harness.cli import compose, exit_on_config_error
 from harness.config import lr_placement, model_config, num_iterations, optim_config, train_config
+from harness.hardware import resolve_device
 from harness.optim import ParamRow, parameter_table
+from harness.precision import describe_float8, precision_config
 from models.gpt import GPT
 
 
@@ -57,6 +60,9 @@ def describe(overrides: list[str]) -> str:
         f"FLOPs per token: {fpt:,.0f}",
         f"horizon: {steps:,} steps x {train.total_batch_tokens:,} tokens = {tokens:,} tokens, {tokens * fpt:.3e} FLOPs",
     ]
+    precision = precision_config(cfg)
+    if precision.fp8:  # which matrices run in float8 (bf16, the default, prints nothing more)
+        lines += ["", describe_float8(model, precision, resolve_device(train.device).type)]
     return "\n".join(lines)
 
 

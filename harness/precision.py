@@ -107,9 +107,7 @@ def _import_torchao_float8():
             import torchao.float8 as float8
             from torchao.float8.float8_linear import Float8Linear
     except ImportError:
-        raise ConfigError(
-            "precision=fp8 needs torchao (pip install -e '.[fp8]'), which is not installed"
-        ) from None
+        raise ConfigError("precision=fp8 needs torchao (pip install -e '.[fp8]'), which is not installed") from None
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
@@ -135,24 +133,30 @@ def float8_selection(model: nn.Module) -> tuple[list[str], list[str]]:
 
 
 def collapse_layers(names: list[str]) -> list[str]:
-    """transformer.h.0.mlp.c_fc, transformer.h.1.mlp.c_fc, ... -> transformer.h.*.mlp.c_fc x12."""
+    """transformer.h.0.mlp.c_fc, transformer.h.1.mlp.c_fc, ... -> transformer.h.*.mlp.c_fc x12
+    (anything after the name, such as a shape, is kept)."""
     counts: dict[str, int] = {}
     for name in names:
         pattern = re.sub(r"\.\d+\.", ".*.", name)
         counts[pattern] = counts.get(pattern, 0) + 1
-    return [f"{pattern} x{n}" if n > 1 else pattern for pattern, n in counts.items()]
+    return [f"{pattern}  x{n}" if n > 1 else pattern for pattern, n in counts.items()]
 
 
 def describe_float8(model: nn.Module, precision: PrecisionConfig, device_type: str = "cuda") -> str:
     """What `harness.inspect` prints under precision=fp8: which matrices run in float8."""
     converted, kept = float8_selection(model)
+    modules = dict(model.named_modules())
+
+    def with_shapes(names: list[str]) -> list[str]:
+        return [f"{n}  {modules[n].in_features} -> {modules[n].out_features}" for n in names]
+
     mode = "emulated" if precision.emulated(torch.device(device_type)) else "float8 matmuls"
     lines = [
         f"float8 (precision=fp8, recipe {precision.recipe}, {mode} on {device_type}): "
         f"{len(converted)} Linear layers converted, {len(kept)} kept in {'bf16' if device_type == 'cuda' else 'fp32'} "
         f"(in and out features must be multiples of {FLOAT8_MULTIPLE})",
-        *(f"  float8  {pattern}" for pattern in collapse_layers(converted)),
-        *(f"  kept    {pattern}" for pattern in collapse_layers(kept)),
+        *(f"  float8  {pattern}" for pattern in collapse_layers(with_shapes(converted))),
+        *(f"  kept    {pattern}" for pattern in collapse_layers(with_shapes(kept))),
     ]
     return "\n".join(lines)
 

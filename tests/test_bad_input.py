@@ -118,6 +118,12 @@ CASES = [
         "job 3/8 (rope=slice mlp_lr=bogus seed=0 experiment=smoke paths.runs_dir={runs}): "
         f"mlp_lr=bogus is not an option; choose from: {options('mlp_lr')}",
     ),
+    (f"{SMOKE} precision=fp16", f"precision=fp16 is not an option; choose from: {options('precision')}"),
+    (
+        f"{SMOKE} precision=fp8 precision.recipe=blockwise",
+        "precision.recipe='blockwise' is not one of: tensorwise, rowwise",
+    ),
+    (f"{SMOKE} precision=fp8 precision.emulate=maybe", "precision.emulate='maybe' is not one of: auto, true, false"),
 ]
 
 
