@@ -66,6 +66,7 @@ class OptimConfig:
     reference_batch_tokens: int
     muon: MuonConfig
     adamw: AdamWConfig
+    compile: bool | str = "auto"  # torch.compile the update math: auto (CUDA only) | true | false
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,8 @@ def lr_placement(cfg: DictConfig) -> LRPlacement:
 def optim_config(cfg: DictConfig) -> OptimConfig:
     optim = to_dataclass(OptimConfig, cfg.optim, "optim")
     _require_choice("optim.muon.dtype", optim.muon.dtype, ("auto", "float32", "bfloat16"))
+    if not (optim.compile == "auto" or isinstance(optim.compile, bool)):
+        raise ConfigError(f"optim.compile={optim.compile!r} is not one of: auto, true, false")
     return optim
 
 

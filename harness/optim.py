@@ -14,6 +14,7 @@ matrix's effective LR, and therefore its weight decay step (lr x wd), as in the 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import re
 from collections import defaultdict
@@ -231,6 +232,24 @@ def adamw_update(
     exp_avg_sq.copy_(v)
 
 
+@functools.cache
+def compiled_updates():
+    """muon_update and adamw_update under torch.compile (optim.compile): each becomes a few fused
+    kernels instead of dozens of eager passes over the tensors (on CPU the eager step is mostly
+    elementwise memory traffic). One graph per tensor shape (dynamic=False, as the reference); the
+    hyperparameters arrive as 0-D tensors so a new LR or step does not recompile."""
+    return (
+        torch.compile(muon_update, dynamic=False, fullgraph=True),
+        torch.compile(adamw_update, dynamic=False, fullgraph=True),
+    )
+
+
+def step_count(step: int, compiled: bool) -> int | Tensor:
+    """AdamW's step for its bias correction: a 0-D tensor for the compiled update (a Python int would
+    be baked into the graph and recompile every step), the int itself for the eager one."""
+    return torch.tensor(float(step)) if compiled else step
+
+
 # the optimizer ---------------------------------------------------------------------------------
 class MuonAdamW(torch.optim.Optimizer):
     """Single-process combined optimizer. Groups: one AdamW group per parameter role, one Muon
@@ -246,6 +265,7 @@ class MuonAdamW(torch.optim.Optimizer):
         rows: list[ParamRow],
         optim: OptimConfig,
         ortho_dtype: torch.dtype,
+        compile: bool = False,
     ):
         groups = []
         adam_groups: dict[tuple, list] = defaultdict(list)
@@ -286,6 +306,8 @@ class MuonAdamW(torch.optim.Optimizer):
             )
         super().__init__(groups, defaults={})
         self.ortho_dtype = ortho_dtype
+        self.compiled = compile
+        self.muon_update, self.adamw_update = compiled_updates() if compile else (muon_update, adamw_update)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -311,7 +333,8 @@ class MuonAdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            adamw_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1, beta2, eps, wd)
+            step = step_count(state["step"], self.compiled)
+            self.adamw_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, wd)
 
     def _step_muon(self, group: dict) -> None:
         params = group["params"]
@@ -324,7 +347,7 @@ class MuonAdamW(torch.optim.Optimizer):
             state["second_moment"] = torch.zeros(factored, dtype=torch.float32, device=params[0].device)
         multipliers = torch.tensor(group["multipliers"], dtype=params[0].dtype, device=params[0].device)
         stacked = torch.stack(params)
-        muon_update(
+        self.muon_update(
             torch.stack([p.grad for p in params]),
             stacked,
             state["momentum_buffer"],
@@ -349,8 +372,8 @@ class DistMuonAdamW(MuonAdamW):
     up to the order of the gradient sums; optimizer state lives in shards, one per rank.
     """
 
-    def __init__(self, params_by_name, rows, optim, ortho_dtype, world_size: int, rank: int):
-        super().__init__(params_by_name, rows, optim, ortho_dtype)
+    def __init__(self, params_by_name, rows, optim, ortho_dtype, world_size: int, rank: int, compile: bool = False):
+        super().__init__(params_by_name, rows, optim, ortho_dtype, compile)
         self.world_size, self.rank = world_size, rank
 
     @torch.no_grad()
@@ -410,7 +433,8 @@ class DistMuonAdamW(MuonAdamW):
                 state["exp_avg"] = torch.zeros_like(target)
                 state["exp_avg_sq"] = torch.zeros_like(target)
             state["step"] += 1
-            adamw_update(target, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1, beta2, eps, wd)
+            step = step_count(state["step"], self.compiled)
+            self.adamw_update(target, grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, wd)
             if sharded:
                 gathers.append(all_gather_flat(p, target, async_op=True))
 
@@ -439,7 +463,7 @@ class DistMuonAdamW(MuonAdamW):
         handle.wait()
         del stacked_grads  # the reduce-scatter's input, no longer needed
         grad_shard /= self.world_size
-        muon_update(
+        self.muon_update(
             grad_shard,
             shard,
             state["momentum_buffer"],
@@ -470,13 +494,15 @@ def build_optimizer(
     world_size: int = 1,
     rank: int = 0,
 ) -> tuple[MuonAdamW, list[ParamRow]]:
-    """The recipe's optimizer for `model`; the sharded data-parallel one when world_size > 1."""
+    """The recipe's optimizer for `model`; the sharded data-parallel one when world_size > 1. Its
+    update math is compiled when optim.compile says so (auto: on CUDA, where the recipe compiles it)."""
     rows = parameter_table(model, optim, placement, total_batch_tokens)
     dtype_name = optim.muon.dtype
     if dtype_name == "auto":
         dtype_name = "bfloat16" if device_type == "cuda" else "float32"
     ortho_dtype = getattr(torch, dtype_name)
     params = dict(model.named_parameters())
+    compile = optim.compile is True or (optim.compile == "auto" and device_type == "cuda")
     if world_size > 1:
-        return DistMuonAdamW(params, rows, optim, ortho_dtype, world_size, rank), rows
-    return MuonAdamW(params, rows, optim, ortho_dtype), rows
+        return DistMuonAdamW(params, rows, optim, ortho_dtype, world_size, rank, compile), rows
+    return MuonAdamW(params, rows, optim, ortho_dtype, compile), rows
