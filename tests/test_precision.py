@@ -163,3 +163,30 @@ def test_fp8_smoke_logs_its_float8_layers_learns_like_bf16_and_resumes_bitwise(t
     again = RunDir.load_checkpoint(resumed.checkpoint_path(STEPS))["model"]
     for name, tensor in original.items():
         assert torch.equal(tensor, again[name]), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_real_float8_matmuls_on_cuda_compute_the_quantized_matmul(recipe):
+    """torch._scaled_mm (not the emulation) under bf16 autocast, as training runs it on a GPU."""
+    cuda = torch.device("cuda")
+    cfg = compose(["experiment=smoke", "precision=fp8", f"precision.recipe={recipe}", "train.device=cuda"])
+    model = materialize(model_config(cfg), cuda, seed=0)
+    layer = model.transformer.h[0].mlp.c_fc
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.1)
+    weight = layer.weight.detach().clone()
+    convert_for_training(model, cfg, cuda)
+    assert not model.transformer.h[0].mlp.c_fc.config.emulate
+    x = torch.randn(64, weight.shape[1], device=cuda)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model.transformer.h[0].mlp.c_fc(x)
+    rowwise = recipe == "rowwise"  # the input is cast to bf16 by autocast before it is scaled
+    (x8, sx), (w8, sw) = (
+        quantize(x.bfloat16().float(), -1 if rowwise else None, rowwise),
+        quantize(weight.bfloat16().float(), -1 if rowwise else None, rowwise),
+    )
+    expected = (x8 @ w8.T) / (sx * (sw.T if rowwise else sw))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
