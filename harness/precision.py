@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import re
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -188,24 +189,38 @@ def is_float8(module: nn.Module) -> bool:
     return type(module).__name__ == "Float8Linear" and type(module).__module__.startswith("torchao.")
 
 
+# The plain twins of a model's float8 layers, built once: a compiled model sees the same modules at every
+# evaluation, so it compiles the evaluation graph once instead of at every swap (new objects fail its guards).
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plain_twins(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, nn.Linear]]:
+    """(parent, attribute, float8 layer, plain Linear sharing its weight and bias) per float8 layer."""
+    if model not in _TWINS:
+        twins = []
+        for parent in model.modules():
+            for name, child in parent.named_children():
+                if is_float8(child):
+                    plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                    plain.weight = child.weight
+                    if child.bias is not None:
+                        plain.bias = child.bias
+                    twins.append((parent, name, child, plain))
+        _TWINS[model] = twins
+    return _TWINS[model]
+
+
 @contextlib.contextmanager
 def full_precision_linears(model: nn.Module):
     """Inside the block every Float8Linear is a plain Linear sharing its weight (and bias), so a
     variant's evaluation runs in the same precision as bf16's; outside it the float8 layers return.
     A model without float8 layers passes through untouched."""
-    swapped = []
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if is_float8(child):
-                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
-                plain.weight = child.weight
-                if child.bias is not None:
-                    plain.bias = child.bias
-                plain.train(child.training)
-                setattr(parent, child_name, plain)
-                swapped.append((parent, child_name, child))
+    twins = _plain_twins(model) if any(is_float8(m) for m in model.modules()) else []
+    for parent, name, child, plain in twins:
+        plain.train(child.training)
+        setattr(parent, name, plain)
     try:
         yield model
     finally:
-        for parent, child_name, child in swapped:
-            setattr(parent, child_name, child)
+        for parent, name, child, _ in twins:
+            setattr(parent, name, child)

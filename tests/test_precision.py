@@ -89,6 +89,9 @@ def test_evaluation_switches_float8_off_and_back_on():
         with full_precision_linears(model):
             assert not any(is_float8(m) for m in model.modules())
             assert torch.equal(model(idx), plain(idx))
+            first = model.transformer.h[0].mlp.c_fc
+        with full_precision_linears(model):  # the same plain modules each time: a compiled model compiles once
+            assert model.transformer.h[0].mlp.c_fc is first
         assert sum(is_float8(m) for m in model.modules()) == len(float8_selection(plain)[0])
         assert torch.equal(model(idx), float8_logits)
     assert not torch.equal(float8_logits, plain(idx).detach())
