@@ -183,42 +183,44 @@ def ab_case(s: Settings, a: list[str], b: list[str]) -> dict:
 
 
 # the parts that are not a training step ---------------------------------------------------------
-def optimizer_step_times(optimizer, device: torch.device, warmup: int, steps: int) -> list[float]:
-    """Seconds of `steps` optimizer steps after `warmup` untimed ones (where a compiled one compiles)."""
-    seconds = []
-    for i in range(warmup + steps):
-        synchronize(device)
-        started = time.perf_counter()
-        optimizer.step()
-        synchronize(device)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - started)
-    return seconds
+def timed_optimizer_step(optimizer, device: torch.device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    optimizer.step()
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 def optimizer_case(s: Settings) -> dict:
-    """The optimizer step alone, eager against compiled (optim.compile), on random gradients."""
+    """The optimizer step alone on random gradients, optim.compile=false against true: both built
+    side by side, warmed up (the compiled one compiles), then interleaved as the A/B cases are."""
     from harness.config import lr_placement, model_config, optim_config
     from harness.optim import build_optimizer
     from harness.train import materialize
 
     cfg = compose([*s.base, f"train.device={s.device.type}"])
-    batch_tokens = int(cfg.train.total_batch_tokens)
-    result = {"model_dim": model_config(cfg).n_embd}
+    reset_peak(s.device)
+    optimizers = {}
     for label, compiled in (("eager", False), ("compiled", True)):
-        reset_peak(s.device)
         model = materialize(model_config(cfg), s.device, seed=0)
         optim = dataclasses.replace(optim_config(cfg), compile=compiled)
-        optimizer, _ = build_optimizer(model, optim, lr_placement(cfg), batch_tokens, s.device.type)
+        optimizers[label], _ = build_optimizer(
+            model, optim, lr_placement(cfg), int(cfg.train.total_batch_tokens), s.device.type
+        )
         generator = torch.Generator(device=s.device).manual_seed(0)
         for p in model.parameters():
             p.grad = torch.randn(p.shape, device=s.device, dtype=p.dtype, generator=generator)
-        seconds = optimizer_step_times(optimizer, s.device, max(s.warmup, 2), s.steps)
-        result[f"{label}_step_time_s"] = statistics.median(seconds)
-        result[f"{label}_step_times_s"] = seconds
-        result[f"{label}_peak_memory_gib"] = peak_memory_gib(s.device)
+        for _ in range(max(s.warmup, 2)):  # the first compiled step compiles; the second shows no recompile
+            timed_optimizer_step(optimizers[label], s.device)
+    seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(s.rounds):
+        for label, optimizer in optimizers.items():
+            seconds[label] += [timed_optimizer_step(optimizer, s.device) for _ in range(s.steps)]
+    result = {"model_dim": model_config(cfg).n_embd, "peak_memory_gib": peak_memory_gib(s.device)}
+    for label, values in seconds.items():
+        result[f"{label}_step_time_s"] = statistics.median(values)
+        result[f"{label}_step_times_s"] = values
     result["compiled_speedup"] = result["eager_step_time_s"] / result["compiled_step_time_s"]
-    result["peak_memory_gib"] = max(result["eager_peak_memory_gib"], result["compiled_peak_memory_gib"])
     return result
 
 

@@ -250,6 +250,15 @@ def muon_update(
     params.sub_(lrs * update + lrs * weight_decay * params * decay_mask)
 
 
+def muon_stack_update(params: list[Tensor], grads: list[Tensor], *state_and_hyperparameters) -> None:
+    """muon_update on the stack of same-shape matrices `params`, written back into each of them.
+    Compiled as one function, the stacking and the write-back fuse into the update's first and last
+    kernels instead of being separate passes over the stack."""
+    stacked = torch.stack(params)
+    muon_update(torch.stack(grads), stacked, *state_and_hyperparameters)
+    torch._foreach_copy_(params, list(stacked.unbind(0)))
+
+
 def adamw_update(
     param: Tensor,
     grad: Tensor,
@@ -277,14 +286,12 @@ def adamw_update(
 
 @functools.cache
 def compiled_updates():
-    """muon_update and adamw_update under torch.compile (optim.compile): each becomes a few fused
+    """muon_update, muon_stack_update and adamw_update under torch.compile (optim.compile): each becomes a few fused
     kernels instead of dozens of eager passes over the tensors (on CPU the eager step is mostly
     elementwise memory traffic). One graph per tensor shape (dynamic=False, as the reference); the
     hyperparameters arrive as 0-D tensors so a new LR or step does not recompile."""
-    return (
-        torch.compile(muon_update, dynamic=False, fullgraph=True),
-        torch.compile(adamw_update, dynamic=False, fullgraph=True),
-    )
+    updates = (muon_update, muon_stack_update, adamw_update)
+    return tuple(torch.compile(update, dynamic=False, fullgraph=True) for update in updates)
 
 
 def step_count(step: int, compiled: bool) -> int | Tensor:
@@ -353,7 +360,8 @@ class MuonAdamW(torch.optim.Optimizer):
         super().__init__(groups, defaults={})
         self.ortho_dtype = ortho_dtype
         self.compiled = compile
-        self.muon_update, self.adamw_update = compiled_updates() if compile else (muon_update, adamw_update)
+        updates = compiled_updates() if compile else (muon_update, muon_stack_update, adamw_update)
+        self.muon_update, self.muon_stack_update, self.adamw_update = updates
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -392,10 +400,9 @@ class MuonAdamW(torch.optim.Optimizer):
             factored = (len(params), rows, 1) if rows >= cols else (len(params), 1, cols)
             state["second_moment"] = torch.zeros(factored, dtype=torch.float32, device=params[0].device)
         multipliers = torch.tensor(group["multipliers"], dtype=params[0].dtype, device=params[0].device)
-        stacked = torch.stack(params)
-        self.muon_update(
-            torch.stack([p.grad for p in params]),
-            stacked,
+        self.muon_stack_update(
+            params,
+            [p.grad for p in params],
             state["momentum_buffer"],
             state["second_moment"],
             torch.tensor(group["momentum"]),
@@ -408,7 +415,6 @@ class MuonAdamW(torch.optim.Optimizer):
             group["row_equilibration"],
             group["norm_rescale"],
         )
-        torch._foreach_copy_(params, list(stacked.unbind(0)))
 
 
 class DistMuonAdamW(MuonAdamW):

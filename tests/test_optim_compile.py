@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from harness.cli import compose
 from harness.config import lr_placement, model_config, optim_config
 from harness.errors import ConfigError
-from harness.optim import adamw_update, build_optimizer, muon_update
+from harness.optim import adamw_update, build_optimizer, muon_stack_update
 from models.gpt import GPT
 
 STEPS = 3
@@ -43,8 +43,8 @@ def set_hyperparameters(optimizer, step: int) -> None:
 def test_the_compiled_step_equals_the_eager_step_for_every_group():
     eager_model, eager = model_and_optimizer("false")
     compiled_model, compiled = model_and_optimizer("true")
-    assert eager.muon_update is muon_update and eager.adamw_update is adamw_update
-    assert compiled.muon_update is not muon_update and compiled.adamw_update is not adamw_update
+    assert eager.muon_stack_update is muon_stack_update and eager.adamw_update is adamw_update
+    assert compiled.muon_stack_update is not muon_stack_update and compiled.adamw_update is not adamw_update
     graphs = []
     for step in range(STEPS):
         g = torch.Generator().manual_seed(step)
