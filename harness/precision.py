@@ -173,6 +173,8 @@ def convert_for_training(model: nn.Module, cfg: DictConfig, device: torch.device
     config = float8.Float8LinearConfig.from_recipe_name(precision.recipe)
     config = dataclasses.replace(config, emulate=precision.emulated(device))
     converted, kept = float8_selection(model)
+    modules = dict(model.named_modules())
+    _ORIGINAL_CLASSES[model] = {name: type(modules[name]) for name in converted}
     float8.convert_to_float8_training(model, config=config, module_filter_fn=lambda m, _fqn: float8_eligible(m))
     actual = sum(isinstance(m, float8_linear) for m in model.modules())
     if actual != len(converted):
@@ -192,16 +194,22 @@ def is_float8(module: nn.Module) -> bool:
 # The plain twins of a model's float8 layers, built once: a compiled model sees the same modules at every
 # evaluation, so it compiles the evaluation graph once instead of at every swap (new objects fail its guards).
 _TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The class each converted layer had (nn.Linear, or a subclass such as the July recipe's CastLinear, whose
+# forward casts the weight to the activations' dtype): its twin is of that class, so evaluation computes
+# what the bf16 variant computes.
+_ORIGINAL_CLASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _plain_twins(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, nn.Linear]]:
-    """(parent, attribute, float8 layer, plain Linear sharing its weight and bias) per float8 layer."""
+    """(parent, attribute, float8 layer, plain layer sharing its weight and bias) per float8 layer."""
     if model not in _TWINS:
+        classes = _ORIGINAL_CLASSES.get(model, {})
         twins = []
-        for parent in model.modules():
+        for parent_name, parent in model.named_modules():
             for name, child in parent.named_children():
                 if is_float8(child):
-                    plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                    cls = classes.get(f"{parent_name}.{name}" if parent_name else name, nn.Linear)
+                    plain = cls(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
                     plain.weight = child.weight
                     if child.bias is not None:
                         plain.bias = child.bias

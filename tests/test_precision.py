@@ -77,8 +77,10 @@ def test_a_float8_layer_computes_the_quantized_matmul(recipe):
     assert (out - exact).norm() / exact.norm() > 1e-3  # float8 rounding is visible: the layer is not plain
 
 
-def test_evaluation_switches_float8_off_and_back_on():
-    cfg, model = smoke_model("precision=fp8")
+@pytest.mark.parametrize("recipe", ["nanochat_2026_01", "nanochat_2026_07"])  # nn.Linear, CastLinear
+def test_evaluation_switches_float8_off_and_back_on(recipe):
+    cfg, model = smoke_model("precision=fp8", f"recipe={recipe}")
+    linear_class = type(model.transformer.h[0].mlp.c_fc)
     plain = materialize(model_config(cfg), CPU, seed=0)
     plain.load_state_dict(model.state_dict())
     convert_for_training(model, cfg, CPU)
@@ -90,6 +92,7 @@ def test_evaluation_switches_float8_off_and_back_on():
             assert not any(is_float8(m) for m in model.modules())
             assert torch.equal(model(idx), plain(idx))
             first = model.transformer.h[0].mlp.c_fc
+            assert type(first) is linear_class  # what the bf16 variant evaluates with
         with full_precision_linears(model):  # the same plain modules each time: a compiled model compiles once
             assert model.transformer.h[0].mlp.c_fc is first
         assert sum(is_float8(m) for m in model.modules()) == len(float8_selection(plain)[0])
