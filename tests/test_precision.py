@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from harness.cli import compose
 from harness.config import model_config
 from harness.inspect import describe
+from harness.lifecycle import config_differences, resolved_config
 from harness.precision import (
     convert_for_training,
     float8_selection,
@@ -22,7 +23,7 @@ from harness.precision import (
     precision_config,
 )
 from harness.results.rundir import RunDir
-from harness.train import config_differences, materialize, resolved_config
+from harness.train import materialize
 from models.gpt import GPT
 
 E4M3_MAX = 448.0  # the largest float8_e4m3fn, what the forward casts scale into
