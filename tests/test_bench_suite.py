@@ -11,8 +11,9 @@ import pytest
 from harness import bench
 from harness.bench_suite import CASE_NAMES, Settings, derived_ratios, run_suite
 
-# The smallest shapes the tiny model takes: one 256-token step.
-TINY = ["train.device_batch_size=2", "train.total_batch_tokens=256", "data.vocab_size=256"]
+# The smallest shapes the tiny model takes: one 256-token step; vocab 512 (the launcher case trains a
+# real tokenizer, which needs at least 265 ids: bytes and specials).
+TINY = ["train.device_batch_size=2", "train.total_batch_tokens=256", "data.vocab_size=512"]
 CUDA_ONLY = {"attention_L_flex", "attention_SSSL_flex", "rope_fused"}
 RECORD_KEYS = {"benchmark", "device", "gpu_name", "base_overrides", "steps", "warmup_steps", "rounds", "budget_s"}
 RECORD_KEYS |= {"cases", "elapsed_s", "ratios", "command", "date", "git_commit", "torch_version"}
