@@ -60,6 +60,7 @@ from harness.eval.bpb import evaluate_bpb
 from harness.hardware import peak_flops, resolve_device
 from harness.optim import build_optimizer, format_parameter_table, parameter_table, summarize_parameter_table
 from harness.provenance import provenance
+from harness.reshard import load_rank_shard
 from harness.results.rundir import RunDir
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
 from models.gpt import GPT, GPTConfig
@@ -125,6 +126,9 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
             f"(train.device_batch_size x model.sequence_len x world_size = {one_batch_per_rank})"
         )
     if check_inputs:
+        from harness.data.loader import check_streams
+
+        check_streams(cfg, model_cfg.sequence_len, dist.world_size)
         check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
         check_data(cfg)
         if evals.core.get("enabled", False):
@@ -365,12 +369,14 @@ class Trainer:
     def restore(self, path: Path) -> None:
         ckpt = RunDir.load_checkpoint(path)
         check_tokenizer(path, ckpt["tokenizer"], self.tokenizer)
-        if ckpt["world_size"] != self.plan.dist.world_size:
-            raise ConfigError(
-                f"checkpoint {path} was written by {ckpt['world_size']} ranks, this run has "
-                f"{self.plan.dist.world_size}; resume with the same world size (the optimizer state is sharded)"
-            )
-        shard = RunDir.load_checkpoint(path, rank=self.plan.dist.rank)
+        # Another world size re-shards the optimizer state (the data position is per stream, not per rank).
+        shard = load_rank_shard(
+            lambda rank: RunDir.load_checkpoint(path, rank=rank),
+            ckpt["world_size"],
+            self.plan.dist.world_size,
+            self.plan.dist.rank,
+            self.optimizer,
+        )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(shard["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
