@@ -59,6 +59,7 @@ SUMMARY_NUMBERS = (
     "params",
     "flops_per_token",
     "world_size",
+    "grad_accum_steps",
 )
 HEADLINE = 8  # SUMMARY_NUMBERS[:HEADLINE] come before the CORE task columns
 SUMMARY_TEXT = ("device", "git_commit", "error")
@@ -284,7 +285,7 @@ def _tidy(runs: pd.DataFrame) -> pd.DataFrame:
             runs[column] = pd.to_numeric(values, errors="coerce")
         else:
             runs[column] = values.map(lambda v: "" if v is None else _format_value(v)).astype(str)
-    for column in ("depth", "seed", "step", "num_iterations", "world_size"):
+    for column in ("depth", "seed", "step", "num_iterations", "world_size", "grad_accum_steps"):
         if column in runs and runs[column].notna().all() and pd.api.types.is_numeric_dtype(runs[column]):
             runs[column] = runs[column].astype("int64")
     return runs
