@@ -117,7 +117,8 @@ def comparison_table(
             runs = at_depth[at_depth["variant"] == variant]
             row = _row(depth, variant, runs, base_runs, reference)
             keys = {k: runs[k].iloc[0] for k in collection.variant_keys}
-            rows.append({"depth": depth, "variant": variant, **keys, **row, "launch": _launches(runs), "mixed_launch": False})
+            launch = {"launch": _launches(runs), "mixed_launch": False}
+            rows.append({"depth": depth, "variant": variant, **keys, **row, **launch})
         mixed = _launch_note(depth, at_depth)
         if mixed:
             notes.append(mixed)
