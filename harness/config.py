@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness import recipe
 from harness.errors import ConfigError
 from models.attention import ATTENTION_BACKENDS
-from models.gpt import GPTConfig, config_from_depth
+from models.gpt import RECIPE_FEATURES, GPTConfig, config_from_depth
 from models.rotary import SPLITS
 
 
@@ -32,6 +34,24 @@ class MuonConfig:
     beta2: float
     weight_decay: float
     dtype: str
+    # --- recipe pieces; the defaults are nanochat 348fbb3 (configs/recipe/ sets them) ---
+    # Momentum falls linearly from `momentum` to this over the LR warmdown (92d63d4: 0.97 -> 0.90);
+    # null keeps it constant.
+    warmdown_momentum: float | None = None
+    # MuonEq: rescale every row of the update to the mean row norm before orthogonalizing.
+    row_equilibration: bool = False
+    # The Frobenius norm is divided by this factor too, so the spectral norm starts under 1.
+    norm_headroom: float = 1.02
+    # Muon+: after Polar Express, set the Frobenius norm to sqrt(min(rows, cols)), an exactly
+    # semi-orthogonal matrix's, correcting the iteration's under-convergence.
+    norm_rescale: bool = False
+    # depth_squared: weight_decay x (12 / depth)^2 (348fbb3). horizon: weight_decay x sqrt(B / B_ref)
+    # x D_ref / D, constant T_epoch (92d63d4; see harness/recipe.py).
+    weight_decay_rule: str = "depth_squared"
+    # linear: to zero over the run (348fbb3) | cosine: 0.5 (1 + cos(pi step / N)) (92d63d4).
+    weight_decay_schedule: str = "linear"
+    # Derived, not a key: the horizon rule's sqrt(B / B_ref) x D_ref / D for this model and batch.
+    weight_decay_horizon_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,22 @@ class AdamWConfig:
     x0_betas: tuple[float, float]
     eps: float
     weight_decay: float
+    # --- per-group values where 92d63d4 differs; null falls back to betas / weight_decay above ---
+    unembedding_betas: tuple[float, float] | None = None
+    embedding_betas: tuple[float, float] | None = None
+    value_embedding_betas: tuple[float, float] | None = None
+    unembedding_weight_decay: float | None = None
+    embedding_weight_decay: float | None = None
+    value_embedding_weight_decay: float | None = None
+    resid_weight_decay: float | None = None
+    x0_weight_decay: float | None = None
+    # Value embeddings at this fraction of the embedding LR (92d63d4: 0.5).
+    value_embedding_lr_scale: float = 1.0
+    # The smear gate and the smear and backout lambdas (only in models that have them): a fixed LR,
+    # scaled neither by width nor by batch, as 92d63d4 sets it.
+    smear_lr: float = 0.2
+    smear_betas: tuple[float, float] = (0.8, 0.95)
+    smear_weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +102,8 @@ class OptimConfig:
     reference_batch_tokens: int
     muon: MuonConfig
     adamw: AdamWConfig
+    # The depth the batch and weight-decay transfer rules take as their reference (harness/recipe.py).
+    reference_depth: int = 12
 
 
 @dataclass(frozen=True)
@@ -87,6 +125,13 @@ class TrainConfig:
     resume: str
     divergence_factor: float
     divergence_after_steps: int
+    # --- recipe pieces; the defaults are nanochat 348fbb3 (configs/recipe/ sets them) ---
+    # LR warmup in steps; when > 0 it replaces warmup_ratio (92d63d4: 40).
+    warmup_steps: int = 0
+    # total_batch_tokens = -1 picks the batch by the Power Lines rule with this exponent.
+    batch_exponent: float = 0.383
+    # nearest: round(ratio x P / B) (348fbb3) | floor: int(ratio x P) // B (92d63d4).
+    horizon_rounding: str = "nearest"
 
 
 @dataclass(frozen=True)
@@ -118,6 +163,11 @@ def to_dataclass(cls, node: Any, key: str):
 
 def _convert(hint, value, key: str):
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None: null, else an X
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, key)
     if dataclasses.is_dataclass(hint):
         return to_dataclass(hint, value, key)
     if origin is tuple:
@@ -165,6 +215,9 @@ def model_config(cfg: DictConfig) -> GPTConfig:
         raise ConfigError(f"model_dim={model_dim} (model.depth x model.aspect_ratio) must be at least 32")
     _require_choice("rope.split", cfg.rope.split, SPLITS)
     _require_choice("model.attention", m.attention, ATTENTION_BACKENDS)
+    hints = typing.get_type_hints(GPTConfig)
+    plain = OmegaConf.to_container(m, resolve=True)
+    features = {name: _convert(hints[name], plain[name], f"model.{name}") for name in RECIPE_FEATURES if name in plain}
     try:
         return config_from_depth(
             int(m.depth),
@@ -177,6 +230,7 @@ def model_config(cfg: DictConfig) -> GPTConfig:
             rope_base=float(cfg.rope.base),
             rotary_cache_len=int(m.get("rotary_cache_len", 0)),
             attention=str(m.attention),
+            **features,
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
@@ -194,7 +248,26 @@ def lr_placement(cfg: DictConfig) -> LRPlacement:
 def optim_config(cfg: DictConfig) -> OptimConfig:
     optim = to_dataclass(OptimConfig, cfg.optim, "optim")
     _require_choice("optim.muon.dtype", optim.muon.dtype, ("auto", "float32", "bfloat16"))
+    _require_choice("optim.muon.weight_decay_rule", optim.muon.weight_decay_rule, ("depth_squared", "horizon"))
+    _require_choice("optim.muon.weight_decay_schedule", optim.muon.weight_decay_schedule, ("linear", "cosine"))
+    if optim.reference_depth <= 0:
+        raise ConfigError(f"optim.reference_depth={optim.reference_depth} must be positive")
+    if optim.muon.weight_decay_rule == "horizon":
+        train = train_config(cfg)
+        scale = recipe.horizon_weight_decay_scale(
+            train.total_batch_tokens, optim.reference_batch_tokens, _horizon_ratio(cfg, optim, train)
+        )
+        optim = dataclasses.replace(optim, muon=dataclasses.replace(optim.muon, weight_decay_horizon_scale=scale))
     return optim
+
+
+def _horizon_ratio(cfg: DictConfig, optim: OptimConfig, train: TrainConfig) -> float:
+    """D / D_ref: this model's horizon in tokens over the reference depth's (harness/recipe.py)."""
+    model = model_config(cfg)
+    reference = recipe.at_depth(model, optim.reference_depth, int(cfg.model.aspect_ratio), int(cfg.model.head_dim))
+    return recipe.token_ratio(
+        train.target_param_data_ratio, recipe.scaling_params(model), recipe.scaling_params(reference)
+    )
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
@@ -202,10 +275,26 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     _require_choice("train.device", train.device, ("auto", "cpu", "cuda"))
     _require_choice("train.dtype", train.dtype, ("auto", "float32", "bfloat16"))
     _require_choice("train.resume", train.resume, ("auto", "never", "force"))
-    for key in ("total_batch_tokens", "device_batch_size", "print_every", "checkpoint_every"):
+    _require_choice("train.horizon_rounding", train.horizon_rounding, ("nearest", "floor"))
+    for key in ("device_batch_size", "print_every", "checkpoint_every"):
         if getattr(train, key) <= 0:
             raise ConfigError(f"train.{key}={getattr(train, key)} must be positive")
+    if train.total_batch_tokens == AUTO_BATCH:
+        optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+        batch = recipe.auto_total_batch(
+            optim.reference_batch_tokens, train.batch_exponent, _horizon_ratio(cfg, optim, train)
+        )
+        train = dataclasses.replace(train, total_batch_tokens=batch)
+    elif train.total_batch_tokens <= 0:
+        raise ConfigError(
+            f"train.total_batch_tokens={train.total_batch_tokens} must be positive, or {AUTO_BATCH} for the "
+            "automatic batch"
+        )
     return train
+
+
+# train.total_batch_tokens: this value means "choose by the recipe's batch rule" (harness/recipe.py).
+AUTO_BATCH = -1
 
 
 def eval_config(cfg: DictConfig) -> EvalConfig:
@@ -231,6 +320,8 @@ def num_iterations(train: TrainConfig, scaling_params: int, flops_per_token: flo
         return train.num_iterations
     if train.target_flops > 0:
         steps = round(train.target_flops / (flops_per_token * train.total_batch_tokens))
+    elif train.target_param_data_ratio > 0 and train.horizon_rounding == "floor":
+        steps = int(train.target_param_data_ratio * scaling_params) // train.total_batch_tokens
     elif train.target_param_data_ratio > 0:
         steps = round(train.target_param_data_ratio * scaling_params / train.total_batch_tokens)
     else:

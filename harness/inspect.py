@@ -2,7 +2,8 @@
 
 Prints every parameter's name, shape, optimizer, base LR, LR multiplier and effective LR (the
 same table every run logs to params.tsv), then the parameter counts by role and the horizon.
-Builds the model on the meta device, so d24 costs no memory and no data is read.
+Builds the model on the meta device, so d24 costs no memory and no data is read. A recipe that
+chooses its batch or Muon weight decay from the model's size also gets those lines.
 """
 
 from __future__ import annotations
@@ -10,7 +11,16 @@ from __future__ import annotations
 import argparse
 
 from harness.cli import compose, exit_on_config_error
-from harness.config import lr_placement, model_config, num_iterations, optim_config, train_config
+from harness.config import (
+    AUTO_BATCH,
+    OptimConfig,
+    TrainConfig,
+    lr_placement,
+    model_config,
+    num_iterations,
+    optim_config,
+    train_config,
+)
 from harness.optim import ParamRow, parameter_table
 from models.gpt import GPT
 
@@ -39,7 +49,8 @@ def describe(overrides: list[str]) -> str:
     model_cfg = model_config(cfg)
     train = train_config(cfg)
     model = GPT.on_meta(model_cfg)
-    rows = parameter_table(model, optim_config(cfg), lr_placement(cfg), train.total_batch_tokens)
+    optim = optim_config(cfg)
+    rows = parameter_table(model, optim, lr_placement(cfg), train.total_batch_tokens)
     counts = model.parameter_counts()
     fpt = model.flops_per_token()
     steps = num_iterations(train, counts["scaling"], fpt)
@@ -56,8 +67,33 @@ def describe(overrides: list[str]) -> str:
         "",
         f"FLOPs per token: {fpt:,.0f}",
         f"horizon: {steps:,} steps x {train.total_batch_tokens:,} tokens = {tokens:,} tokens, {tokens * fpt:.3e} FLOPs",
+        *recipe_schedule_lines(cfg, train, optim, steps),
     ]
     return "\n".join(lines)
+
+
+def recipe_schedule_lines(cfg, train: TrainConfig, optim: OptimConfig, steps: int) -> list[str]:
+    """What the transfer rules and schedules of a recipe that uses them decide (harness/recipe.py):
+    the automatic batch, the horizon-scaled Muon weight decay, warmup and warmdown in steps. Printed
+    only where a recipe uses them, so the January recipe's output stays as it always was."""
+    lines = []
+    if cfg.train.total_batch_tokens == AUTO_BATCH:
+        batch = train.total_batch_tokens
+        lines.append(f"batch: automatic, {batch:,} tokens (train.batch_exponent {train.batch_exponent})")
+    muon = optim.muon
+    if muon.weight_decay_rule == "horizon":
+        lines.append(
+            f"Muon weight decay: {muon.weight_decay} x {muon.weight_decay_horizon_scale:.6f} = "
+            f"{muon.weight_decay * muon.weight_decay_horizon_scale:.6f} at step 0, {muon.weight_decay_schedule} to 0"
+        )
+    if train.warmup_steps or muon.warmdown_momentum is not None:
+        warmdown = round(train.warmdown_ratio * steps)
+        lines.append(
+            f"schedule: LR warmup {train.warmup_steps} steps, warmdown {warmdown:,} steps to {train.final_lr_frac}; "
+            f"Muon momentum {muon.warmup_momentum} -> {muon.momentum} over {muon.momentum_warmup_steps} steps"
+            + ("" if muon.warmdown_momentum is None else f", -> {muon.warmdown_momentum} over the warmdown")
+        )
+    return lines
 
 
 @exit_on_config_error

@@ -99,7 +99,11 @@ def parameter_table(
     batch_scale = (total_batch_tokens / optim.reference_batch_tokens) ** 0.5
     width_scale = (config.n_embd / optim.adamw.reference_model_dim) ** -0.5
     adam = optim.adamw
-    muon_wd = optim.muon.weight_decay * (12 / config.n_layer) ** 2
+    if optim.muon.weight_decay_rule == "horizon":  # 92d63d4: constant T_epoch (harness/recipe.py)
+        muon_wd = optim.muon.weight_decay * optim.muon.weight_decay_horizon_scale
+    else:  # 348fbb3: 0.2 x (12 / depth)^2
+        muon_wd = optim.muon.weight_decay * (12 / config.n_layer) ** 2
+    smear_names = {"smear_gate.weight", "smear_lambda", "backout_lambda"}
     named = dict(model.named_parameters())
     muon_shapes = {n: tuple(p.shape) for n, p in named.items() if n.startswith(MUON_PREFIX)}
     multipliers = muon_lr_multipliers(muon_shapes, placement)
@@ -109,17 +113,26 @@ def parameter_table(
         if name in multipliers:
             rows.append(ParamRow(name, shape, "muon", optim.muon.lr * batch_scale, multipliers[name], None, muon_wd))
             continue
+        if name in smear_names:  # a fixed LR: no width or batch scaling (92d63d4)
+            rows.append(ParamRow(name, shape, "adamw", adam.smear_lr, 1.0, adam.smear_betas, adam.smear_weight_decay))
+            continue
+        # Per-group betas and weight decay fall back to the shared ones where unset (348fbb3).
         if name == "lm_head.weight":
-            lr, betas = adam.unembedding_lr * width_scale, adam.betas
-        elif name == "transformer.wte.weight" or name.startswith("value_embeds."):
-            lr, betas = adam.embedding_lr * width_scale, adam.betas
+            lr, betas, wd = adam.unembedding_lr * width_scale, adam.unembedding_betas, adam.unembedding_weight_decay
+        elif name == "transformer.wte.weight":
+            lr, betas, wd = adam.embedding_lr * width_scale, adam.embedding_betas, adam.embedding_weight_decay
+        elif name.startswith("value_embeds."):
+            lr = adam.embedding_lr * width_scale * adam.value_embedding_lr_scale
+            betas, wd = adam.value_embedding_betas, adam.value_embedding_weight_decay
         elif name == "resid_lambdas":
-            lr, betas = adam.scalar_lr * 0.01, adam.betas
+            lr, betas, wd = adam.scalar_lr * 0.01, adam.betas, adam.resid_weight_decay
         elif name == "x0_lambdas":
-            lr, betas = adam.scalar_lr, adam.x0_betas
+            lr, betas, wd = adam.scalar_lr, adam.x0_betas, adam.x0_weight_decay
         else:
             raise AssertionError(f"parameter {name} has no optimizer assignment")
-        rows.append(ParamRow(name, shape, "adamw", lr * batch_scale, 1.0, betas, adam.weight_decay))
+        betas = adam.betas if betas is None else betas
+        wd = adam.weight_decay if wd is None else wd
+        rows.append(ParamRow(name, shape, "adamw", lr * batch_scale, 1.0, betas, wd))
     return rows
 
 
@@ -155,12 +168,36 @@ def summarize_parameter_table(rows: list[ParamRow]) -> str:
 
 
 # the update math ----------------------------------------------------------------------------
-def polar_express(G: Tensor, steps: int, dtype: torch.dtype) -> Tensor:
+def equilibrate_rows(X: Tensor) -> Tensor:
+    """MuonEq (arXiv 2603.28254): rescale every row to the mean row norm ||X||_F / sqrt(rows), so the
+    spectrum entering orthogonalization is better conditioned. Norms in at least float32 (bf16 rows
+    would lose the scale they are equalized to), X keeps its dtype."""
+    wide = X.to(torch.promote_types(X.dtype, torch.float32))
+    target = wide.norm(dim=(-2, -1), keepdim=True) / X.size(-2) ** 0.5
+    row_norm = wide.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    return X * (target / row_norm).to(X.dtype)
+
+
+def rescale_to_orthogonal_norm(update: Tensor) -> Tensor:
+    """Muon+ (arXiv 2602.21545): set each matrix's Frobenius norm to sqrt(min(rows, cols)), that of an
+    exactly semi-orthogonal matrix, undoing Polar Express's under-convergence."""
+    target = min(update.size(-2), update.size(-1)) ** 0.5
+    norm = update.to(torch.promote_types(update.dtype, torch.float32)).norm(dim=(-2, -1), keepdim=True)
+    norm = norm.clamp_min(1e-6)
+    return update * (target / norm).to(update.dtype)
+
+
+def polar_express(
+    G: Tensor, steps: int, dtype: torch.dtype, norm_headroom: float = 1.02, row_equilibration: bool = False
+) -> Tensor:
     """Approximately orthogonalize each matrix of a (N, rows, cols) stack: U V^T with singular
     values pushed into a band around 1 rather than exactly 1 (enough for Muon, and cheap)."""
     X = G.to(dtype)
-    # 1.02 keeps the spectral norm safely under 1 (the Frobenius norm bounds it from above).
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
+    if row_equilibration:
+        X = equilibrate_rows(X)
+    # The headroom (348fbb3 1.02, 92d63d4 1.01) keeps the spectral norm safely under 1 (the Frobenius
+    # norm bounds it from above).
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * norm_headroom + 1e-6)
     tall = X.size(-2) > X.size(-1)
     for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
         if tall:
@@ -194,12 +231,18 @@ def muon_update(
     beta2: Tensor,
     ns_steps: int,
     ortho_dtype: torch.dtype,
+    norm_headroom: float = 1.02,
+    row_equilibration: bool = False,
+    norm_rescale: bool = False,
 ) -> None:
     """One Muon step on a stack of same-shape matrices, in place on `params` and the buffers.
-    `lrs` is (N, 1, 1): each matrix's LR with its placement multiplier already applied."""
+    `lrs` is (N, 1, 1): each matrix's LR with its placement multiplier already applied.
+    `row_equilibration` (MuonEq), `norm_headroom` and `norm_rescale` (Muon+) are 92d63d4's pieces."""
     momentum_buffer.lerp_(grads, 1 - momentum)
     nesterov = grads.lerp(momentum_buffer, momentum)
-    update = polar_express(nesterov, ns_steps, ortho_dtype)
+    update = polar_express(nesterov, ns_steps, ortho_dtype, norm_headroom, row_equilibration)
+    if norm_rescale:  # on the update back in the parameters' dtype, as 92d63d4 does
+        update = rescale_to_orthogonal_norm(update.to(params.dtype))
     update = normalize_variance(update, second_moment, beta2).to(params.dtype)
     # Cautious weight decay: only shrink coordinates the update already pushes toward zero.
     decay_mask = (update * params) >= 0
@@ -282,6 +325,9 @@ class MuonAdamW(torch.optim.Optimizer):
                     weight_decay=members[0].weight_decay,
                     initial_weight_decay=members[0].weight_decay,
                     ns_steps=optim.muon.ns_steps,
+                    norm_headroom=optim.muon.norm_headroom,
+                    row_equilibration=optim.muon.row_equilibration,
+                    norm_rescale=optim.muon.norm_rescale,
                 )
             )
         super().__init__(groups, defaults={})
@@ -335,6 +381,9 @@ class MuonAdamW(torch.optim.Optimizer):
             torch.tensor(group["beta2"]),
             group["ns_steps"],
             self.ortho_dtype,
+            group["norm_headroom"],
+            group["row_equilibration"],
+            group["norm_rescale"],
         )
         torch._foreach_copy_(params, list(stacked.unbind(0)))
 
@@ -450,6 +499,9 @@ class DistMuonAdamW(MuonAdamW):
             torch.tensor(group["beta2"]),
             group["ns_steps"],
             self.ortho_dtype,
+            group["norm_headroom"],
+            group["row_equilibration"],
+            group["norm_rescale"],
         )
         gathered = shard.new_empty(chunk * self.world_size, *shard.shape[1:])
         gather = all_gather_flat(gathered, shard, async_op=True)

@@ -413,14 +413,23 @@ class Trainer:
             plan.train.warmup_ratio,
             plan.train.warmdown_ratio,
             plan.train.final_lr_frac,
+            plan.train.warmup_steps,
         )
+        momentum = muon_momentum(
+            step,
+            muon.warmup_momentum,
+            muon.momentum,
+            muon.momentum_warmup_steps,
+            muon.warmdown_momentum,
+            plan.num_iterations,
+            plan.train.warmdown_ratio,
+        )
+        wd = weight_decay_multiplier(step, plan.num_iterations, muon.weight_decay_schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
             if group["kind"] == "muon":
-                group["momentum"] = muon_momentum(step, muon.warmup_momentum, muon.momentum, muon.momentum_warmup_steps)
-                group["weight_decay"] = group["initial_weight_decay"] * weight_decay_multiplier(
-                    step, plan.num_iterations
-                )
+                group["momentum"] = momentum
+                group["weight_decay"] = group["initial_weight_decay"] * wd
         return lrm
 
     def train_step(self) -> float:

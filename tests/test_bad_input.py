@@ -17,9 +17,9 @@ def options(group: str) -> str:
 
 
 TRAIN_KEYS = (
-    "checkpoint_every, compile, device, device_batch_size, divergence_after_steps, divergence_factor, dtype, "
-    "final_lr_frac, keep_checkpoints, num_iterations, print_every, resume, target_flops, target_param_data_ratio, "
-    "total_batch_tokens, warmdown_ratio, warmup_ratio"
+    "batch_exponent, checkpoint_every, compile, device, device_batch_size, divergence_after_steps, "
+    "divergence_factor, dtype, final_lr_frac, horizon_rounding, keep_checkpoints, num_iterations, print_every, "
+    "resume, target_flops, target_param_data_ratio, total_batch_tokens, warmdown_ratio, warmup_ratio, warmup_steps"
 )
 
 CASES = [
@@ -117,6 +117,20 @@ CASES = [
         f"-m {SMOKE} mlp_lr=c_fc_2x,bogus",
         "job 3/8 (rope=slice mlp_lr=bogus seed=0 experiment=smoke paths.runs_dir={runs}): "
         f"mlp_lr=bogus is not an option; choose from: {options('mlp_lr')}",
+    ),
+    ("recipe=nanochat_2099", f"recipe=nanochat_2099 is not an option; choose from: {options('recipe')}"),
+    (
+        f"{SMOKE} optim.muon.weight_decay_rule=quadratic",
+        "optim.muon.weight_decay_rule='quadratic' is not one of: depth_squared, horizon",
+    ),
+    (f"{SMOKE} train.horizon_rounding=up", "train.horizon_rounding='up' is not one of: nearest, floor"),
+    (
+        f"{SMOKE} train.total_batch_tokens=-2",
+        "train.total_batch_tokens=-2 must be positive, or -1 for the automatic batch",
+    ),
+    (
+        f"{SMOKE} model.short_window_rounding=sideways",
+        "model: short_window_rounding='sideways' is not one of ('down', 'up')",
     ),
 ]
 

@@ -28,3 +28,20 @@ def test_muon_momentum_warmup(step, expected):
 @pytest.mark.parametrize("step,expected", [(0, 1.0), (25, 0.75), (100, 0.0)])
 def test_weight_decay_falls_linearly_to_zero(step, expected):
     assert weight_decay_multiplier(step, 100) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("step,expected", [(0, 1.0), (25, 0.5 * (1 + 2**-0.5)), (50, 0.5), (100, 0.0)])
+def test_weight_decay_cosine(step, expected):
+    assert weight_decay_multiplier(step, 100, "cosine") == pytest.approx(expected)
+
+
+def test_fixed_warmup_steps_replace_the_ratio():
+    assert lr_multiplier(0, 100, warmup_ratio=0.5, warmdown_ratio=0.0, final_lr_frac=0.0, warmup_steps=4) == 0.25
+    assert lr_multiplier(3, 100, warmup_ratio=0.5, warmdown_ratio=0.0, final_lr_frac=0.0, warmup_steps=4) == 1.0
+
+
+@pytest.mark.parametrize("step,expected", [(10, 0.97), (50, 0.97), (75, 0.935), (99, 0.90 + 0.07 / 50)])
+def test_muon_momentum_falls_over_the_warmdown(step, expected):
+    # 100 steps, warmdown 0.5: from 0.97 at step 50 to 0.90 at step 100.
+    got = muon_momentum(step, 0.85, 0.97, 10, warmdown_momentum=0.90, num_iterations=100, warmdown_ratio=0.5)
+    assert got == pytest.approx(expected)
