@@ -128,7 +128,7 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
     if check_inputs:
         from harness.data.loader import check_streams
 
-        check_streams(cfg, model_cfg.sequence_len, dist.world_size)
+        check_streams(cfg, train.total_batch_tokens // model_cfg.sequence_len, dist.world_size)
         check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
         check_data(cfg)
         if evals.core.get("enabled", False):

@@ -312,20 +312,22 @@ def build_train_loader(
     state: dict | None = None,
     rows_per_step: int | None = None,
 ) -> TrainLoader:
-    """Rank `rank`'s loader; a global batch is `rows_per_step` rows (by default the config's
-    train.total_batch_tokens / seq_len)."""
+    """Rank `rank`'s loader; a global batch is `rows_per_step` rows (by default the run's total batch
+    in tokens / seq_len)."""
     data = data_config(cfg)
     if rows_per_step is None:
-        rows_per_step = int(cfg.train.total_batch_tokens) // seq_len
+        from harness.config import train_config  # the batch as resolved (a recipe may choose it: -1)
+
+        rows_per_step = train_config(cfg).total_batch_tokens // seq_len
     corpus = open_source(cfg).corpus("train", tok)
     return TrainLoader(
         corpus, batch_size, seq_len, data.seed, rank, world_size, data.buffer_size, data.streams, rows_per_step, state
     )
 
 
-def check_streams(cfg: DictConfig, seq_len: int, world_size: int) -> None:
+def check_streams(cfg: DictConfig, rows_per_step: int, world_size: int) -> None:
     """The preflight's check of data.streams against the global batch and the world size."""
-    check_stream_split(data_config(cfg).streams, int(cfg.train.total_batch_tokens) // seq_len, world_size)
+    check_stream_split(data_config(cfg).streams, rows_per_step, world_size)
 
 
 # validation -------------------------------------------------------------------------------
