@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.cli import exit_on_config_error
-from harness.config import model_config
+from harness.config import model_config, train_config
 from harness.distributed import destroy_process_group, dist_info_from_env, init_process_group
 from harness.errors import ConfigError
 from harness.hardware import resolve_device
@@ -194,7 +194,7 @@ def measure_core(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, a
 def metrics_record(cfg: DictConfig, state: dict, values: dict) -> dict:
     """Stamped like training's records: step, tokens, flops and training time at the checkpoint."""
     step = int(state["step"])
-    tokens = step * int(cfg.train.total_batch_tokens)
+    tokens = step * train_config(cfg).total_batch_tokens  # resolved: a recipe may choose the batch (-1)
     flops_per_token = GPT.on_meta(model_config(cfg)).flops_per_token()
     time_s = (state.get("train_state") or {}).get("train_time_s")
     return {"step": step, "tokens": tokens, "flops": tokens * flops_per_token, "time_s": time_s, **values}

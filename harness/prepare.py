@@ -31,6 +31,8 @@ Components, prepared when named on the command line:
                 characters of the training shards unless data.dir/tokenizer_<vocab_size>
                 exists. Training with data.num_shards=N reads exactly shards 0..N-1, so
                 prepare the same N (shards beyond it stay on disk unused).
+  data=climbmix the same for ClimbMix (nanochat 92d63d4's data; validation shard 6542) into
+                its own data.dir, with its own tokenizer trained on its shards.
   data=builtin  train the tokenizer on this Python's standard library and cache the tokenized
                 documents in data.cache_dir (seconds; training would do it on first use anyway)
   data=local    train and cache the tokenizer for data.path

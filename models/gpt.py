@@ -46,6 +46,7 @@ RECIPE_FEATURES = (
     "c_fc_init_scale",
     "resid_lambda_init",
     "x0_lambda_init",
+    "cast_weights_per_matmul",
 )
 
 
@@ -93,6 +94,10 @@ class GPTConfig:
     # Per-layer lambdas ramp linearly from (first layer, last layer); equal ends are a constant.
     resid_lambda_init: tuple[float, float] = (1.0, 1.0)
     x0_lambda_init: tuple[float, float] = (0.1, 0.1)
+    # Precision without autocast (92d63d4): the forward switches any outer autocast off, runs in the
+    # embedding table's dtype (the harness stores it in bf16 on CUDA, float32 on CPU) and casts each
+    # Linear's float32 weight to it per matmul. Off: the caller's autocast decides (348fbb3).
+    cast_weights_per_matmul: bool = False
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -162,6 +167,20 @@ def config_from_depth(depth: int, aspect_ratio: int, head_dim: int, **kwargs) ->
     return GPTConfig(n_layer=depth, n_embd=model_dim, n_head=n_head, n_kv_head=n_head, **kwargs)
 
 
+class CastLinear(nn.Linear):
+    """A Linear whose (float32 master) weight is cast to the activation's dtype for each matmul: how
+    92d63d4 replaces autocast, so the optimizer keeps full-precision weights while the matmuls run in
+    the dtype the embeddings are stored in (bf16 on CUDA)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+def linear(config: GPTConfig, in_features: int, out_features: int, bias: bool = False) -> nn.Linear:
+    cls = CastLinear if config.cast_weights_per_matmul else nn.Linear
+    return cls(in_features, out_features, bias=bias)
+
+
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -173,14 +192,14 @@ class CausalSelfAttention(nn.Module):
         self.rope_split = config.rope_split
         self.attention_backend = config.attention
         kv_dim = config.n_kv_head * config.head_dim
-        self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.c_k = nn.Linear(config.n_embd, kv_dim, bias=False)
-        self.c_v = nn.Linear(config.n_embd, kv_dim, bias=False)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_q = linear(config, config.n_embd, config.n_embd, bias=False)
+        self.c_k = linear(config, config.n_embd, kv_dim, bias=False)
+        self.c_v = linear(config, config.n_embd, kv_dim, bias=False)
+        self.c_proj = linear(config, config.n_embd, config.n_embd, bias=False)
         self.ve_gate_channels, self.ve_gate_range = config.ve_gate_channels, config.ve_gate_range
         self.qk_scale = config.qk_scale
         self.ve_gate = (
-            nn.Linear(config.ve_gate_channels, config.n_kv_head, bias=False)
+            linear(config, config.ve_gate_channels, config.n_kv_head, bias=False)
             if config.has_value_embedding(layer)
             else None
         )
@@ -208,8 +227,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.c_fc = linear(config, config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = linear(config, 4 * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x):
         return self.c_proj(F.relu(self.c_fc(x)).square())
@@ -250,7 +269,7 @@ class GPT(nn.Module):
                 "h": nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             }
         )
-        self.lm_head = nn.Linear(config.n_embd, vocab, bias=False)
+        self.lm_head = linear(config, config.n_embd, vocab, bias=False)
         self.value_embeds = nn.ModuleDict(
             {str(i): _embedding(vocab, kv_dim) for i in range(config.n_layer) if config.has_value_embedding(i)}
         )
@@ -259,7 +278,7 @@ class GPT(nn.Module):
         # The July 2026 features exist only when enabled, so the default recipe's parameter list,
         # state dict and optimizer groups are unchanged.
         if config.smear_channels:
-            self.smear_gate = nn.Linear(config.smear_channels, 1, bias=False)
+            self.smear_gate = linear(config, config.smear_channels, 1, bias=False)
             self.smear_lambda = nn.Parameter(torch.empty(1))
         if config.backout:
             self.backout_lambda = nn.Parameter(torch.empty(1))
@@ -319,6 +338,12 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
         """Logits (B, T, vocab) in float32 when targets is None, else the cross-entropy loss
         (targets of -1 are ignored; reduction 'none' gives per-token losses of shape (B, T))."""
+        if self.config.cast_weights_per_matmul:
+            with torch.autocast(idx.device.type, enabled=False):
+                return self._forward(idx, targets, reduction)
+        return self._forward(idx, targets, reduction)
+
+    def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, reduction: str):
         B, T = idx.shape
         if T > self.cos.shape[1]:
             raise ValueError(f"sequence of {T} tokens exceeds the rotary cache of {self.cos.shape[1]}")

@@ -74,7 +74,7 @@ def test_smoke_sweep_expands_to_the_grid():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["model=d13"], "model=d13 is not an option; choose from: d12, d16, d20, d24, tiny"),
+        (["model=d13"], "model=d13 is not an option; choose from: d12, d16, d20, d24, d26, tiny"),
         (["rope=fused_typo"], "rope=fused_typo is not an option; choose from:"),
         (["train.total_batch_tokens=abc"], "train.total_batch_tokens='abc' must be an integer"),
         (["+train.foo=1"], "unknown key train.foo"),

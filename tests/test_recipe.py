@@ -182,6 +182,20 @@ def test_pr492_shape_rule_reads_the_new_gates_shape(depth, heads, expected):
     assert rows["transformer.h.0.mlp.c_fc.weight"].multiplier == 1.0
 
 
+def test_d26_gate_is_tall_and_the_legacy_rule_boosts_it():
+    """Fact sheet section 4: ve_gate (n_head x 12) is tall above 12 heads, 1.041x at d26 under the
+    reference's rule; c_fc_2x states 2x on c_fc alone, so the two placements part there."""
+    _, model, _, _, legacy = plan_of("model=d26", "mlp_lr=legacy_shape_rule")
+    assert model.parameter_counts()["scaling"] == 918423532
+    gate = legacy["transformer.h.1.attn.ve_gate.weight"]
+    assert gate.shape == (13, 12) and gate.multiplier == pytest.approx(math.sqrt(13 / 12)) == pytest.approx(
+        1.041, abs=5e-4
+    )
+    assert legacy["transformer.h.0.mlp.c_fc.weight"].multiplier == 2.0
+    _, _, _, _, explicit = plan_of("model=d26", "mlp_lr=c_fc_2x")
+    assert explicit["transformer.h.1.attn.ve_gate.weight"].multiplier == 1.0
+
+
 def test_individual_keys_override_the_recipe():
     cfg = compose([NEW, "model=d24", "model.qk_scale=1.0", "optim.muon.norm_rescale=false", "rope.base=10000"])
     config = model_config(cfg)
@@ -320,6 +334,13 @@ def test_init_matches_the_fact_sheets_measurements_at_d12():
     gates = torch.stack([b.attn.ve_gate.weight for b in model.transformer.h if b.attn.ve_gate is not None])
     assert 0 <= gates.min() and gates.max() <= 0.02 and gates.mean().item() == pytest.approx(0.01, abs=0.0015)
     assert 0 <= model.smear_gate.weight.min() and model.smear_gate.weight.max() <= 0.02
+    # The RNG order (wte, lm_head, blocks, smear_gate, value embeddings, ve_gates) is the reference's:
+    # the fact sheet's measured means of these small draws come out to its printed digits.
+    assert round(model.smear_gate.weight.mean().item(), 4) == 0.0128
+    assert round(model.smear_gate.weight.std().item(), 4) == 0.0061
+    means = [round(g.mean().item(), 4) for g in gates]
+    assert (min(means), max(means)) == (0.0088, 0.0106)
+    assert model.transformer.wte.weight.mean().item() == pytest.approx(6e-5, abs=5e-6)
     assert (model.smear_lambda.item(), model.backout_lambda.item()) == (0.0, pytest.approx(0.2))
     resid = [1.15 - 0.10 * i / 11 for i in range(12)]
     x0 = [0.20 - 0.15 * i / 11 for i in range(12)]
@@ -409,3 +430,64 @@ def test_a_muon_step_with_every_new_piece_equals_a_float64_reference():
         norm_rescale=True,
     )
     torch.testing.assert_close(params, torch.stack(expected), rtol=1e-5, atol=1e-7)
+
+
+# --- precision: float32 masters cast per matmul, no autocast -------------------------------------------
+def test_cast_weights_run_in_the_embedding_dtype_whatever_the_outer_autocast():
+    """92d63d4 on CUDA: bf16 embedding tables, float32 Linear weights cast per matmul, no autocast.
+    Emulated on CPU with bf16 tables; an outer autocast (what the harness wraps the default recipe
+    in) must change nothing, and the optimizer must see float32 weights and gradients."""
+    model = small_new_model().float()
+    assert isinstance(model.lm_head, torch.nn.Linear) and type(model.lm_head).__name__ == "CastLinear"
+    model.transformer.wte.to(torch.bfloat16)
+    model.value_embeds.to(torch.bfloat16)
+    seen = []
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype)))
+    idx = torch.randint(0, 96, (1, 600), generator=torch.Generator().manual_seed(3))
+    plain = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.float16):
+        wrapped = model(idx, idx)
+    assert torch.equal(plain, wrapped)
+    assert seen[0] == (torch.bfloat16, torch.bfloat16)
+    plain.backward()
+    fc = model.transformer.h[0].mlp.c_fc.weight
+    assert fc.dtype == fc.grad.dtype == torch.float32
+    # bf16 compute stays close to the float64 function of the same weights.
+    reference = F.cross_entropy(reference_forward(model.double(), idx).view(-1, 96), idx.view(-1))
+    assert plain.item() == pytest.approx(reference.item(), rel=2e-2)
+
+
+def test_cast_weights_in_float32_are_the_plain_model():
+    model = small_new_model().float()
+    plain_config = model_config(
+        compose(
+            [
+                NEW,
+                "model=tiny",
+                "data.vocab_size=96",
+                "model.head_dim=32",
+                "model.sequence_len=600",
+                "model.cast_weights_per_matmul=false",
+            ]
+        )
+    )
+    plain = GPT(plain_config)
+    plain.load_state_dict(model.state_dict())
+    plain.cos, plain.sin = model.cos, model.sin
+    idx = torch.randint(0, 96, (1, 600), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(model(idx), plain(idx))
+
+
+def test_a_recipe_sweep_is_reported_by_the_recipes_name():
+    """The July recipe changes keys in model, rope, optim, train and eval; the report's variant is
+    the recipe's name plus what varies on its own, not one key per group."""
+    from omegaconf import OmegaConf
+
+    from harness.results.collect import ablation_axes, flatten, variant_keys
+
+    flats = [
+        flatten(OmegaConf.to_container(compose(["experiment=smoke", f"recipe={r}", f"rope={s}"]), resolve=True))
+        for r in ("nanochat_2026_01", "nanochat_2026_07")
+        for s in ("slice", "chunk")
+    ]
+    assert variant_keys(flats, ablation_axes(flats)) == ["rope.split", "recipe.name"]

@@ -54,7 +54,8 @@ class LocalData(DataConfig):
     cache_dir: str
 
 
-SOURCES = {"builtin": BuiltinData, "fineweb": FinewebData, "local": LocalData}
+# fineweb and climbmix share one layout (harness/data/fineweb.py), so one dataclass.
+SOURCES = {"builtin": BuiltinData, "fineweb": FinewebData, "climbmix": FinewebData, "local": LocalData}
 
 
 def data_config(cfg: DictConfig) -> DataConfig:

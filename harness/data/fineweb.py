@@ -1,9 +1,13 @@
-"""FineWeb-edu (Karpathy's reshuffled 100B-token copy): download, tokenizer, training and validation.
+"""Sharded parquet datasets in Karpathy's layout: download, tokenizer, training and validation.
 
-The dataset is 1823 parquet shards `shard_00000.parquet` .. `shard_01822.parquet` (column `text`,
-~250M characters and ~90 MB each) under `data.base_url`. As in nanochat, training uses shards
-0 .. data.num_shards-1 and the last shard (data.val_shard = 1822) is always the validation split,
-whatever num_shards is. Files live in `data.dir` (default ${paths.data_dir}/fineweb).
+Two datasets share this layout and this code, named by `data.source`:
+- `fineweb`: FineWeb-edu (the reshuffled 100B-token copy), 1823 shards `shard_00000.parquet` ..
+  `shard_01822.parquet` (column `text`, ~250M characters and ~90 MB each): nanochat 348fbb3's data.
+- `climbmix`: NVIDIA ClimbMix (the reshuffled 400B copy), 6543 shards `shard_00000` .. `shard_06542`:
+  nanochat 92d63d4's data, with its tokenizer retrained on it.
+As in nanochat, training uses shards 0 .. data.num_shards-1 under `data.base_url`, and the last
+shard (data.val_shard) is always the validation split, whatever num_shards is. Files live in
+`data.dir` (default ${paths.data_dir}/<source>).
 
 Downloads are parallel and resumable: each shard is written to `<name>.partial` under a per-shard
 file lock (so two processes never write the same file), continued with an HTTP Range request when
@@ -77,7 +81,7 @@ class FinewebSource:
 
     def prepare_command(self) -> str:
         return (
-            f"python -m harness.prepare data=fineweb data.num_shards={self.data.num_shards} "
+            f"python -m harness.prepare data={self.data.source} data.num_shards={self.data.num_shards} "
             f"data.vocab_size={self.data.vocab_size} data.dir={self.dir}"
         )
 
@@ -93,7 +97,7 @@ class FinewebSource:
             parts.append(f"the tokenizer {self.tokenizer_dir.name}")
         if parts:
             raise ConfigError(
-                f"data=fineweb with data.num_shards={self.data.num_shards} is missing {' and '.join(parts)} "
+                f"data={self.data.source} with data.num_shards={self.data.num_shards} is missing {' and '.join(parts)} "
                 f"in {self.dir}; run: {self.prepare_command()}"
             )
 
@@ -108,7 +112,7 @@ class FinewebSource:
             for i in indices
             for group in range(parquet_row_groups(self.shard_path(i), TEXT_COLUMN))
         ]
-        name = f"data=fineweb {'training shards' if split == 'train' else 'validation shard'}"
+        name = f"data={self.data.source} {'training shards' if split == 'train' else 'validation shard'}"
         return TextCorpus(name, units, lambda unit: read_row_group(*unit, TEXT_COLUMN), tok)
 
     # preparing --------------------------------------------------------------------------
@@ -124,7 +128,7 @@ class FinewebSource:
         self.dir.mkdir(parents=True, exist_ok=True)
         errors = []
         workers = min(self.data.download_workers, len(indices))
-        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(indices), unit="shard", desc="fineweb") as bar:
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(indices), unit="shard", desc=self.data.source) as bar:
             futures = {pool.submit(self.download_shard, i): i for i in indices}
             for future in as_completed(futures):
                 try:
@@ -221,7 +225,7 @@ class FinewebSource:
         size_gb = sum(p.stat().st_size for p in on_disk) / 1e9
         val = "present" if self.shard_path(self.data.val_shard).exists() else "MISSING"
         lines = [
-            f"fineweb: {self.dir} holds {len(on_disk)} shards ({size_gb:.2f} GB)",
+            f"{self.data.source}: {self.dir} holds {len(on_disk)} shards ({size_gb:.2f} GB)",
             f"  training: {len(present)} of {self.data.num_shards} shards (0..{self.data.num_shards - 1}); "
             f"validation: shard {self.data.val_shard} {val}"
             + (

@@ -36,6 +36,8 @@ from harness.results.rundir import RunDir, find_run_dirs
 MISSING = "missing"
 COMPLETED = "completed"
 DEPTH_KEY = "model.depth"
+# A recipe sets keys in many groups; where they vary only with it, the recipe's name is the variant.
+RECIPE_KEY = "recipe.name"
 SEED_KEY = "seed"
 NAME_KEY = "name"
 NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.")
@@ -160,6 +162,8 @@ def variant_keys(configs: Sequence[dict[str, Any]], axes: Sequence[str]) -> list
     their own group that varies more (`mlp_lr.name` implies `mlp_lr.shape_rule`)."""
     table = pd.DataFrame([{k: _hashable(flat.get(k)) for k in (*axes, DEPTH_KEY)} for flat in configs])
     free = [k for k in axes if k != DEPTH_KEY and not _implied_by(table, k, [DEPTH_KEY])]
+    if RECIPE_KEY in free:
+        free = [k for k in free if k == RECIPE_KEY or not _implied_by(table, k, [RECIPE_KEY, DEPTH_KEY])]
     kept: list[str] = []
     for group in dict.fromkeys(k.split(".")[0] for k in free):
         members = sorted((k for k in free if k.split(".")[0] == group), key=lambda k: -table[k].nunique())

@@ -1,0 +1,82 @@
+"""The July recipe's optimizer (MuonEq, Muon+, per-group AdamW, the smear group) sharded over two CPU
+processes equals the single-process step on the averaged gradients, as the January one does."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from harness.cli import compose
+from harness.config import lr_placement, model_config, optim_config
+from harness.optim import DistMuonAdamW, MuonAdamW, build_optimizer
+from models.gpt import GPT
+
+WORLD, STEPS = 2, 3
+DEPTHS = (4, 3)  # depth 3: stacks of odd length, padded across ranks
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_model(depth: int):
+    cfg = compose(["recipe=nanochat_2026_07", "model=tiny", f"model.depth={depth}", "mlp_lr=pr492_shape_rule"])
+    torch.manual_seed(0)
+    model = GPT(model_config(cfg))
+    model.init_weights()
+    for p in model.parameters():  # nonzero everywhere, so every update rule is exercised
+        p.data.normal_(0, 0.1)
+    return model, cfg
+
+
+def rank_gradients(model, rank: int, step: int) -> dict:
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return {n: torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+
+
+def _worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    for depth in DEPTHS:
+        model, cfg = fresh_model(depth)
+        opt, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu", WORLD, rank)
+        assert isinstance(opt, DistMuonAdamW)
+        for step in range(STEPS):
+            grads = rank_gradients(model, rank, step)
+            for n, p in model.named_parameters():
+                p.grad = grads[n]
+            opt.step()
+        if rank == 0:
+            torch.save(model.state_dict(), f"{out_dir}/{depth}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def distributed_results(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("dist07")
+    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
+    return out_dir
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_sharded_july_step_equals_the_single_process_step(distributed_results, depth):
+    model, cfg = fresh_model(depth)
+    opt, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu")
+    assert type(opt) is MuonAdamW
+    assert {g["row_equilibration"] for g in opt.param_groups if g["kind"] == "muon"} == {True}
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step in range(STEPS):
+        per_rank = [rank_gradients(model, r, step) for r in range(WORLD)]
+        for n, p in model.named_parameters():
+            p.grad = sum(g[n] for g in per_rank) / WORLD
+        opt.step()
+    distributed = torch.load(distributed_results / f"{depth}.pt")
+    for n, p in model.state_dict().items():
+        torch.testing.assert_close(distributed[n], p, rtol=1e-5, atol=1e-6, msg=n)
+    assert not torch.equal(start["smear_lambda"], model.smear_lambda.detach())
