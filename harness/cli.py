@@ -119,3 +119,34 @@ def exit_on_config_error(fn):
             sys.exit(USAGE_EXIT_CODE)
 
     return wrapper
+
+
+# Groups every run composes (configs/config.yaml's defaults list); deleting one (~model) leaves a
+# config no command can run.
+REQUIRED_GROUPS = ("model", "rope", "mlp_lr", "optim", "data", "train", "eval", "logger", "launcher")
+# Sections whose keys the code reads one by one, so an added key (+model.foo=1) would be ignored
+# without a word; train, optim, mlp_lr and eval refuse unknown keys when they are converted.
+FREE_SECTIONS = ("model", "rope", "data", "paths", "sweep", "logger")
+# Keys the code reads with a default, so a run may add them although no YAML file sets them.
+OPTIONAL_KEYS = ("model.rotary_cache_len", "ve_gate_channels")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse a deleted group (~model) and an added key nothing reads (+foo=1, +model.foo=1)."""
+    for override in overrides:
+        if override.startswith("~") and override[1:].split("=")[0] in REQUIRED_GROUPS:
+            group = override[1:].split("=")[0]
+            options = ", ".join(sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")))
+            raise ConfigError(f"{override} deletes the {group} group, which every run needs; choose one of: {options}")
+    added = [o for o in overrides if o.startswith("+") and not o.startswith("++")]
+    for override in added:
+        key = override[1:].split("=", 1)[0]
+        section, _, name = key.rpartition(".")
+        if key in OPTIONAL_KEYS or (section and section not in FREE_SECTIONS) or key.startswith("hydra"):
+            continue
+        base = compose([o for o in overrides if o != override])
+        node = OmegaConf.select(base, section) if section else base
+        if isinstance(node, DictConfig) and name not in node:
+            optional = (k.rpartition(".")[2] for k in OPTIONAL_KEYS if k.rpartition(".")[0] == section)
+            allowed = sorted({*map(str, node.keys()), *optional})
+            raise ConfigError(f"unknown key {key}; allowed: {', '.join(allowed)}")

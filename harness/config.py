@@ -203,6 +203,39 @@ def _require_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
 
 
+def _require_at_least(key: str, value: float, lowest: float) -> None:
+    if not value >= lowest:  # `not >=` also refuses NaN
+        raise ConfigError(f"{key}={value} must be at least {lowest:g}")
+
+
+def _require_beta(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{key}={value} must be in [0, 1)")
+
+
+# torch.manual_seed takes any integer that fits in 64 bits, signed or not.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} must be an integer")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"seed={seed} is outside what torch accepts: [-2**63, 2**64 - 1]")
+    return seed
+
+
+def check_logger(logger: Any) -> None:
+    """The logger's kind and mode, before a run directory exists (building the logger checks them
+    again, on every rank)."""
+    from harness.loggers import LOGGER_KINDS, WANDB_MODES
+
+    kind = logger.get("kind", "none")
+    _require_choice("logger.kind", kind, LOGGER_KINDS)
+    if kind != "none":
+        _require_choice("logger.mode", logger.get("mode", "online"), WANDB_MODES)
+
+
 # sections --------------------------------------------------------------------------------
 def model_config(cfg: DictConfig) -> GPTConfig:
     """The network's dataclass from the model, rope and data sections."""
@@ -242,12 +275,30 @@ SHAPE_RULES = ("none", "legacy", "pr492")
 def lr_placement(cfg: DictConfig) -> LRPlacement:
     placement = to_dataclass(LRPlacement, cfg.mlp_lr, "mlp_lr")
     _require_choice("mlp_lr.shape_rule", placement.shape_rule, SHAPE_RULES)
+    for i, multiplier in enumerate(placement.multipliers):
+        _require_at_least(f"mlp_lr.multipliers[{i}].value", multiplier.value, 0.0)
     return placement
 
 
 def optim_config(cfg: DictConfig) -> OptimConfig:
     optim = to_dataclass(OptimConfig, cfg.optim, "optim")
     _require_choice("optim.muon.dtype", optim.muon.dtype, ("auto", "float32", "bfloat16"))
+    muon, adamw = optim.muon, optim.adamw
+    for key in ("lr", "weight_decay"):
+        _require_at_least(f"optim.muon.{key}", getattr(muon, key), 0.0)
+    for key in ("unembedding_lr", "embedding_lr", "scalar_lr", "weight_decay", "eps"):
+        _require_at_least(f"optim.adamw.{key}", getattr(adamw, key), 0.0)
+    # Momenta and betas are decay rates: 1 or more never forgets, or grows without bound.
+    for key in ("momentum", "warmup_momentum", "beta2"):
+        _require_beta(f"optim.muon.{key}", getattr(muon, key))
+    for key in ("betas", "x0_betas"):
+        for i, beta in enumerate(getattr(adamw, key)):
+            _require_beta(f"optim.adamw.{key}[{i}]", beta)
+    if muon.ns_steps < 1:
+        raise ConfigError(f"optim.muon.ns_steps={muon.ns_steps} must be at least 1 (Newton-Schulz iterations)")
+    for key in ("reference_batch_tokens",):
+        if getattr(optim, key) <= 0:
+            raise ConfigError(f"optim.{key}={getattr(optim, key)} must be positive")
     _require_choice("optim.muon.weight_decay_rule", optim.muon.weight_decay_rule, ("depth_squared", "horizon"))
     _require_choice("optim.muon.weight_decay_schedule", optim.muon.weight_decay_schedule, ("linear", "cosine"))
     if optim.reference_depth <= 0:
@@ -279,6 +330,21 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     for key in ("device_batch_size", "print_every", "checkpoint_every"):
         if getattr(train, key) <= 0:
             raise ConfigError(f"train.{key}={getattr(train, key)} must be positive")
+    for key in ("warmup_ratio", "warmdown_ratio", "final_lr_frac"):
+        value = getattr(train, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"train.{key}={value} must be in [0, 1]")
+    if train.warmup_ratio + train.warmdown_ratio > 1.0:
+        raise ConfigError(
+            f"train.warmup_ratio + train.warmdown_ratio = {train.warmup_ratio} + {train.warmdown_ratio} "
+            "must be at most 1 (they split one horizon)"
+        )
+    if not train.divergence_factor > 1.0:
+        raise ConfigError(
+            f"train.divergence_factor={train.divergence_factor} must be greater than 1 "
+            "(a loss above factor x its best smoothed value counts as diverged)"
+        )
+    _require_at_least("train.divergence_after_steps", train.divergence_after_steps, 0)
     if train.total_batch_tokens == AUTO_BATCH:
         optim = to_dataclass(OptimConfig, cfg.optim, "optim")
         batch = recipe.auto_total_batch(
@@ -331,3 +397,13 @@ def num_iterations(train: TrainConfig, scaling_params: int, flops_per_token: flo
     if steps <= 0:
         raise ConfigError(f"the configured horizon rounds to {steps} steps; raise it")
     return steps
+
+
+def check_rope(model: GPTConfig, device: Any) -> None:
+    """rope.split=fused is a CUDA (Triton) kernel: refused before any model is built elsewhere."""
+    if model.rope_split == "fused":
+        from models.rotary import fused_unavailable_reason
+
+        reason = fused_unavailable_reason(device)
+        if reason is not None:
+            raise ConfigError(reason)

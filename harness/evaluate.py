@@ -1,6 +1,7 @@
 """`python -m harness.evaluate run_dir=PATH [OPTION ...]`: score a run's checkpoint after the fact.
 
-Loads the run's saved config and its latest checkpoint, measures validation bits per byte and
+Loads the run's saved config and its newest valid checkpoint (harness.lifecycle verifies it and
+holds the run's lock meanwhile), measures validation bits per byte and
 CORE, appends one metrics record at the checkpoint's step and adds the numbers to summary.json,
 without training. Under torchrun every rank scores its share and rank 0 writes.
 """
@@ -22,7 +23,8 @@ from harness.config import model_config, train_config
 from harness.distributed import destroy_process_group, dist_info_from_env, init_process_group
 from harness.errors import ConfigError
 from harness.hardware import resolve_device
-from harness.results.rundir import RunDir
+from harness.lifecycle import RunBusy, RunStopped, broadcast_decision, checkpoint_for_evaluation, claimed
+from harness.results.rundir import CheckpointRefused, RunDir
 from models.gpt import GPT
 
 DESCRIPTION = """\
@@ -116,8 +118,7 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
     if not rundir.exists():
         raise ConfigError(f"run_dir={run_dir} has no config.yaml; it is not a run directory")
     cfg = run_config(rundir, overrides)
-    checkpoint = rundir.latest_checkpoint()
-    if checkpoint is None:
+    if not rundir.list_checkpoints():
         raise ConfigError(f"run_dir={run_dir} has no checkpoint in {rundir.checkpoints_dir}")
     if options["core"]:
         check_bundle(cfg)
@@ -127,22 +128,25 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
         device = torch.device("cuda", info.local_rank)
     init_process_group(info, device)
     try:
-        state = RunDir.load_checkpoint(checkpoint)
-        tokenizer = build_tokenizer(cfg)
-        check_tokenizer(checkpoint, state["tokenizer"], tokenizer)
-        model = load_model(cfg, state["model"], device)
-        autocast = autocast_for(device, str(cfg.train.dtype))
-        values, evaluation = {}, {"step": state["step"], "checkpoint": checkpoint.name}
-        for wanted, measure in ((options["bpb"], measure_bpb), (options["core"], measure_core)):
-            if wanted:
-                measured, details = measure(cfg, model, tokenizer, device, autocast)
-                values.update(measured)
-                evaluation.update(details)
-        record = metrics_record(cfg, state, values)
-        if info.is_main:
-            rundir.append_metrics(record)
-            update_summary(rundir, evaluation, values)
-        return record
+        # One writer: a run being trained (or evaluated) elsewhere is left alone.
+        with claimed(rundir, "evaluated", info.is_main):
+            checkpoint = Path(broadcast_decision(lambda: str(checkpoint_for_evaluation(rundir))))
+            state = RunDir.load_checkpoint(checkpoint)  # weights-only: a checkpoint cannot run code
+            tokenizer = build_tokenizer(cfg)
+            check_tokenizer(checkpoint, state["tokenizer"], tokenizer)
+            model = load_model(cfg, state["model"], device)
+            autocast = autocast_for(device, str(cfg.train.dtype))
+            values, evaluation = {}, {"step": state["step"], "checkpoint": checkpoint.name}
+            for wanted, measure in ((options["bpb"], measure_bpb), (options["core"], measure_core)):
+                if wanted:
+                    measured, details = measure(cfg, model, tokenizer, device, autocast)
+                    values.update(measured)
+                    evaluation.update(details)
+            record = metrics_record(cfg, state, values)
+            if info.is_main:
+                rundir.append_metrics(record)
+                update_summary(rundir, evaluation, values)
+            return record
     finally:
         destroy_process_group()
 
@@ -217,7 +221,11 @@ def update_summary(rundir: RunDir, evaluation: dict, values: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     run_dir, options, overrides = parse_arguments(args.arguments)
-    record = evaluate_run(run_dir, options, overrides)
+    try:
+        record = evaluate_run(run_dir, options, overrides)
+    except (RunBusy, RunStopped, CheckpointRefused) as e:
+        print(f"error: {e}", file=sys.stderr)  # not a usage mistake: the run is busy or its checkpoints are bad
+        sys.exit(1)
     if dist_info_from_env().is_main:
         shown = {k: v for k, v in record.items() if k in ("step", "val_bpb", "core")}
         print(" | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))

@@ -4,9 +4,10 @@
     python -m harness.train -m experiment=smoke                       # a sweep (Hydra multirun)
 
 Order of work: check the whole config (batch arithmetic, horizon, LR placement, data and CORE
-bundle present) before anything heavy; open the run directory, which is the run's identity
-(a completed run is skipped, an interrupted one resumes from its newest checkpoint); then build
-tokenizer, model, optimizer and data, and loop: evaluate when due, take a step, log, checkpoint.
+bundle present) before anything heavy; claim the run directory, which is the run's identity, and
+let harness.lifecycle decide what this invocation does there (train, resume from the newest valid
+checkpoint, skip, refuse); then build tokenizer, model, optimizer and data, and loop: evaluate when
+due, take a step, log, checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import logging
 import math
 import random
-import shutil
 import signal
 import statistics
 import sys
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from harness.cli import CONFIG_DIR
 from harness.config import (
@@ -36,6 +36,9 @@ from harness.config import (
     LRPlacement,
     OptimConfig,
     TrainConfig,
+    check_logger,
+    check_rope,
+    check_seed,
     eval_config,
     grad_accum_steps,
     lr_placement,
@@ -48,7 +51,6 @@ from harness.distributed import (
     DistInfo,
     all_reduce_mean,
     any_rank,
-    barrier,
     broadcast_parameters,
     destroy_process_group,
     dist_info_from_env,
@@ -58,6 +60,25 @@ from harness.distributed import (
 from harness.errors import USAGE_EXIT_CODE, ConfigError
 from harness.eval.bpb import evaluate_bpb
 from harness.hardware import peak_flops, resolve_device
+from harness.lifecycle import (
+    RunBusy,
+    RunStopped,
+    Start,
+    broadcast_decision,
+    claimed,
+    decide,
+    describe_fault,
+    is_environment_fault,
+    list_tree,
+    load_for_resume,
+    location_keys,
+    prepare,
+    record_config_failure,
+    resolved_config,
+    trim_metrics,
+    tuple_tree,
+    write_checkpoint,
+)
 from harness.optim import build_optimizer, format_parameter_table, parameter_table, summarize_parameter_table
 from harness.provenance import provenance
 from harness.reshard import load_rank_shard
@@ -67,8 +88,6 @@ from models.gpt import GPT, GPTConfig
 
 log = logging.getLogger("ablate.train")
 
-# Config keys that may change between invocations of the same run without changing what it computes.
-RESUME_IGNORED_PREFIXES = ("paths.", "train.resume", "sweep.", "logger.", "launcher.", "name")
 # Steps left out of the throughput summary: the first ones include compilation and warm-up.
 THROUGHPUT_WARMUP_STEPS = 5
 
@@ -115,8 +134,8 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
     fpt = meta_model.flops_per_token()
     parameter_table(meta_model, optim, placement, train.total_batch_tokens)  # rejects LR-placement typos
     steps = num_iterations(train, counts["scaling"], fpt)
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
+    check_seed(cfg.seed)
+    check_logger(cfg.logger)
     if evals.val_every <= 0:
         raise ConfigError(f"eval.val_every={evals.val_every} must be positive")
     one_batch_per_rank = train.device_batch_size * model_cfg.sequence_len * dist.world_size
@@ -129,6 +148,10 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
         from harness.data.loader import check_streams
 
         check_streams(cfg, train.total_batch_tokens // model_cfg.sequence_len, dist.world_size)
+        if not str(cfg.paths.runs_dir).strip():
+            raise ConfigError("paths.runs_dir='' is empty; give the folder runs are written to (default: runs)")
+        if cfg.launcher.get("kind") in ("local", "torchrun"):  # runs on this machine (SLURM jobs run elsewhere)
+            check_rope(model_cfg, device)
         check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
         check_data(cfg)
         if evals.core.get("enabled", False):
@@ -146,64 +169,6 @@ def check_writable(key: str, path: Path) -> None:
             pass
     except OSError as e:
         raise ConfigError(f"{key}={path} is not a writable directory ({e.strerror})") from None
-
-
-# the run directory: identity, resume, skip -------------------------------------------------
-def resolved_config(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def location_keys(cfg: DictConfig) -> set[str]:
-    """Keys whose value comes from paths.* or the environment: where files live, not what a run computes."""
-    unresolved = _flatten(OmegaConf.to_container(cfg, resolve=False))
-    return {k for k, v in unresolved.items() if isinstance(v, str) and ("${paths." in v or "${oc.env" in v)}
-
-
-def config_differences(saved: dict, current: dict, ignored: set[str] = frozenset()) -> list[str]:
-    """Flattened keys whose values differ, leaving out keys that do not change what a run computes."""
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
-    keys = sorted(set(flat_saved) | set(flat_current))
-    return [
-        k
-        for k in keys
-        if not k.startswith(RESUME_IGNORED_PREFIXES) and k not in ignored and flat_saved.get(k) != flat_current.get(k)
-    ]
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def decide_start(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignored: set[str]) -> str:
-    """'fresh', 'resume' or 'skip' for this run directory, refusing a changed config."""
-    if resume == "never" or not rundir.exists():
-        return "fresh"
-    changed = config_differences(rundir.read_config(), config, ignored)
-    if changed and resume != "force":
-        shown = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
-        raise ConfigError(
-            f"{rundir.path} holds a run with a different config ({shown}); "
-            f"use another name=..., or train.resume=force to continue anyway, or train.resume=never to restart"
-        )
-    status = rundir.status()
-    if status == "completed":
-        return "skip"
-    if status in ("failed", "diverged"):
-        return "fresh" if retry_failed else "skip"
-    return "resume" if rundir.latest_checkpoint() is not None else "fresh"
-
-
-def clear_run(rundir: RunDir) -> None:
-    """Start over in an existing run directory: drop metrics, summary and checkpoints."""
-    for path in (rundir.metrics_path, rundir.summary_path):
-        path.unlink(missing_ok=True)
-    shutil.rmtree(rundir.checkpoints_dir, ignore_errors=True)
 
 
 # the trainer ---------------------------------------------------------------------------------
@@ -332,51 +297,62 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)
         self.stop_signal: int | None = None
         self.divergence: str | None = None
+        self.saved_step: int | None = None  # the step of the checkpoint on disk that this process wrote or read
 
     # checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Every rank writes its shard (optimizer state, data position, RNG), then rank 0 the main
-        file (model, progress), whose presence marks the checkpoint complete."""
-        dist_info, step = self.plan.dist, self.state.step
-        self.rundir.save_checkpoint_shard(
+        """Every rank its shard, then rank 0 the main file and the manifest (harness.lifecycle)."""
+        step = self.state.step
+        if step == self.saved_step:
+            return  # resumed here and stopped at once: that checkpoint is already on disk
+        path = write_checkpoint(
+            self.rundir,
             step,
-            dist_info.rank,
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "loader": self.loader.state_dict(),
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                    "python": random.getstate(),
-                },
-            },
+            self.plan.dist,
+            self.device,
+            self.shard_state(),
+            self.main_state,
+            self.plan.train.keep_checkpoints,
         )
-        barrier()
-        if dist_info.is_main:
-            state = {
-                "step": step,
-                "world_size": dist_info.world_size,
-                "model": self.model.state_dict(),
-                "train_state": asdict(self.state),
-                "metrics_records": self.metrics_records,
-                "tokenizer": self.tokenizer_hash,
-                "config": resolved_config(self.plan.cfg),
-            }
-            path = self.rundir.save_checkpoint(step, state, self.plan.train.keep_checkpoints)
+        if path is not None:
             log.info(f"checkpoint {path}")
-        barrier()
+        self.saved_step = step
 
-    def restore(self, path: Path) -> None:
-        ckpt = RunDir.load_checkpoint(path)
+    def shard_state(self) -> dict:
+        """This rank's part: tensors and plain values only (a weights-only load takes them back)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "python": list_tree(random.getstate()),
+            },
+        }
+
+    def main_state(self) -> dict:
+        return {
+            "step": self.state.step,
+            "world_size": self.plan.dist.world_size,
+            "model": self.model.state_dict(),
+            "train_state": asdict(self.state),
+            "metrics_records": self.metrics_records,
+            "tokenizer": self.tokenizer_hash,
+            "config": resolved_config(self.plan.cfg),
+        }
+
+    def restore(self, path: Path, ckpt: dict, shard: dict) -> None:
+        """Continue from checkpoint `path`, whose main file and this rank's shard are loaded."""
         check_tokenizer(path, ckpt["tokenizer"], self.tokenizer)
-        # Another world size re-shards the optimizer state (the data position is per stream, not per rank).
-        shard = load_rank_shard(
-            lambda rank: RunDir.load_checkpoint(path, rank=rank),
-            ckpt["world_size"],
-            self.plan.dist.world_size,
-            self.plan.dist.rank,
-            self.optimizer,
-        )
+        if ckpt["world_size"] != self.plan.dist.world_size:
+            # Another world size: the optimizer state is re-sharded (the data position is per stream, not per rank).
+            shard = load_rank_shard(
+                lambda rank: RunDir.load_checkpoint(path, rank=rank),
+                ckpt["world_size"],
+                self.plan.dist.world_size,
+                self.plan.dist.rank,
+                self.optimizer,
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(shard["optimizer"])
         self.state = TrainState(**ckpt["train_state"])
@@ -384,10 +360,11 @@ class Trainer:
         torch.set_rng_state(shard["rng"]["torch"])
         if shard["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(shard["rng"]["cuda"], self.device)
-        random.setstate(shard["rng"]["python"])
+        random.setstate(tuple_tree(shard["rng"]["python"]))
         self._open_loader(shard["loader"])
         if self.plan.dist.is_main:
-            self.rundir.truncate_metrics(self.metrics_records)
+            trim_metrics(self.rundir, self.metrics_records, self.state.step)
+        self.saved_step = self.state.step
         log.info(f"resumed from {path} at step {self.state.step}")
 
     def _open_loader(self, state: dict | None) -> None:
@@ -527,13 +504,15 @@ class Trainer:
         state.min_loss_ema = min(state.min_loss_ema, state.loss_ema)
 
     # the loop ------------------------------------------------------------------------------
-    def run(self, start: str) -> str:
+    def run(self, resume: tuple[Path, dict, dict] | None) -> str:
         """Train to the horizon. Returns the final status: completed, diverged or interrupted."""
-        if start == "resume":
-            self.restore(self.rundir.latest_checkpoint())
+        if resume is not None:
+            self.restore(*resume)
         else:
             self._open_loader(None)
         first_step, last_step = self.state.step, self.plan.num_iterations
+        if resume is not None and first_step == last_step:
+            return "completed"  # the final checkpoint is written after the final evaluation: nothing is left
         while True:
             step = self.state.step
             if step > first_step and step % self.plan.train.checkpoint_every == 0 and step < last_step:
@@ -614,74 +593,88 @@ def base_summary(plan: RunPlan) -> dict:
 
 # entry points ----------------------------------------------------------------------------------
 def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
-    """Train (or skip, or resume) the run in `run_dir`; returns its summary. Usable without Hydra."""
-    from harness.loggers import build_logger
-
+    """Train (or skip, or resume) the run in `run_dir`; returns its summary. Usable without Hydra.
+    What this invocation does with an existing run directory is harness.lifecycle's decision."""
     plan = plan_run(cfg)
     rundir = RunDir(run_dir)
     config = resolved_config(cfg)
-    start = decide_start(rundir, config, plan.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
-    if start == "skip":
-        summary = rundir.read_summary() or {}
-        log.info(
-            f"{rundir.path}: already {summary.get('status')}; nothing to do"
-            + ("" if summary.get("status") == "completed" else " (sweep.retry_failed=true retries it)")
-        )
-        return summary
     init_process_group(plan.dist, plan.device)
-    started_at = _now()
-    if plan.dist.is_main:
-        if start == "fresh":
-            clear_run(rundir)
-        rundir.write_config(config)
-        rundir.write_summary({**base_summary(plan), "status": "running", "started_at": started_at})
-    logger = build_logger(
-        cfg.logger,
-        run_dir=rundir.path,
-        run_name=run_name or rundir.path.name,
-        group=str(cfg.name),
-        config=config,
-        rank=plan.dist.rank,
-    )
-    trainer, status, error = None, "failed", None
     try:
+        with claimed(rundir, "trained", plan.dist.is_main):
+            start = broadcast_decision(
+                lambda: decide(rundir, config, plan.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
+            )
+            if start.action == "skip":
+                log.info(f"{rundir.path}: {start.reason}")
+                return rundir.read_summary() or {}
+            resume = None
+            if start.action == "resume":
+                checkpoint = Path(start.checkpoint)
+                resume = (checkpoint, *load_for_resume(checkpoint, plan.dist.rank, plan.device))
+            return train_claimed(plan, rundir, config, start, resume, run_name)
+    except RunBusy as e:
+        log.warning(str(e))  # that process trains it; a sweep moves on to its next run
+        return {}
+    finally:
+        destroy_process_group()
+
+
+def train_claimed(plan: RunPlan, rundir: RunDir, config: dict, start: Start, resume, run_name: str) -> dict:
+    """The run, its directory claimed: prepare it as decided, build, loop, record how it ended."""
+    from harness.loggers import build_logger
+
+    cfg = plan.cfg
+    started_at = _now()
+    trainer, logger, status, error = None, None, "failed", None
+    try:
+        if plan.dist.is_main:
+            log.info(f"{rundir.path}: {start.reason}")
+            prepare(rundir, start, config, {**base_summary(plan), "status": "running", "started_at": started_at})
+        logger = build_logger(
+            cfg.logger,
+            run_dir=rundir.path,
+            run_name=run_name or rundir.path.name,
+            group=str(cfg.name),
+            config=config,
+            rank=plan.dist.rank,
+        )
         trainer = Trainer(plan, rundir, logger)
         if plan.dist.is_main:
             rundir.params_path.write_text(format_parameter_table(trainer.param_rows))
             log.info(describe_plan(plan, trainer))
         with _stop_on_signals(trainer):
-            status = trainer.run(start)
+            status = trainer.run(resume)
         error = trainer.divergence
     except KeyboardInterrupt:
         status, error = "interrupted", "KeyboardInterrupt"
         raise
     except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-        log.error(traceback.format_exc())
-        raise
+        if not is_environment_fault(e):
+            error = f"{type(e).__name__}: {e}"
+            log.error(traceback.format_exc())
+            raise
+        # The machine's fault, not the config's: resumable from the newest valid checkpoint.
+        status, error = "interrupted", describe_fault(e)
+        raise RunStopped(f"{rundir.path}: {error}; interrupted, re-run the same command to resume") from None
     finally:
         summary = (
             trainer.summary(status, error) if trainer else {**base_summary(plan), "status": status, "error": error}
         )
         summary.update(started_at=started_at, ended_at=_now())
         if plan.dist.is_main:
-            rundir.write_summary(summary)
-            logger.summary(summary)
-        logger.finish(status)
-        destroy_process_group()
+            try:
+                rundir.write_summary(summary)
+            except OSError as e:  # a full disk: the summary still says running, which resumes too
+                log.error(f"{rundir.summary_path}: not updated ({describe_fault(e)})")
+            if logger is not None:
+                logger.summary(summary)
+        if logger is not None:
+            logger.finish(status)
     log.info(f"{status}: {rundir.path} (final val bpb {summary.get('final_val_bpb')})")
     if status == "interrupted":
         _hand_over_signal(trainer.stop_signal)
         raise KeyboardInterrupt(f"stopped by signal {trainer.stop_signal}; checkpoint saved, re-run to resume")
     return summary
-
-
-def record_config_failure(run_dir: Path, cfg: DictConfig, message: str) -> None:
-    """In a sweep, a run rejected by its config still gets a run directory the report can show."""
-    rundir = RunDir(run_dir)
-    with contextlib.suppress(Exception):
-        rundir.write_config(resolved_config(cfg))
-    rundir.write_summary({"status": "failed", "error": f"ConfigError: {message}", "ended_at": _now(), **provenance()})
 
 
 def describe_plan(plan: RunPlan, trainer: Trainer) -> str:
@@ -770,7 +763,11 @@ def main(cfg: DictConfig) -> dict | None:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
             sys.exit(USAGE_EXIT_CODE)
-        record_config_failure(run_dir, cfg, str(e))
+        record_config_failure(RunDir(run_dir), resolved_config(cfg), str(e), provenance())
+    except RunStopped as e:
+        print(f"error: {e}", file=sys.stderr)  # one line; the run directory says interrupted or is untouched
+        if not multirun:
+            sys.exit(1)
     except KeyboardInterrupt:
         raise
     except Exception:
@@ -807,10 +804,11 @@ HYDRA_FLAGS = (
 
 def preflight(argv: list[str]) -> None:
     """Compose and check every job the command would launch, before the first one starts."""
-    from harness.cli import check_jobs, compose, expand_sweep
+    from harness.cli import check_jobs, check_overrides, compose, expand_sweep
     from harness.launch import launcher_world_size
 
     def check(job: list[str]) -> None:
+        check_overrides(job)
         cfg = compose(job)
         plan_run(cfg, world_size=launcher_world_size(cfg))
 

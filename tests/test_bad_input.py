@@ -16,6 +16,18 @@ def options(group: str) -> str:
     return ", ".join(sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")))
 
 
+def config_keys(section: str, *optional: str) -> str:
+    """The keys the smoke experiment's YAML files give a section (or the top level), and the
+    optional ones the code reads with a default."""
+    from omegaconf import OmegaConf
+
+    from harness.cli import compose
+
+    cfg = compose([SMOKE])
+    node = OmegaConf.select(cfg, section) if section else cfg
+    return ", ".join(sorted({*map(str, node.keys()), *optional}))
+
+
 TRAIN_KEYS = (
     "batch_exponent, checkpoint_every, compile, device, device_batch_size, divergence_after_steps, "
     "divergence_factor, dtype, final_lr_frac, horizon_rounding, keep_checkpoints, num_iterations, print_every, "
@@ -132,13 +144,39 @@ CASES = [
         f"{SMOKE} model.short_window_rounding=sideways",
         "model: short_window_rounding='sideways' is not one of ('down', 'up')",
     ),
+    # run integrity (issue 15, item 8): values out of range, keys nothing reads, deleted groups
+    (f"{SMOKE} train.warmup_ratio=1.5", "train.warmup_ratio=1.5 must be in [0, 1]"),
+    (f"{SMOKE} train.final_lr_frac=-0.1", "train.final_lr_frac=-0.1 must be in [0, 1]"),
+    (f"{SMOKE} optim.muon.lr=-0.02", "optim.muon.lr=-0.02 must be at least 0"),
+    (f"{SMOKE} optim.adamw.embedding_lr=-1", "optim.adamw.embedding_lr=-1.0 must be at least 0"),
+    (
+        f"{SMOKE} mlp_lr.multipliers=[{{match:'*.c_fc.weight',value:-2.0}}]",
+        "mlp_lr.multipliers[0].value=-2.0 must be at least 0",
+    ),
+    (f"{SMOKE} optim.adamw.betas=[0.8,1.0]", "optim.adamw.betas[1]=1.0 must be in [0, 1)"),
+    (f"{SMOKE} optim.muon.beta2=-0.5", "optim.muon.beta2=-0.5 must be in [0, 1)"),
+    (f"{SMOKE} optim.muon.ns_steps=0", "optim.muon.ns_steps=0 must be at least 1 (Newton-Schulz iterations)"),
+    (
+        f"{SMOKE} train.divergence_factor=1",
+        "train.divergence_factor=1.0 must be greater than 1 "
+        "(a loss above factor x its best smoothed value counts as diverged)",
+    ),
+    (
+        f"{SMOKE} seed=18446744073709551616",
+        "seed=18446744073709551616 is outside what torch accepts: [-2**63, 2**64 - 1]",
+    ),
+    (f"{SMOKE} paths.runs_dir=", "paths.runs_dir='' is empty; give the folder runs are written to (default: runs)"),
+    (f"{SMOKE} +foo=1", f"unknown key foo; allowed: {config_keys('', 've_gate_channels')}"),
+    (f"{SMOKE} +model.foo=1", f"unknown key model.foo; allowed: {config_keys('model', 'rotary_cache_len')}"),
+    (f"{SMOKE} ~model", f"~model deletes the model group, which every run needs; choose one of: {options('model')}"),
+    (f"{SMOKE} logger=wandb logger.mode=onlin", "logger.mode='onlin' is not one of: online, offline, disabled"),
 ]
 
 
 @pytest.mark.parametrize("command,message", CASES, ids=[c for c, _ in CASES])
 def test_bad_invocation_is_one_line_and_exit_code_2(command, message, monkeypatch, capsys, session_data_dir, tmp_path):
     monkeypatch.setattr(sys, "argv", ["harness.train", *command.split(), f"paths.runs_dir={tmp_path}/runs"])
-    if "paths.runs_dir=/etc" in command:  # the case under test names its own runs dir
+    if "paths.runs_dir=" in command:  # the case under test names its own runs dir
         monkeypatch.setattr(sys, "argv", ["harness.train", *command.split()])
     with pytest.raises(SystemExit) as exit_info:
         cli_main()
@@ -157,3 +195,17 @@ def test_the_process_exit_code_is_2(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr == f"error: model=d13 is not an option; choose from: {options('model')}\n"
+
+
+def test_rope_fused_without_cuda_is_refused_in_the_preflight(monkeypatch, capsys, tmp_path):
+    from models.rotary import fused_unavailable_reason
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reason = fused_unavailable_reason("cpu")
+    assert reason is not None and reason.startswith("rope.split=fused ")
+    monkeypatch.setattr(sys, "argv", ["harness.train", SMOKE, "rope=fused", f"paths.runs_dir={tmp_path}/runs"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {reason}\n"
+    assert not (tmp_path / "runs").exists()

@@ -3,11 +3,16 @@ counts, a diverging run in a sweep is recorded and the sweep goes on, and re-run
 sweep trains nothing. Real processes, real signals, the tiny smoke model on CPU."""
 
 import json
+import os
 import random
+import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,12 +159,13 @@ def test_torn_metrics_line_is_skipped_and_summaries_are_atomic(tmp_path):
 
 def run_files(runs) -> list:
     """What the runs wrote: config, metrics, summary, checkpoints (not Hydra's own bookkeeping,
-    which it rewrites on every invocation, nor logs and the report)."""
+    which it rewrites on every invocation, nor logs and the report, nor the lock file, which taking the
+    lock opens and some filelock versions truncate)."""
     return [
         p
         for rundir in find_run_dirs(runs)
         for p in rundir.path.rglob("*")
-        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != "run.lock"
     ]
 
 
@@ -199,6 +205,22 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on_and_rerunning_trains_
     after = sweep_summaries(tmp_path)
     assert after[0.5] == summaries[0.5] and after[0.4] == summaries[0.4]  # completed runs untouched
     assert after[1e30]["status"] == "diverged" and after[1e30]["started_at"] != summaries[1e30]["started_at"]
+    # The start-over kept the first attempt, and the report reads only the current one.
+    (retried_run,) = [r for r in find_run_dirs(tmp_path) if r.read_config()["optim"]["adamw"]["scalar_lr"] == 1e30]
+    first_attempt = RunDir(retried_run.path / "attempts" / "1")
+    assert first_attempt.read_summary() == summaries[1e30] and first_attempt.read_metrics()
+    assert len(find_run_dirs(tmp_path)) == 3
+
+    # A default changes after the sweep: every job is refused in one line, each run's record stays byte for byte.
+    for rundir in find_run_dirs(tmp_path):
+        config = rundir.read_config()
+        config["optim"]["muon"]["beta2"] = 0.9
+        rundir.write_config(config)
+    record = {p: p.read_bytes() for p in run_files(tmp_path)}
+    changed = subprocess.run(train_command(tmp_path, *sweep, multirun=True), capture_output=True, text=True)
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert changed.stderr.count("holds a run with a different config (optim.muon.beta2)") == 3, changed.stderr[-3000:]
+    assert {p: p.read_bytes() for p in run_files(tmp_path)} == record
 
 
 def test_rerunning_with_a_changed_config_is_refused(tmp_path, reference):
@@ -214,3 +236,256 @@ def test_rerunning_with_a_changed_config_is_refused(tmp_path, reference):
         f"error: {rundir.path} holds a run with a different config (optim.muon.beta2); use another name=..., "
         "or train.resume=force to continue anyway, or train.resume=never to restart"
     )
+
+
+# run integrity (issue 15): checkpoints that cannot run code, corruption, full disks, one writer ------------------
+@pytest.fixture(scope="module")
+def reference_root(reference):
+    """The runs folder the reference run lives in (copies of it keep the same relative path)."""
+    return reference.path.parent.parent
+
+
+def copy_of_reference(reference, reference_root, tmp_path, status: str | None = "interrupted") -> RunDir:
+    """The reference run copied to where the same command run in `tmp_path` finds it, marked as
+    stopped before the end (so re-running resumes instead of skipping)."""
+    target = tmp_path / reference.path.relative_to(reference_root)
+    shutil.copytree(reference.path, target)
+    rundir = RunDir(target)
+    if status is None:
+        rundir.summary_path.unlink()
+    else:
+        rundir.write_summary({**rundir.read_summary(), "status": status})
+    return rundir
+
+
+def snapshot(rundir: RunDir) -> dict:
+    """The run's record by content: every file but Hydra's .hydra/ and the job's log, which every
+    invocation rewrites, and the lock file (taking the lock opens it)."""
+    return {
+        p.relative_to(rundir.path): p.read_bytes()
+        for p in rundir.path.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != "run.lock"
+    }
+
+
+def rewrite_manifest(rundir: RunDir, checkpoint) -> None:
+    """What a careful forger does: make the manifest match the altered files."""
+    from harness.results.rundir import file_entry
+
+    manifest_path = rundir.manifest_path(checkpoint)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = [file_entry(checkpoint.parent / f["name"]) for f in manifest["files"]]
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_a_pickled_payload_in_a_checkpoint_is_not_executed_by_resume_or_evaluate(tmp_path, reference, reference_root):
+    marker = tmp_path / "payload_ran"
+    rundir = copy_of_reference(reference, reference_root, tmp_path / "runs")
+    newest = rundir.checkpoint_path(STEPS)
+    script = (
+        "import sys, torch\n"
+        "class Payload:\n"
+        "    def __reduce__(self):\n"
+        "        return (exec, (f'open({sys.argv[2]!r}, \"w\").close()',))\n"
+        "state = torch.load(sys.argv[1], weights_only=True)\n"
+        "state['train_state']['core'] = Payload()\n"
+        "torch.save(state, sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(newest), str(marker)], check=True)
+    rewrite_manifest(rundir, newest)
+    # The payload is live: a plain torch.load would run it.
+    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(newest)!r}, weights_only=False)"], check=True)
+    assert marker.exists()
+    marker.unlink()
+    before = snapshot(rundir)
+
+    resumed = subprocess.run(train_command(tmp_path / "runs"), capture_output=True, text=True)
+    assert resumed.returncode == 1, resumed.stderr[-2000:]
+    last = resumed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint file {newest} holds more than tensors and plain values"), last
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "harness.evaluate", f"run_dir={rundir.path}", "core=false"],
+        capture_output=True,
+        text=True,
+    )
+    assert evaluated.returncode == 1, evaluated.stderr[-2000:]
+    assert evaluated.stderr.strip().splitlines()[-1].startswith(f"error: checkpoint file {newest} holds more than")
+    assert not marker.exists(), "the checkpoint ran code"
+    assert snapshot(rundir) == before
+
+
+def tensor_data_offset(path, member_suffix: str = "") -> tuple[int, int]:
+    """Where the largest tensor's bytes lie in a torch.save zip: (offset, length)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+    return info.header_offset + 30 + name_length + extra_length, info.file_size
+
+
+def truncate_main(rundir, checkpoint):
+    with open(checkpoint, "r+b") as f:
+        f.truncate(checkpoint.stat().st_size // 2)
+
+
+def truncate_shard(rundir, checkpoint):
+    shard = rundir.shard_path(checkpoint, 0)
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 100)
+
+
+def zero_header(rundir, checkpoint):
+    with open(checkpoint, "r+b") as f:
+        f.write(bytes(512))
+
+
+def random_bytes_in_tensor_data(rundir, checkpoint):
+    offset, length = tensor_data_offset(checkpoint)
+    with open(checkpoint, "r+b") as f:
+        f.seek(offset + length // 2)
+        f.write(random.Random(0).randbytes(64))
+
+
+@pytest.mark.parametrize("corrupt", [truncate_main, truncate_shard, zero_header, random_bytes_in_tensor_data])
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_and_ends_bitwise_equal(
+    tmp_path, reference, reference_root, corrupt
+):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    newest = rundir.checkpoint_path(STEPS)
+    corrupt(rundir, newest)
+    resumed = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    warnings = [line for line in resumed.stdout.splitlines() + resumed.stderr.splitlines() if "trying the one" in line]
+    assert len(warnings) == 1 and f"checkpoint {newest.parent / newest.stem}: " in warnings[0], warnings
+    assert (rundir.checkpoints_dir / "rejected" / newest.name).exists()  # kept for a look, not deleted
+    assert rundir.read_summary()["status"] == "completed"
+    assert history(rundir) == history(reference)
+    expected = final_weights(reference)
+    for name, tensor in final_weights(rundir).items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_no_valid_checkpoint_says_so_and_touches_nothing(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    for checkpoint in rundir.list_checkpoints():
+        zero_header(rundir, checkpoint)
+    before = snapshot(rundir)
+    stopped = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert stopped.returncode == 1
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {rundir.checkpoints_dir}: no valid checkpoint (checkpoint ") and last.endswith(
+        "the run's files are left as they are"
+    ), last
+    assert snapshot(rundir) == before
+
+
+FULL_DISK = """
+import errno, os, sys
+target, when = sys.argv[1], sys.argv[2].encode()
+real_write = os.write
+
+def write(fd, data):
+    name = os.readlink(f"/proc/self/fd/{fd}")
+    if target in name and when in bytes(data):
+        real_write(fd, bytes(data)[: len(data) // 2])  # the disk fills up part-way through the write
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(fd, data)
+
+os.write = write
+sys.argv = ["harness.train", *sys.argv[3:]]
+from harness.train import cli_main
+cli_main()
+"""
+
+
+def test_a_full_disk_mid_checkpoint_or_mid_metrics_is_interrupted_and_resumes_to_the_same_run(tmp_path, reference):
+    rundir_path = None
+    # First the disk fills while checkpoint 12's shard is written (the shard holds the loader state)...
+    for target, when in (("step_00000012.rank000.pt", "loader"), ("metrics.jsonl", '"step": 10, "time_s"')):
+        full = subprocess.run(
+            [sys.executable, "-c", FULL_DISK, target, when, *train_command(tmp_path)[3:]],
+            capture_output=True,
+            text=True,
+        )
+        assert full.returncode == 1, full.stderr[-3000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in full.stderr
+        assert last.startswith("error: ") and "the disk is full: [Errno 28] No space left on device" in last, last
+        assert target in last and last.endswith("interrupted, re-run the same command to resume"), last
+        rundir = only_run(tmp_path)
+        rundir_path = rundir.path
+        assert rundir.read_summary()["status"] == "interrupted"
+        leftovers = [p.name for p in rundir.path.rglob("*") if p.name.endswith(".tmp") or "step_00000012" in p.name]
+        assert leftovers == []
+        assert rundir.latest_checkpoint() == rundir.checkpoint_path(8)
+        assert rundir.verify_checkpoint(rundir.checkpoint_path(8)) is None
+        rundir.read_metrics()  # no torn line left behind
+        # ...then, resumed from 8, while step 10's train record is appended; then space returns.
+    resumed = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rundir = RunDir(rundir_path)
+    assert rundir.read_summary()["status"] == "completed"
+    assert history(rundir) == history(reference)
+
+
+def test_a_second_process_on_a_held_run_names_the_holder_and_writes_nothing(tmp_path, reference, reference_root):
+    from harness.lifecycle import RunLock
+
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    lock = RunLock(rundir, "trained")
+    lock.acquire()
+    try:
+        before = snapshot(rundir)
+        second = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+        after = snapshot(rundir)
+    finally:
+        lock.release()
+    assert second.returncode == 0, second.stderr[-2000:]
+    holder = json.loads(before[Path("run.lock.json")])
+    lines = [line for line in (second.stdout + second.stderr).splitlines() if "leaving the run to it" in line]
+    assert len(lines) == 1, second.stderr[-2000:]
+    assert lines[0].endswith(
+        f"{rundir.path}: trained by host {socket.gethostname()} pid {os.getpid()} since {holder['since']}; "
+        "leaving the run to it"
+    )
+    assert after == before
+
+
+def test_two_identical_sweeps_launched_together_train_each_run_once(tmp_path):
+    sweep = ["rope=slice", "mlp_lr=c_fc_2x,none", "seed=0,1", "train.num_iterations=8", "eval.val_every=4"]
+    command = train_command(tmp_path, *sweep, multirun=True)
+
+    def with_own_report(name: str) -> list[str]:  # the same runs; each launch writes its report apart
+        return [f"paths.results_dir={tmp_path}/{name}" if a.startswith("paths.results_dir=") else a for a in command]
+
+    first = subprocess.Popen(with_own_report("a"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = subprocess.Popen(with_own_report("b"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    runs = find_run_dirs(tmp_path)
+    assert len(runs) == 4
+    for rundir in runs:
+        assert rundir.read_summary()["status"] == "completed"
+        steps = [r["step"] for r in rundir.read_metrics() if "train_loss" in r]
+        assert steps == list(range(1, 9)), (rundir.path, steps)  # each step recorded once
+    trained = [sum("training from step 0" in line or "a new run" in line for line in o.splitlines()) for o in outputs]
+    assert sum(trained) == 4, trained
+
+
+def test_deleting_the_summary_of_a_completed_run_adds_no_records_and_a_torn_line_is_reported(
+    tmp_path, reference, reference_root
+):
+    rundir = copy_of_reference(reference, reference_root, tmp_path, status=None)
+    lines = rundir.metrics_path.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:10] + "\n"  # a torn line in the middle (a disk that lost part of a write)
+    rundir.metrics_path.write_text("".join(lines))
+    rerun = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rundir.read_summary()["status"] == "completed"
+    warned = [line for line in (rerun.stdout + rerun.stderr).splitlines() if "unreadable (dropped)" in line]
+    assert len(warned) == 1 and "0 are missing and 1 unreadable" in warned[0], warned
+    expected = history(reference)
+    assert history(rundir) == expected[:2] + expected[3:]

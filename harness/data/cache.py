@@ -31,9 +31,16 @@ def fingerprint(*parts) -> str:
 
 
 def lock_for(path: Path) -> FileLock:
-    """The lock that guards building `path`; the lock file sits beside it."""
+    """The lock that guards building `path`; the lock file sits beside it, writable by whoever the
+    umask lets write (taking a lock opens its file for writing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path) + ".lock")
+    return FileLock(str(path) + ".lock", mode=0o666 & ~umask())
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def build_once(final: Path, build: Callable[[Path], None]) -> Path:
@@ -45,6 +52,9 @@ def build_once(final: Path, build: Callable[[Path], None]) -> Path:
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
+            # mkdtemp makes 0700; a cache is prepared once per shared filesystem, so it follows the
+            # umask as run files do, and teammates can read it.
+            os.chmod(tmp, 0o777 & ~umask())
             build(tmp)
             os.rename(tmp, final)
         except BaseException:

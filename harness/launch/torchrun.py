@@ -54,7 +54,7 @@ def run_on_workers(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
 
     nproc = int(cfg.launcher.nproc_per_node)
     # Unresolved: the workers resolve ${paths...} and ${oc.env:...} themselves (same environment), so
-    # resume still tells which keys only say where files live (harness.train.location_keys).
+    # resume still tells which keys only say where files live (harness.lifecycle.location_keys).
     config = OmegaConf.to_container(cfg, resolve=False)
     log.info(f"{run_dir}: starting {nproc} processes")
     try:
@@ -177,7 +177,7 @@ def worker_failure(error, rundir: RunDir) -> Exception:
     rank, failure = error.get_first_failure()
     message = failure.message["message"] if isinstance(failure.message, dict) else str(failure.message)
     summary = rundir.read_summary() or {}
-    if summary.get("status") == "interrupted":
+    if summary.get("status") == "interrupted" and not summary.get("error"):  # stopped by a signal
         return KeyboardInterrupt(f"rank {rank}: {message}")
     config_error = f"{ConfigError.__name__}: "
     if message.startswith(config_error):
@@ -185,5 +185,7 @@ def worker_failure(error, rundir: RunDir) -> Exception:
     if summary.get("status") != "diverged":
         # A worker killed by a signal, or one failing before rank 0's own summary names the cause.
         ended = {"ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        rundir.write_summary({**ended, **summary, "status": "failed", "error": f"rank {rank}: {message}"})
+        # A rank killed by a signal (OOM killer, lost node) is the machine's fault: resumable, as interrupted.
+        status = "interrupted" if failure.exitcode < 0 or summary.get("status") == "interrupted" else "failed"
+        rundir.write_summary({**ended, **summary, "status": status, "error": f"rank {rank}: {message}"})
     return WorkerFailed(f"{rundir.path}: rank {rank} failed: {message}")

@@ -1,0 +1,167 @@
+"""harness.lifecycle and the run directory's checkpoint files, without training: the manifest
+catches what a disk does to a file, a stale lock never blocks, a cut of metrics.jsonl counts what
+it drops, a start-over keeps the previous attempt, shared caches follow the umask."""
+
+import fcntl
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.data.cache import build_once
+from harness.lifecycle import RunBusy, RunLock, archive_attempt, decide, newest_valid_checkpoint
+from harness.results.rundir import CheckpointRefused, RunDir, find_run_dirs
+
+
+def checkpointed_run(tmp_path, steps=(4, 8)) -> RunDir:
+    rundir = RunDir(tmp_path / "run")
+    rundir.write_config({"seed": 0})
+    for step in steps:
+        shard = rundir.save_checkpoint_shard(step, 0, {"optimizer": torch.full((1000,), float(step))})
+        rundir.save_checkpoint(step, {"step": step, "model": torch.arange(1000.0) * step}, keep_last=3, shards=[shard])
+    rundir.write_summary({"status": "interrupted"})
+    return rundir
+
+
+def test_a_whole_checkpoint_verifies_and_each_kind_of_damage_is_named(tmp_path):
+    rundir = checkpointed_run(tmp_path)
+    newest = rundir.checkpoint_path(8)
+    assert rundir.verify_checkpoint(newest) is None
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) - 10])
+    assert rundir.verify_checkpoint(newest) == f"{newest.name} is truncated ({len(data) - 10} of {len(data)} bytes)"
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01  # one bit
+    newest.write_bytes(bytes(flipped))
+    assert "fails its checksum" in rundir.verify_checkpoint(newest)
+    newest.write_bytes(data)
+    rundir.shard_path(newest, 0).unlink()
+    assert rundir.verify_checkpoint(newest) == f"{rundir.shard_path(newest, 0).name} is missing"
+    found, problems = newest_valid_checkpoint(rundir)
+    assert found == rundir.checkpoint_path(4) and len(problems) == 1
+
+
+def test_a_main_file_without_its_manifest_did_not_finish(tmp_path):
+    rundir = checkpointed_run(tmp_path)
+    rundir.manifest_path(rundir.checkpoint_path(8)).unlink()
+    assert "did not finish" in rundir.verify_checkpoint(rundir.checkpoint_path(8))
+    assert rundir.latest_checkpoint() == rundir.checkpoint_path(4)
+
+
+def test_a_checkpoint_with_other_objects_is_refused_naming_the_file(tmp_path):
+    rundir = RunDir(tmp_path)
+    rundir.save_checkpoint(4, {"step": 4, "when": socket.socket}, keep_last=2)  # a class: not weights-only
+    with pytest.raises(CheckpointRefused, match=f"^checkpoint file {rundir.checkpoint_path(4)} holds more than"):
+        RunDir.load_checkpoint(rundir.checkpoint_path(4))
+
+
+def test_decide_resumes_from_the_newest_valid_checkpoint_and_stops_when_none_is(tmp_path):
+    from harness.lifecycle import RunStopped
+
+    rundir = checkpointed_run(tmp_path)
+    rundir.checkpoint_path(8).write_bytes(b"\0" * 100)
+    start = decide(rundir, {"seed": 0}, "auto", False, set())
+    assert (start.action, start.checkpoint) == ("resume", str(rundir.checkpoint_path(4)))
+    rundir.checkpoint_path(4).write_bytes(b"\0" * 100)
+    with pytest.raises(RunStopped, match="no valid checkpoint"):
+        decide(rundir, {"seed": 0}, "auto", False, set())
+
+
+def test_a_start_over_moves_the_previous_attempt_and_the_report_does_not_count_it(tmp_path):
+    rundir = checkpointed_run(tmp_path)
+    rundir.append_metrics({"step": 1, "train_loss": 5.0})
+    assert archive_attempt(rundir) == 1
+    assert not rundir.metrics_path.exists() and not rundir.checkpoints_dir.exists()
+    attempt = rundir.path / "attempts" / "1"
+    assert (attempt / "metrics.jsonl").exists() and (attempt / "checkpoints").is_dir()
+    rundir.write_config({"seed": 0})
+    assert [r.path for r in find_run_dirs(tmp_path)] == [rundir.path]
+    assert archive_attempt(rundir) == 2
+
+
+def test_truncating_metrics_counts_what_is_missing_or_unreadable(tmp_path):
+    rundir = RunDir(tmp_path)
+    for step in range(1, 6):
+        rundir.append_metrics({"step": step})
+    lines = rundir.metrics_path.read_text().splitlines(keepends=True)
+    lines[1] = '{"step": 2, "tra\n'
+    rundir.metrics_path.write_text("".join(lines))
+    assert rundir.truncate_metrics(4) == (0, 1)
+    assert [r["step"] for r in rundir.read_metrics()] == [1, 3, 4]
+    assert rundir.truncate_metrics(5) == (2, 0)  # the checkpoint counted 5, the file holds 3
+
+
+def test_a_failed_metrics_append_leaves_no_partial_line(tmp_path, monkeypatch):
+    import errno
+
+    rundir = RunDir(tmp_path)
+    rundir.append_metrics({"step": 1})
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data)[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match=str(rundir.metrics_path)):
+        rundir.append_metrics({"step": 2})
+    monkeypatch.setattr(os, "write", real_write)
+    assert rundir.metrics_path.read_text() == '{"step": 1}\n'
+
+
+def test_the_lock_names_its_holder_and_one_whose_process_is_gone_is_taken_over(tmp_path):
+    rundir = RunDir(tmp_path)
+    held = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from harness.lifecycle import RunLock; from harness.results.rundir import RunDir\n"
+            "lock = RunLock(RunDir(sys.argv[1]), 'trained'); lock.acquire(); print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert held.stdout.readline().strip() == "held"
+        with pytest.raises(RunBusy, match=f"trained by host {socket.gethostname()} pid {held.pid} since "):
+            RunLock(rundir, "evaluated").acquire()
+    finally:
+        held.kill()
+        held.wait()
+    # Killed: the kernel released its OS lock; its holder file is left and names a dead pid.
+    assert json.loads((tmp_path / "run.lock.json").read_text())["pid"] == held.pid
+    lock = RunLock(rundir, "trained")
+    lock.acquire()
+    assert json.loads((tmp_path / "run.lock.json").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "run.lock.json").exists()
+
+
+def test_an_os_lock_that_outlived_its_named_holder_is_broken(tmp_path):
+    """The holder file names a pid that is gone, but the OS lock is still held (a child process
+    inherited the descriptor): the lock is taken over rather than blocking forever."""
+    rundir = RunDir(tmp_path)
+    (tmp_path / "run.lock.json").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
+    orphan = open(tmp_path / "run.lock", "w")
+    fcntl.flock(orphan, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        lock = RunLock(rundir, "trained")
+        lock.acquire()
+        lock.release()
+    finally:
+        orphan.close()
+
+
+def test_cache_entries_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        final = build_once(tmp_path / "entry", lambda tmp: (tmp / "file").write_text("x"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(final.stat().st_mode) == 0o755  # mkdtemp alone makes 0700: a teammate could not read it
