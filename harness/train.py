@@ -741,24 +741,27 @@ def _now() -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict | None:
+def main(cfg: DictConfig) -> dict | float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from harness.launch import quiet_other_ranks
     from harness.launch.slurm import join_submitit_job
     from harness.launch.torchrun import run_on_workers
+    from harness.objective import chooses_trials, sweep_return
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = hydra_cfg.job.override_dirname
     try:
+        if chooses_trials():  # Optuna: this trial's values were not known to the preflight
+            check_job(cfg)
         if cfg.launcher.kind == "torchrun" and not has_rank_env():
-            return run_on_workers(cfg, run_dir, run_name)  # each worker calls run_training
+            return sweep_return(cfg, run_on_workers(cfg, run_dir, run_name))  # each worker calls run_training
         join_submitit_job(cfg)  # a SLURM task: its rank, the world size and the rendezvous
         quiet_other_ranks(dist_info_from_env().rank)
-        return run_training(cfg, run_dir, run_name)
+        return sweep_return(cfg, run_training(cfg, run_dir, run_name))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
@@ -774,7 +777,7 @@ def main(cfg: DictConfig) -> dict | None:
         if not multirun:
             raise
     # In a sweep a failed run is recorded in its summary and the sweep goes on with the next one.
-    return None
+    return sweep_return(cfg, None)
 
 
 # Hydra's own flags (help, config printing, shell completion): handed over without a preflight.
@@ -804,17 +807,22 @@ HYDRA_FLAGS = (
 
 def preflight(argv: list[str]) -> None:
     """Compose and check every job the command would launch, before the first one starts."""
-    from harness.cli import check_jobs, check_overrides, compose, expand_sweep
-    from harness.launch import launcher_world_size
+    from harness.cli import check_jobs, check_overrides, compose, plan_launch
 
     def check(job: list[str]) -> None:
         check_overrides(job)
-        cfg = compose(job)
-        plan_run(cfg, world_size=launcher_world_size(cfg))
+        check_job(compose(job))
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
-    check_jobs(expand_sweep(overrides) if multirun else [overrides], check)
+    launch = plan_launch([a for a in argv if not a.startswith("-")], multirun)
+    check_jobs(launch.jobs, check)
+
+
+def check_job(cfg: DictConfig) -> None:
+    """The preflight of one job: its config checked for the world size its launcher will start."""
+    from harness.launch import launcher_world_size
+
+    plan_run(cfg, world_size=launcher_world_size(cfg))
 
 
 def cli_main() -> None:
