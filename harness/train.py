@@ -82,6 +82,7 @@ from harness.lifecycle import (
 from harness.optim import build_optimizer, format_parameter_table, parameter_table, summarize_parameter_table
 from harness.precision import check_precision, convert_for_training, full_precision_linears
 from harness.provenance import provenance
+from harness.reshard import load_rank_shard
 from harness.results.rundir import RunDir
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
 from models.gpt import GPT, GPTConfig
@@ -146,6 +147,9 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
             f"(train.device_batch_size x model.sequence_len x world_size = {one_batch_per_rank})"
         )
     if check_inputs:
+        from harness.data.loader import check_streams
+
+        check_streams(cfg, train.total_batch_tokens // model_cfg.sequence_len, dist.world_size)
         if not str(cfg.paths.runs_dir).strip():
             raise ConfigError("paths.runs_dir='' is empty; give the folder runs are written to (default: runs)")
         if cfg.launcher.get("kind") in ("local", "torchrun"):  # runs on this machine (SLURM jobs run elsewhere)
@@ -345,9 +349,13 @@ class Trainer:
         """Continue from checkpoint `path`, whose main file and this rank's shard are loaded."""
         check_tokenizer(path, ckpt["tokenizer"], self.tokenizer)
         if ckpt["world_size"] != self.plan.dist.world_size:
-            raise ConfigError(
-                f"checkpoint {path} was written by {ckpt['world_size']} ranks, this run has "
-                f"{self.plan.dist.world_size}; resume with the same world size (the optimizer state is sharded)"
+            # Another world size: the optimizer state is re-sharded (the data position is per stream, not per rank).
+            shard = load_rank_shard(
+                lambda rank: RunDir.load_checkpoint(path, rank=rank),
+                ckpt["world_size"],
+                self.plan.dist.world_size,
+                self.plan.dist.rank,
+                self.optimizer,
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(shard["optimizer"])
