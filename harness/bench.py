@@ -5,6 +5,7 @@
     python -m harness.bench rope                                            # rotary + QK norm alone, d12..d24
     python -m harness.bench ab "rope=slice" "rope=chunk" model=d12          # B's step time vs A's, with a CI
     python -m harness.bench throughput model=d12 --profile trace.json       # + a torch.profiler trace
+    python -m harness.bench suite                                           # all of issue 16's cases (bench_suite.py)
 
 `throughput` composes the config as `python -m harness.train` would and times the training step
 through the same functions the trainer calls (plan_run, build_model, compile_for_training,
@@ -733,6 +734,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["suite"]:  # every GPU measurement of issue 16 in one call (harness/bench_suite.py)
+        from harness.bench_suite import main as run_suite
+
+        return run_suite(argv[1:])
     args = parse_args(argv)
     if args.benchmark == "throughput":
         record = run_throughput(args, argv)

@@ -2,7 +2,8 @@
 
 Prints every parameter's name, shape, optimizer, base LR, LR multiplier and effective LR (the
 same table every run logs to params.tsv; the layers that share all of it share a row, `--all`
-shows each parameter), then the parameter counts by role and the horizon.
+shows each parameter), then the parameter counts by role and the horizon, and under precision=fp8
+which Linear layers run in float8.
 Builds the model on the meta device, so d24 costs no memory and no data is read. A recipe that
 chooses its batch or Muon weight decay from the model's size also gets those lines.
 """
@@ -23,7 +24,9 @@ from harness.config import (
     optim_config,
     train_config,
 )
+from harness.hardware import resolve_device
 from harness.optim import ParamRow, parameter_table
+from harness.precision import describe_float8, precision_config
 from models.gpt import GPT
 
 LAYER_INDEX = re.compile(r"\.(\d+)\.")
@@ -108,6 +111,9 @@ def describe(overrides: list[str], every_row: bool = False) -> str:
         f"horizon: {steps:,} steps x {train.total_batch_tokens:,} tokens = {tokens:,} tokens, {tokens * fpt:.3e} FLOPs",
         *recipe_schedule_lines(cfg, train, optim, steps),
     ]
+    precision = precision_config(cfg)
+    if precision.fp8:  # which matrices run in float8 (bf16, the default, prints nothing more)
+        lines += ["", describe_float8(model, precision, resolve_device(train.device).type)]
     return "\n".join(lines)
 
 

@@ -295,7 +295,8 @@ def load_for_resume(checkpoint: Path, rank: int, device: torch.device) -> tuple[
     main, shard, refused = {}, {}, None
     try:
         main = RunDir.load_checkpoint(checkpoint)
-        shard = RunDir.load_checkpoint(checkpoint, rank=rank)
+        # A rank past the world size that wrote the checkpoint has no shard: restore re-shards (harness/reshard.py).
+        shard = RunDir.load_checkpoint(checkpoint, rank=rank) if rank < main["world_size"] else {}
     except (CheckpointRefused, OSError, RuntimeError) as e:
         refused = str(e) if isinstance(e, CheckpointRefused) else f"checkpoint {checkpoint} cannot be loaded ({e})"
     if any_rank(refused is not None, device):

@@ -203,6 +203,12 @@ CASES = [
         "hydra.sweeper.direction=maximize for optimized_metric=final_val_bpb, which is better when it is lower; "
         "set hydra.sweeper.direction=minimize",
     ),
+    (f"{SMOKE} precision=fp16", f"precision=fp16 is not an option; choose from: {options('precision')}"),
+    (
+        f"{SMOKE} precision=fp8 precision.recipe=blockwise",
+        "precision.recipe='blockwise' is not one of: tensorwise, rowwise",
+    ),
+    (f"{SMOKE} precision=fp8 precision.emulate=maybe", "precision.emulate='maybe' is not one of: auto, true, false"),
 ]
 
 

@@ -60,8 +60,8 @@ def test_every_format_is_read_and_the_splits_partition_the_documents(folder):
     train, val = source.corpus("train", tok), source.corpus("val", tok)
     # Units: 4 .txt files + 1 .jsonl file + 5 parquet row groups of 8 rows.
     assert train.num_units == val.num_units == 10
-    train_texts = texts_of(validation_documents(train, 0, 1), tok)
-    val_texts = texts_of(validation_documents(val, 0, 1), tok)
+    train_texts = texts_of(validation_documents(train), tok)
+    val_texts = texts_of(validation_documents(val), tok)
     assert train_texts and val_texts
     assert sorted(train_texts + val_texts) == ALL_TEXTS
 
@@ -69,12 +69,14 @@ def test_every_format_is_read_and_the_splits_partition_the_documents(folder):
 def test_local_loader_trains_and_resumes(folder):
     cfg = local(folder)
     tok = build_tokenizer(cfg)
-    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1)
-    inputs, _ = next(loader)
-    assert (inputs[:, 0] == tok.bos_id).all()
+    # 8 rows per step: one from each of the 8 streams (10 units: every stream has one), 4 micro-batches
+    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, rows_per_step=8)
+    for _ in range(4):
+        inputs, _ = next(loader)
+        assert (inputs[:, 0] == tok.bos_id).all()
     state = loader.state_dict()
     expected = [next(loader) for _ in range(12)]
-    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, state=state)
+    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, state=state, rows_per_step=8)
     assert all(x.equal(next(resumed)[0]) for x, _ in expected)
 
 
@@ -85,8 +87,8 @@ def test_val_path_is_the_validation_split(folder, tmp_path):
     cfg = local(folder, f"data.val_path={held}")
     tok = build_tokenizer(cfg)
     source = open_source(cfg)
-    assert texts_of(validation_documents(source.corpus("val", tok), 0, 1), tok) == [(held / "v.txt").read_text()]
-    assert texts_of(validation_documents(source.corpus("train", tok), 0, 1), tok) == ALL_TEXTS
+    assert texts_of(validation_documents(source.corpus("val", tok)), tok) == [(held / "v.txt").read_text()]
+    assert texts_of(validation_documents(source.corpus("train", tok)), tok) == ALL_TEXTS
     assert len(val_batches(cfg, tok, batch_size=1, seq_len=16, num_tokens=16, rank=0, world_size=1)) == 1
 
 
@@ -97,7 +99,7 @@ def test_ranks_split_local_units(folder):
 
     seen = [texts_of(_first_epoch(training_documents(corpus, 0, rank, 2, (0, 0, 0))), tok) for rank in range(2)]
     assert not set(seen[0]) & set(seen[1])
-    everything = texts_of(validation_documents(corpus, 0, 1), tok)
+    everything = texts_of(validation_documents(corpus), tok)
     assert sorted(seen[0] + seen[1]) == everything
 
 
@@ -207,15 +209,6 @@ def test_training_reads_every_token_of_a_long_file_in_one_epoch(long_texts, tmp_
         assert [p.tolist() for p in pieces.read(unit, [2, 0])] == [read[2].tolist(), read[0].tolist()]
 
 
-def test_a_loader_state_of_whole_documents_does_not_resume_in_pieces(folder):
-    cfg = local(folder)
-    tok = build_tokenizer(cfg)
-    state = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1).state_dict()
-    assert state["pieces"] == 25
-    with pytest.raises(ConfigError, match=r"^data loader state counts documents in pieces of None tokens, this run"):
-        build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, state={**state, "pieces": None})
-
-
 def test_a_validation_split_too_small_is_one_line_in_the_preflight_before_any_tokenizer(
     long_texts, tmp_path, monkeypatch
 ):
@@ -230,11 +223,9 @@ def test_a_validation_split_too_small_is_one_line_in_the_preflight_before_any_to
         plan_run(smoke_on(long_texts))
     assert str(error.value) == (
         f"data.path={long_texts}: the validation split holds {len(held)} documents, {held_bytes:,} bytes of text, "
-        f"at most {rows_bound} rows of 129 tokens, but eval.val_tokens=16384 needs 128 per rank; "
+        f"at most {rows_bound} rows of 129 tokens, but eval.val_tokens=16384 needs 128; "
         "raise data.val_fraction=0.01, or lower eval.val_tokens"
     )
-    with pytest.raises(ConfigError, match=r"rank \d of 2's share of the validation split holds"):
-        check_data(smoke_on(long_texts, "train.device_batch_size=8"), world_size=2)
     assert not (tmp_path / "cache").exists()  # no tokenizer was trained
 
 

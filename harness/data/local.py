@@ -124,8 +124,8 @@ class LocalSource:
         )
         raise ConfigError(
             f"{source}: {whose} holds {documents[rank]} documents, {text_bytes[rank]:,} bytes of text, at most "
-            f"{capacity[rank] // row_len} rows of {row_len} tokens, but eval.val_tokens={val_tokens} needs {rows} "
-            f"per rank; {more}, or lower eval.val_tokens"
+            f"{capacity[rank] // row_len} rows of {row_len} tokens, but eval.val_tokens={val_tokens} needs {rows}"
+            f"{' per rank' if world_size > 1 else ''}; {more}, or lower eval.val_tokens"
         )
 
     def tokenizer(self) -> Tokenizer:

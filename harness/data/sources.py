@@ -25,15 +25,14 @@ def open_source(cfg: DictConfig) -> Source:
 
 def check_data(cfg: DictConfig, world_size: int = 1) -> None:
     """Raise ConfigError now, before any model is built, if the data or its tokenizer is missing, or
-    (data=local) the validation split cannot fill eval.val_tokens on each of `world_size` ranks."""
+    (data=local) the validation split cannot fill eval.val_tokens (ranks share its rows: `world_size`
+    does not change the need)."""
     source = open_source(cfg)
     source.check()
     if isinstance(source, LocalSource):
-        from harness.data.loader import validation_rows
-
-        batch_size, seq_len, val_tokens = cfg.train.device_batch_size, cfg.model.sequence_len, cfg.eval.val_tokens
-        rows = validation_rows(val_tokens, batch_size, seq_len, world_size)
-        source.check_validation(rows, seq_len + 1, world_size, val_tokens)
+        # harness.data.loader.val_batches: eval.val_tokens // sequence_len rows from the whole split, shared by ranks
+        seq_len, val_tokens = cfg.model.sequence_len, cfg.eval.val_tokens
+        source.check_validation(max(1, val_tokens // seq_len), seq_len + 1, 1, val_tokens)
 
 
 def build_tokenizer(cfg: DictConfig) -> Tokenizer:
