@@ -3,6 +3,7 @@
     python -m harness.bench throughput model=d12 model.window_pattern=L     # one training step's tok/s and MFU
     python -m harness.bench throughput model=d24 train.device_batch_size=16
     python -m harness.bench rope                                            # rotary + QK norm alone, d12..d24
+    python -m harness.bench ab "rope=slice" "rope=chunk" model=d12          # B's step time vs A's, with a CI
     python -m harness.bench throughput model=d12 --profile trace.json       # + a torch.profiler trace
 
 `throughput` composes the config as `python -m harness.train` would and times the training step
@@ -12,6 +13,12 @@ timed. It reports the median step after warm-up (the first steps compile), token
 model FLOPs per token (`GPT.flops_per_token`), MFU against the datasheet peak and against the
 bf16 matmul rate measured in the same process, and peak memory; the JSON it writes is what
 `python -m harness.plan --throughput FILE` reads.
+
+`ab` builds two configs (A's and B's own overrides, each one quoted string, on top of shared
+overrides) in one process, warms both up, then times them in interleaved blocks (AB BA AB ...,
+so drift of the machine cancels) and reports B's mean step time relative to A's in percent with
+a 95% interval (Fieller's, paired by block) and the paired t-test's p-value: an A/A comparison
+holds 0 in its interval 95% of the time.
 
 `rope` times RMSNorm(rotary(x)) for q and k as one attention layer applies them, forward,
 backward and both, for every `rope.split`, at the head counts of d12..d24 (B x T x H x 128),
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import shlex
 import statistics
@@ -151,8 +159,19 @@ def write_json(record: dict, out: Path | None, stem: str) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = DEFAULT_OUT_DIR / f"{stem}-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    # JSON has no infinity: an unbounded interval (noise swamping the signal) is written as null.
+    out.write_text(json.dumps(_finite_or_none(record), indent=2) + "\n")
     return out
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 def cpu_defaults(overrides: list[str], device: torch.device) -> list[str]:
@@ -186,11 +205,18 @@ class StepTimes:
         return statistics.median(self.seconds)
 
 
-def measure_steps(
-    overrides: list[str], device: torch.device, steps: int, warmup: int, profile: Path | None = None
-) -> StepTimes:
-    """Optimizer steps of the composed config exactly as the trainer takes them, timed after warm-up;
-    with `profile`, two more steps under torch.profiler, written there as a Chrome trace."""
+@dataclass
+class TrainingStep:
+    """One composed config's model and optimizer, and a function that takes one training step."""
+
+    plan: object  # harness.train.RunPlan
+    step: Callable[[], float]
+    compiled: bool
+
+
+def build_training_step(overrides: list[str], device: torch.device) -> TrainingStep:
+    """The composed config's optimizer step exactly as the trainer takes it (plan_run, build_model,
+    compile_for_training, build_optimizer, optimizer_step), on random tokens already on the device."""
     from harness.optim import build_optimizer
     from harness.train import autocast_for, build_model, compile_for_training, optimizer_step, plan_run
 
@@ -204,24 +230,39 @@ def measure_steps(
     optimizer, _ = build_optimizer(model, plan.optim, plan.placement, plan.train.total_batch_tokens, device.type)
     autocast = autocast_for(plan.device, plan.train.dtype)
     batches = random_batches(plan.model.vocab_size, plan.train.device_batch_size, plan.model.sequence_len, plan.device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> float:
         loss = optimizer_step(step_model, model, optimizer, batches, plan.grad_accum, plan.device, autocast)
         return loss.item()  # the trainer's per-step host sync, kept for a like-for-like step
 
-    seconds = []
-    for i in range(warmup + steps):
+    return TrainingStep(plan, step, compiled=step_model is not model)
+
+
+def timed_steps(step: Callable[[], float], device: torch.device, count: int) -> tuple[list[float], float]:
+    """Seconds of each of `count` steps (synchronized before and after), and the last loss."""
+    seconds, loss = [], math.nan
+    for _ in range(count):
         synchronize(device)
         started = time.perf_counter()
-        final_loss = step()
+        loss = step()
         synchronize(device)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - started)
+        seconds.append(time.perf_counter() - started)
+    return seconds, loss
+
+
+def measure_steps(
+    overrides: list[str], device: torch.device, steps: int, warmup: int, profile: Path | None = None
+) -> StepTimes:
+    """Optimizer steps of the composed config exactly as the trainer takes them, timed after warm-up;
+    with `profile`, two more steps under torch.profiler, written there as a Chrome trace."""
+    training = build_training_step(overrides, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timed_steps(training.step, device, warmup)
+    seconds, final_loss = timed_steps(training.step, device, steps)
     if profile is not None:
-        profile_steps(step, device, profile)
-    return StepTimes(plan, seconds, final_loss, compiled=step_model is not model)
+        profile_steps(training.step, device, profile)
+    return StepTimes(training.plan, seconds, final_loss, training.compiled)
 
 
 def profile_steps(step: Callable, device: torch.device, path: Path, count: int = 2) -> None:
@@ -317,6 +358,116 @@ def format_throughput(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ab ----------------------------------------------------------------------------------------
+def interleaved_order(block: int) -> tuple[str, str]:
+    """AB, BA, AB, BA, ...: each pair of blocks runs A and B once in each position, so a drift of
+    the machine that is linear in time (clocks, heat, a neighbour's load) cancels in the mean."""
+    return ("a", "b") if block % 2 == 0 else ("b", "a")
+
+
+def run_ab(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Time configs A and B, built in this one process, in interleaved blocks after warm-up, and
+    compare B's mean step time with A's (paired by block, Fieller's interval: stats.ratio_compare)."""
+    from omegaconf import OmegaConf
+
+    from harness.results.stats import ratio_compare
+
+    device = resolve_bench_device(args.device)
+    sides = {"a": shlex.split(args.a), "b": shlex.split(args.b)}
+    defaults = cpu_defaults([*args.overrides, *sides["a"], *sides["b"]], device)
+    if defaults:
+        print(f"CPU: using {' '.join(defaults)} (name any of them on the command line to choose)")
+    # The shared overrides first, so that A's and B's own settings win where they name the same key.
+    overrides = {k: [*defaults, *args.overrides, *v, f"train.device={device.type}"] for k, v in sides.items()}
+    built = {}
+    for side in ("a", "b"):
+        torch.manual_seed(0)  # the same random tokens for both, where the shapes agree
+        built[side] = build_training_step(overrides[side], device)
+    for side in ("a", "b"):  # warm-up (compilation) is never timed
+        timed_steps(built[side].step, device, args.warmup)
+    blocks: dict[str, list[float]] = {"a": [], "b": []}
+    for block in range(args.blocks):
+        for side in interleaved_order(block):
+            seconds, _ = timed_steps(built[side].step, device, args.steps_per_block)
+            blocks[side].append(sum(seconds) / len(seconds))
+    result = ratio_compare(list(enumerate(blocks["b"])), list(enumerate(blocks["a"])), alpha=1 - args.confidence)
+    record = {
+        "benchmark": "ab",
+        "delta_pct": result.delta_pct,
+        "ci_low_pct": result.low_pct,
+        "ci_high_pct": result.high_pct,
+        "confidence": args.confidence,
+        "p_value": result.p_value,
+        "test": f"paired t over {args.blocks} blocks, Fieller interval of mean(B) / mean(A)",
+        "verdict": ab_verdict(result.low_pct, result.high_pct),
+        "blocks": args.blocks,
+        "steps_per_block": args.steps_per_block,
+        "warmup_steps": args.warmup,
+        "order": "".join(side.upper() for block in range(args.blocks) for side in interleaved_order(block)),
+        "block_times_a_s": blocks["a"],
+        "block_times_b_s": blocks["b"],
+        "step_time_a_s": statistics.fmean(blocks["a"]),
+        "step_time_b_s": statistics.fmean(blocks["b"]),
+        "config_a": _ab_config(args.a, overrides["a"], built["a"], OmegaConf),
+        "config_b": _ab_config(args.b, overrides["b"], built["b"], OmegaConf),
+        "shared_overrides": list(args.overrides),
+        "device": device.type,
+        "gpu_name": device_name(device),
+        "cpu_threads": torch.get_num_threads(),
+        **provenance_fields(argv),
+    }
+    print(format_ab(record))
+    return record
+
+
+def ab_verdict(low_pct: float, high_pct: float) -> str:
+    if low_pct > 0:
+        return "B slower"
+    if high_pct < 0:
+        return "B faster"
+    return "no difference detected"
+
+
+def _ab_config(text: str, overrides: list[str], built: TrainingStep, omegaconf) -> dict:
+    plan = built.plan
+    return {
+        "argument": text,
+        "overrides": overrides,
+        "model_depth": int(plan.cfg.model.depth),
+        "rope_split": plan.model.rope_split,
+        "attention": plan.model.attention,
+        "total_batch_tokens": plan.train.total_batch_tokens,
+        "device_batch_size": plan.train.device_batch_size,
+        "grad_accum_steps": plan.grad_accum,
+        "compiled": built.compiled,
+        "resolved": omegaconf.to_container(plan.cfg, resolve=True),
+    }
+
+
+def format_ab(r: dict) -> str:
+    def side(name: str) -> str:
+        c, step = r[f"config_{name}"], r[f"step_time_{name}_s"]
+        tokens = c["total_batch_tokens"] / step
+        return (
+            f"{name.upper()}: {c['argument'] or '(shared overrides only)'}: "
+            f"d{c['model_depth']} rope={c['rope_split']}, "
+            f"mean step {1000 * step:.2f} ms ({tokens:,.0f} tok/s), compiled={c['compiled']}"
+        )
+
+    lines = [
+        f"device: {r['gpu_name']} ({r['device']}), torch {r['torch_version']}; "
+        f"{r['blocks']} blocks of {r['steps_per_block']} steps, interleaved {r['order'][:8]}..., "
+        f"after {r['warmup_steps']} warm-up steps each",
+        side("a"),
+        side("b"),
+        f"B vs A step time: {r['delta_pct']:+.2f}% [{r['ci_low_pct']:+.2f}%, {r['ci_high_pct']:+.2f}%] "
+        f"({r['confidence']:.0%} CI), p = {r['p_value']:.3g}: {r['verdict']}",
+    ]
+    if r["device"] == "cpu":
+        lines.append("CPU numbers only check the code path; they say nothing about a GPU.")
+    return "\n".join(lines)
+
+
 # rope ------------------------------------------------------------------------------------
 def rope_traffic_bytes(batch: int, seq_len: int, heads: int, head_dim: int, element_size: int) -> dict:
     """Bytes that must cross memory for q and k of one layer (see models/rope_triton.py):
@@ -330,16 +481,18 @@ def rope_traffic_bytes(batch: int, seq_len: int, heads: int, head_dim: int, elem
     return {"forward": forward, "backward": backward, "forward_backward": forward + backward}
 
 
-def rope_case(split: str, q: torch.Tensor, k: torch.Tensor, cos, sin, compiled: bool, iters: int, warmup: int) -> dict:
+ROPE_KINDS = ("forward", "backward", "forward_backward")
+
+
+def rope_case(split: str, q: torch.Tensor, k: torch.Tensor, cos, sin, compiled: bool) -> dict[str, tuple]:
+    """For one split, per measurement kind: (run, prepare) for `time_ms`."""
     from models.rotary import rotate_and_normalize
 
     def apply(qk):
         return rotate_and_normalize(qk[0], cos, sin, split), rotate_and_normalize(qk[1], cos, sin, split)
 
     if compiled:
-        torch._dynamo.reset()  # a fresh cache per case: shapes and splits would exhaust the recompile limit
         apply = torch.compile(apply, dynamic=False)
-    device = q.device
     grads = (torch.randn_like(q), torch.randn_like(k))
 
     def backward(outputs):
@@ -349,10 +502,45 @@ def rope_case(split: str, q: torch.Tensor, k: torch.Tensor, cos, sin, compiled: 
         backward(apply((q, k)))
 
     return {
-        "forward_ms": time_ms(lambda _: apply((q, k)), device, iters, warmup),
-        "backward_ms": time_ms(backward, device, iters, warmup, prepare=lambda: apply((q, k))),
-        "forward_backward_ms": time_ms(forward_backward, device, iters, warmup),
+        "forward": (lambda _: apply((q, k)), None),
+        "backward": (backward, lambda: apply((q, k))),
+        "forward_backward": (forward_backward, None),
     }
+
+
+def time_interleaved(cases: dict[str, dict[str, tuple]], device, blocks: int, iters: int, warmup: int) -> dict:
+    """Per split and kind, the median ms of each of `blocks` blocks of `iters` iterations; the splits
+    take turns within each block, the order rotating from block to block, so drift cancels."""
+    splits = list(cases)
+    times: dict[str, dict[str, list[float]]] = {s: {kind: [] for kind in ROPE_KINDS} for s in splits}
+    for block in range(blocks):
+        shift = block % len(splits)
+        for split in splits[shift:] + splits[:shift]:
+            for kind in ROPE_KINDS:
+                run, prepare = cases[split][kind]
+                times[split][kind].append(time_ms(run, device, iters, warmup if block == 0 else 0, prepare))
+    return times
+
+
+def rope_comparisons(times: dict, reference: str, confidence: float) -> dict[str, dict]:
+    """Each split's mean time per kind relative to the reference split: percent, interval, p (paired by block)."""
+    from harness.results.stats import ratio_compare
+
+    out = {}
+    for split, kinds in times.items():
+        if split == reference:
+            continue
+        fields = {}
+        for kind, values in kinds.items():
+            result = ratio_compare(list(enumerate(values)), list(enumerate(times[reference][kind])), 1 - confidence)
+            fields |= {
+                f"{kind}_delta_pct": result.delta_pct,
+                f"{kind}_ci_low_pct": result.low_pct,
+                f"{kind}_ci_high_pct": result.high_pct,
+                f"{kind}_p_value": result.p_value,
+            }
+        out[split] = fields
+    return out
 
 
 def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -379,6 +567,7 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
     bandwidth = copy_bandwidth(device)
     datasheet = datasheet_bandwidth(device)
     results = []
+    reference = next((s for s in splits if s not in skipped), None)  # what the others are compared with
     for depth in args.depths:
         shape_cfg = config_from_depth(depth, int(cfg.model.aspect_ratio), int(cfg.model.head_dim))
         heads, head_dim = shape_cfg.n_head, shape_cfg.head_dim
@@ -389,10 +578,17 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
         floors = {f"floor_{kind}_ms": 1000 * b / bandwidth for kind, b in traffic.items()}
         if datasheet:
             floors |= {f"datasheet_floor_{kind}_ms": 1000 * b / datasheet for kind, b in traffic.items()}
-        for split in (s for s in splits if s not in skipped):
-            timing = rope_case(split, q, k, cos, sin, on_cuda, args.iters, args.warmup)
+        if on_cuda:
+            torch._dynamo.reset()  # a fresh cache per depth: shapes and splits would exhaust the recompile limit
+        cases = {split: rope_case(split, q, k, cos, sin, on_cuda) for split in splits if split not in skipped}
+        times = time_interleaved(cases, device, args.blocks, args.iters, args.warmup)
+        versus = rope_comparisons(times, reference, args.confidence)
+        for split, kinds in times.items():
+            timing = {f"{kind}_ms": statistics.fmean(kinds[kind]) for kind in ROPE_KINDS}
+            timing |= {f"{kind}_block_ms": kinds[kind] for kind in ROPE_KINDS}
             results.append({"depth": depth, "shape": [batch, seq_len, heads, head_dim], "split": split,
-                            **timing, **{f"bytes_{kind}": b for kind, b in traffic.items()}, **floors})  # fmt: skip
+                            **timing, **versus.get(split, {}),
+                            **{f"bytes_{kind}": b for kind, b in traffic.items()}, **floors})  # fmt: skip
     record = {
         "benchmark": "rope",
         "device": device.type,
@@ -401,6 +597,10 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
         "compiled": on_cuda,
         "batch": batch,
         "sequence_len": seq_len,
+        "blocks": args.blocks,
+        "iters_per_block": args.iters,
+        "reference_split": reference,
+        "confidence": args.confidence,
         "measured_bandwidth_gbps": bandwidth / 1e9,
         "datasheet_bandwidth_gbps": datasheet / 1e9 if datasheet else None,
         "skipped": skipped,
@@ -411,6 +611,13 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
     return record
 
 
+def _versus(x: dict, kind: str) -> str:
+    if f"{kind}_delta_pct" not in x:
+        return "(reference)"
+    low, high = x[f"{kind}_ci_low_pct"], x[f"{kind}_ci_high_pct"]
+    return f"{x[f'{kind}_delta_pct']:+.1f}% [{low:+.1f}%, {high:+.1f}%] p={x[f'{kind}_p_value']:.2g}"
+
+
 def format_rope(r: dict) -> str:
     bw = f"floor at the measured copy bandwidth {r['measured_bandwidth_gbps']:,.0f} GB/s"
     if r["datasheet_bandwidth_gbps"]:
@@ -418,9 +625,12 @@ def format_rope(r: dict) -> str:
     lines = [
         f"rotary + QK RMSNorm, q and k of one layer: {r['gpu_name']}, {r['dtype']}, "
         f"{'compiled' if r['compiled'] else 'eager'}, B={r['batch']} T={r['sequence_len']}; {bw}",
+        f"mean over {r['blocks']} interleaved blocks (splits take turns) of the median of {r['iters_per_block']} "
+        f"iterations; vs {r['reference_split']}: relative difference of the means, Fieller's interval, paired by block",
         "",
     ]
     header = ["depth", "shape", "split", "fwd ms", "bwd ms", "fwd+bwd ms", "floor fwd", "floor bwd", "bwd/floor"]
+    header += [f"fwd+bwd vs {r['reference_split']} [{r['confidence']:.0%} CI]"]
     if r["datasheet_bandwidth_gbps"]:
         header += ["ds floor bwd", "bwd/ds floor"]
     rows = []
@@ -435,6 +645,7 @@ def format_rope(r: dict) -> str:
             f"{x['floor_forward_ms']:.3f}",
             f"{x['floor_backward_ms']:.3f}",
             f"{x['backward_ms'] / x['floor_backward_ms']:.2f}x",
+            _versus(x, "forward_backward"),
         ]
         if r["datasheet_bandwidth_gbps"]:
             floor = x["datasheet_floor_backward_ms"]
@@ -471,6 +682,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     throughput.add_argument(
         "--profile", type=Path, metavar="TRACE.json", help="then profile 2 more steps, writing a Chrome trace here"
     )
+    ab = sub.add_parser(
+        "ab",
+        help="configs A and B in one process, timed in interleaved blocks: B's step time vs A's with a 95% CI",
+        epilog='Example: python -m harness.bench ab "rope=slice" "rope=chunk" model=d12 --blocks 20',
+    )
+    ab.add_argument("a", help='config A\'s own overrides, one quoted string (e.g. "rope=slice"; "" for none)')
+    ab.add_argument("b", help="config B's own overrides, likewise")
+    ab.add_argument("overrides", nargs="*", help="overrides both share, as for python -m harness.train")
+    ab.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ab.add_argument("--out", type=Path, help=f"JSON file to write (default: a new file under {DEFAULT_OUT_DIR}/)")
+    ab.add_argument("--blocks", type=int, default=10, help="timed blocks per config, interleaved ABBA...")
+    ab.add_argument(
+        "--steps-per-block", type=int, default=3, help="optimizer steps per block (their mean is one value)"
+    )
+    ab.add_argument("--warmup", type=int, default=3, help="untimed steps of each config first (compilation)")
+    ab.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     rope = sub.add_parser(
         "rope",
         parents=[common],
@@ -481,16 +708,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     rope.add_argument("--batch", type=int, help="batch rows (default: train.device_batch_size on CUDA, 2 on CPU)")
     rope.add_argument("--seq-len", type=int, help="sequence length (default: model.sequence_len on CUDA, 256 on CPU)")
     rope.add_argument("--splits", nargs="+", help="rope.split modes to time (default: all)")
-    rope.add_argument("--iters", type=int, default=50, help="timed iterations per measurement (median reported)")
-    rope.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    rope.add_argument("--blocks", type=int, default=10, help="interleaved blocks; the splits take turns in each")
+    rope.add_argument("--iters", type=int, default=20, help="timed iterations per block and measurement (median)")
+    rope.add_argument("--warmup", type=int, default=5, help="untimed iterations before the first block")
+    rope.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     if not argv or argv[0] not in sub.choices:
         parser.parse_args(argv)  # prints the usage or help and exits
     # Each subcommand parses on its own so overrides and options may interleave.
     args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
     args.benchmark = argv[0]
-    for name in ("steps", "iters"):
+    for name in ("steps", "iters", "steps_per_block"):
         if getattr(args, name, 1) < 1:
-            parser.error(f"--{name} must be at least 1")
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if getattr(args, "blocks", 2) < 2:
+        parser.error("--blocks must be at least 2 (an interval needs two blocks of each)")
+    if not 0 < getattr(args, "confidence", 0.5) < 1:
+        parser.error("--confidence must be between 0 and 1")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
     return args
@@ -504,6 +737,9 @@ def main(argv: list[str] | None = None) -> dict:
         record = run_throughput(args, argv)
         r = record
         stem = f"throughput-d{r['model_depth']}-{r['window_pattern']}-{r['attention']}-{r['rope_split']}-{r['device']}"
+    elif args.benchmark == "ab":
+        record = run_ab(args, argv)
+        stem = f"ab-{record['device']}"
     else:
         record = run_rope(args, argv)
         stem = f"rope-{record['device']}"

@@ -67,6 +67,15 @@ def one_depth(tmp_path_factory):
 BASELINES = {12: "rope.split=slice mlp_lr.name=c_fc_2x", 24: "rope.split=slice mlp_lr.name=c_fc_2x"}
 
 
+def test_ema_survives_a_nan():
+    import math
+
+    smoothed = ema([1.0, float("nan"), 3.0])
+    assert smoothed[0] == pytest.approx(1.0) and math.isnan(smoothed[1])
+    # the NaN is skipped: the second finite value is the second step of the EMA
+    assert smoothed[2] == pytest.approx((0.9 * 0.1 * 1.0 + 0.1 * 3.0) / (1 - 0.9**2))
+
+
 def test_ema_is_debiased_with_beta_point_nine():
     assert ema([1.0, 2.0]).tolist() == pytest.approx([1.0, (0.09 + 0.2) / (1 - 0.81)])
     assert ema([3.0] * 5).tolist() == pytest.approx([3.0] * 5)
@@ -143,7 +152,7 @@ def test_throughput_labels_sit_beside_the_panel_not_on_the_data(two_depths):
     fig = throughput_figure(two_depths, BASELINES)
     renderer = fig.canvas.get_renderer()
     fig.draw_without_rendering()
-    for ax in fig.axes:
+    for ax in fig.axes[1::2]:  # the relative-difference panel of each depth carries the value column
         frame = ax.get_window_extent(renderer)
         assert ax.texts
         for text in ax.texts:
@@ -158,6 +167,8 @@ def test_scaling_needs_two_depths_and_core_needs_core(two_depths, tmp_path):
     images = [ax for ax in core.axes if ax.images]
     assert len(images) == 4  # per depth: centered accuracy and difference to the baseline
     assert [t.get_text() for t in images[0].get_xticklabels()] == ["CORE", "arc_easy", "piqa"]
+    delta_texts = [t.get_text() for t in images[1].texts]
+    assert all("±" in t for t in delta_texts if not t.startswith("+0.000"))  # each difference with its spread
 
     one_depth = tmp_path / "one"
     for rope, mlp in VARIANTS:
@@ -174,10 +185,79 @@ def test_scaling_needs_two_depths_and_core_needs_core(two_depths, tmp_path):
 
 def test_final_and_throughput_show_every_variant(two_depths):
     for fig in (final_figure(two_depths, BASELINES), throughput_figure(two_depths, BASELINES)):
-        assert len(fig.axes) == 2
+        assert len(fig.axes) == 4  # per depth: the values, and the difference to the baseline
         assert len(fig.axes[0].get_yticklabels()) == len(VARIANTS)
-    texts = [t.get_text() for t in throughput_figure(two_depths, BASELINES).axes[0].texts]
+    texts = [t.get_text() for t in throughput_figure(two_depths, BASELINES).axes[1].texts]
     assert any("vs baseline" in t and "MFU 40.0%" in t for t in texts)
+
+
+def _whiskers(ax):
+    """(low, high) of every horizontal error bar of a panel, by its row (y)."""
+    bars = {}
+    for collection in ax.collections:
+        for segment in getattr(collection, "get_segments", lambda: [])():
+            (x0, y0), (x1, y1) = segment
+            if y0 == y1:
+                bars[round(y0)] = (min(x0, x1), max(x0, x1))
+    return bars
+
+
+def _finals(root, finals: dict) -> None:
+    for rope, values in finals.items():
+        for seed, (final, speed) in enumerate(values):
+            run = RunDir(root / f"rope={rope},seed={seed}")
+            run.write_config({"seed": seed, "model": {"depth": 12}, "rope": {"split": rope}, "mlp_lr": {"name": "x"}})
+            run.write_summary({"status": "completed", "final_val_bpb": final, "tok_per_s": speed})
+
+
+def test_the_final_plot_shows_the_paired_difference_with_its_interval(tmp_path):
+    import numpy as np
+    from scipy import stats
+
+    base, chunk = [0.850, 0.861, 0.853], [0.852, 0.864, 0.856]
+    _finals(tmp_path, {"slice": [(x, 1000.0) for x in base], "chunk": [(x, 1000.0) for x in chunk]})
+    fig = final_figure(collect_dirs(tmp_path), {12: "rope.split=slice"})
+    values_ax, delta_ax = fig.axes
+    ci = stats.ttest_rel(chunk, base).confidence_interval(0.95)
+    assert _whiskers(delta_ax)[0] == pytest.approx((ci.low, ci.high))  # rope.split=chunk sorts first
+    # The unpaired interval of each variant is far wider than the paired one.
+    half = stats.t.ppf(0.975, 2) * np.std(chunk, ddof=1) / np.sqrt(3)
+    assert _whiskers(values_ax)[0] == pytest.approx((np.mean(chunk) - half, np.mean(chunk) + half))
+    assert half > (ci.high - ci.low) / 2
+    assert any(list(line.get_xdata()) == [0, 0] for line in delta_ax.get_lines())  # the zero line
+
+
+def test_one_seed_variants_say_n_1_and_variants_differ_by_marker(tmp_path):
+    for seed in (0, 1, 2):
+        write_run(tmp_path, 12, "slice", "c_fc_2x", seed)
+        write_run(tmp_path, 12, "slice", "none", seed)
+    write_run(tmp_path, 12, "chunk", "c_fc_2x", 0)
+    collection = collect_dirs(tmp_path)
+    from harness.results.plots import variant_styles
+
+    markers = [style.marker for style in variant_styles(collection, BASELINES).values()]
+    assert len(set(markers)) == len(markers) == 3
+    for fig in (final_figure(collection, BASELINES), throughput_figure(collection, BASELINES)):
+        labels = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert labels.count("n=1") == 2  # the values panel and the difference panel
+        single_row = sorted(collection.runs["variant"].unique()).index("rope.split=chunk mlp_lr.name=c_fc_2x")
+        assert all(single_row not in _whiskers(ax) for ax in fig.axes)  # no zero-length bar
+
+
+def test_throughput_shows_the_relative_difference_with_fieller_bounds_off_zero(tmp_path):
+    import numpy as np
+    from scipy import stats
+
+    speeds = {"slice": [1000.0, 990.0, 1012.0], "chunk": [1031.0, 1019.0, 1043.0]}
+    _finals(tmp_path, {rope: [(1.0 + i / 100, x) for i, x in enumerate(v)] for rope, v in speeds.items()})
+    fig = throughput_figure(collect_dirs(tmp_path), {12: "rope.split=slice"})
+    values_ax, delta_ax = fig.axes
+    assert values_ax.get_xlim()[0] > 900  # fitted to the data, not from 0
+    low, high = _whiskers(delta_ax)[0]  # rope.split=chunk sorts first
+    v, b = np.array(speeds["chunk"]), np.array(speeds["slice"])
+    for bound in (low, high):  # Fieller's bounds: scipy's paired test of v against rho * b has p = 0.05
+        assert stats.ttest_rel(v, (1 + bound / 100) * b).pvalue == pytest.approx(0.05, abs=1e-8)
+    assert 0 < low < high  # clearly faster: the whole interval right of the zero line
 
 
 def test_figures_are_saved_as_png_and_svg(two_depths, tmp_path):

@@ -205,3 +205,26 @@ def test_report_cli_takes_a_wandb_project(tmp_path, monkeypatch):
         assert report_cli.main(["--wandb", "me/ablate", "--out", str(tmp_path / "out")]) == 0
     assert api.asked == ["me/ablate"]
     assert "wandb:me/ablate" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_one_unreadable_run_never_sinks_the_report(tmp_path, capsys):
+    """A truncated summary.json and a truncated config.yaml: both runs marked `unreadable` with the
+    reason in the runs table, the comparison notes and the list of runs that did not complete."""
+    root = tmp_path / "smoke"
+    write_sweep(root)
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    summary, config = runs[0] / "summary.json", runs[1] / "config.yaml"
+    summary.write_text(summary.read_text()[:50])
+    config.write_text(config.read_text()[:200])
+    out = tmp_path / "report"
+    assert report_cli.main([str(root), "--out", str(out)]) == 0
+    runs_md, comparison_md, report_md = ((out / f).read_text() for f in ("runs.md", "comparison.md", "report.md"))
+    assert runs_md.count("| **unreadable** |") == 2
+    for text in (runs_md, report_md):
+        assert "summary.json unreadable" in text and "config.yaml unreadable" in text
+    assert "summary.json unreadable" in comparison_md and "config.yaml unreadable" in comparison_md
+    assert "1 unreadable" in comparison_md  # counted in its variant's row
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["n_seeds"].sum() == SMOKE_RUNS - 2
+    assert set(table["seeds"].dropna().astype(str)) <= {"0,1", "0", "1"}  # integers, though one run has no seed
+    assert "## Runs that did not complete" in report_md

@@ -167,3 +167,45 @@ def test_tables_round_trip_through_parquet_and_csv(sweep, tmp_path):
 def test_a_missing_sweep_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         collect_dirs(tmp_path / "nope")
+
+
+def test_a_sweep_with_its_own_run_folder_and_two_sweeps_of_one_name_count_each_run_once(sweep, tmp_path):
+    import shutil
+
+    single = sweep / "mlp_lr=c_fc_2x,rope=slice,seed=0"
+    runs = collect_dirs(sweep, single, sweep).runs
+    assert len(runs) == 7 and "sweep/mlp_lr=c_fc_2x,rope=slice,seed=0" in set(runs["run"])
+    other = tmp_path / "other" / "sweep"  # another sweep folder also called `sweep`, with a different run
+    write_run(other / "mlp_lr=c_fc_2x,rope=slice,seed=0", seed=5)
+    collection = collect_dirs(sweep, other)
+    assert len(collection.runs) == 8 and collection.runs["run"].is_unique
+    assert "other/sweep/mlp_lr=c_fc_2x,rope=slice,seed=0" in set(collection.runs["run"])
+    assert collection.notes == []
+    shutil.copytree(other, tmp_path / "third" / "sweep")  # a copy: the same run, counted once, said so
+    collection = collect_dirs(sweep, other, tmp_path / "third" / "sweep")
+    assert len(collection.runs) == 8
+    assert collection.notes == [
+        "2 folders hold the same run (same config and seed): counted once as "
+        "`other/sweep/mlp_lr=c_fc_2x,rope=slice,seed=0`, left out `third/sweep/mlp_lr=c_fc_2x,rope=slice,seed=0`"
+    ]
+
+
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda run: run.summary_path.write_text('{"status": "comp'), "summary.json unreadable"),
+        (lambda run: run.summary_path.write_bytes(b"\xff\xfe"), "summary.json unreadable"),
+        (lambda run: run.summary_path.write_text("[1, 2]\n"), "holds a list, not an object"),
+        (lambda run: run.config_path.write_text("seed: 0\nmodel: {depth: [4\n"), "config.yaml unreadable"),
+        (lambda run: run.config_path.write_text(run.config_path.read_text()[:-9]), "does not end with a newline"),
+        (lambda run: run.config_path.write_text("name: t\n"), "no seed, model.depth"),
+    ],
+)
+def test_an_unreadable_run_is_marked_with_its_reason(sweep, damage, reason):
+    damage(RunDir(sweep / "mlp_lr=c_fc_2x,rope=slice,seed=1"))
+    collection = collect_dirs(sweep)
+    runs = collection.runs.set_index("run")
+    row = runs.loc["sweep/mlp_lr=c_fc_2x,rope=slice,seed=1"]
+    assert row["status"] == "unreadable" and reason in row["note"]
+    assert len(runs) == 7
+    assert "mlp_lr.name" in collection.axes and "train.num_iterations" not in collection.axes

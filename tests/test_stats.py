@@ -12,9 +12,11 @@ from harness.results.stats import (
     WELCH,
     compare,
     design_min_detectable,
+    holm,
     mean_interval,
     min_detectable_difference,
     pooled_sd,
+    ratio_compare,
     seeds_needed,
 )
 
@@ -70,11 +72,25 @@ def test_welch_when_the_seeds_differ():
     assert result.high - result.low == pytest.approx(2 * half)
 
 
-def test_pairing_needs_exactly_the_same_seeds():
+def test_pairing_uses_the_shared_seeds_and_needs_two():
     assert compare([(0, 1.0), (1, 1.1)], [(0, 0.9), (1, 1.05)]).test == PAIRED
-    assert compare([(0, 1.0), (1, 1.1), (2, 1.2)], [(0, 0.9), (1, 1.0)]).test == WELCH
-    assert compare([(0, 1.0), (0, 1.1)], [(0, 0.9), (1, 1.0)]).test == WELCH  # a seed twice
+    assert compare([(0, 1.0), (2, 1.2)], [(0, 0.9), (1, 1.0)]).test == WELCH  # one shared seed
+    assert compare([(0, 1.0), (0, 1.1)], [(0, 0.9), (1, 1.0)]).test == WELCH  # a seed twice is not a pair
     assert compare([(0, 1.0), (1, math.nan)], [(0, 0.9), (1, 1.0)]).test == NO_TEST  # one usable value
+
+
+def test_a_missing_seed_keeps_the_paired_test_on_the_rest():
+    # The variant lacks seed 3; the baseline lacks seed 4. Pairs: seeds 0, 1, 2.
+    variant = [(0, 1.00), (1, 1.12), (2, 0.95), (4, 1.30)]
+    baseline = [(0, 0.98), (1, 1.09), (2, 0.94), (3, 0.90)]
+    result = compare(variant, baseline)
+    reference = stats.ttest_rel([1.00, 1.12, 0.95], [0.98, 1.09, 0.94])
+    assert result.test == PAIRED and result.n_paired == 3
+    assert (result.n_variant, result.n_baseline) == (4, 4)
+    assert result.difference == pytest.approx(np.mean([0.02, 0.03, 0.01]))
+    assert result.p_value == pytest.approx(reference.pvalue)
+    ci = reference.confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((ci.low, ci.high))
 
 
 def test_one_seed_is_never_significant():
@@ -136,3 +152,79 @@ def test_pooled_sd_weights_by_degrees_of_freedom():
     sd, dof = pooled_sd(groups)
     assert dof == 3
     assert sd == pytest.approx(math.sqrt((2.0 + 2.0) / 3))  # sums of squares 2 and 2 over 2 + 1 dof
+
+
+# speed: the ratio of means with Fieller's interval ------------------------------------------------
+V = [1031.0, 1012.0, 1046.0, 1020.0, 1039.0]
+B = [1000.0, 990.0, 1011.0, 1002.0, 1004.0]
+
+
+def _fieller_paired_by_hand(v, b, alpha=0.05):
+    """Closed form: the rho with (mean_v - rho mean_b)^2 <= t^2 Var(v - rho b) / n, a quadratic in rho."""
+    v, b = np.array(v), np.array(b)
+    n = len(v)
+    t = stats.t.ppf(1 - alpha / 2, n - 1)
+    svv, sbb = v.var(ddof=1), b.var(ddof=1)
+    svb = ((v - v.mean()) * (b - b.mean())).sum() / (n - 1)
+    qa = b.mean() ** 2 - t * t * sbb / n
+    qb = v.mean() * b.mean() - t * t * svb / n
+    qc = v.mean() ** 2 - t * t * svv / n
+    root = math.sqrt(qb * qb - qa * qc)
+    return (qb - root) / qa, (qb + root) / qa
+
+
+def test_paired_speed_ratio_is_fieller_by_hand_and_inverts_scipys_paired_test():
+    result = ratio_compare(list(enumerate(V)), list(enumerate(B)))
+    assert result.test == PAIRED and result.n_paired == 5
+    assert result.delta_pct == pytest.approx(100 * (np.mean(V) / np.mean(B) - 1))
+    assert result.p_value == pytest.approx(stats.ttest_rel(V, B).pvalue)  # the plain test of v - b
+    low, high = _fieller_paired_by_hand(V, B)
+    assert (result.low_pct, result.high_pct) == pytest.approx((100 * (low - 1), 100 * (high - 1)), rel=1e-9)
+    # At each bound, scipy's paired test of v against rho * b sits exactly at alpha.
+    for bound in (result.low_pct, result.high_pct):
+        rho = 1 + bound / 100
+        assert stats.ttest_rel(V, rho * np.array(B)).pvalue == pytest.approx(0.05, abs=1e-9)
+    assert result.low_pct > 0 and result.significant()
+
+
+def test_welch_speed_ratio_inverts_scipys_welch_test():
+    result = ratio_compare(list(zip(range(5), V, strict=True)), list(zip(range(10, 15), B, strict=True)))
+    assert result.test == WELCH and result.n_paired == 0
+    assert result.p_value == pytest.approx(stats.ttest_ind(V, B, equal_var=False).pvalue)
+    for bound in (result.low_pct, result.high_pct):
+        rho = 1 + bound / 100
+        assert stats.ttest_ind(V, rho * np.array(B), equal_var=False).pvalue == pytest.approx(0.05, abs=1e-9)
+    assert result.low_pct < result.delta_pct < result.high_pct
+
+
+def test_speed_ratio_interval_holds_zero_exactly_when_p_is_above_alpha():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        b = rng.normal(1000, 20, 4)
+        v = b * (1 + rng.normal(0.01, 0.02, 4))
+        result = ratio_compare(list(enumerate(v)), list(enumerate(b)))
+        assert (result.low_pct <= 0 <= result.high_pct) == (result.p_value >= 0.05)
+
+
+def test_speed_ratio_with_one_seed_is_not_tested():
+    result = ratio_compare([(0, 1100.0)], [(0, 1000.0), (1, 1010.0)])
+    assert result.test == NO_TEST and math.isnan(result.p_value) and math.isnan(result.low_pct)
+    assert result.delta_pct == pytest.approx(100 * (1100 / 1005 - 1))
+
+
+# multiplicity ------------------------------------------------------------------------------------
+def test_holm_matches_statsmodels_and_keeps_nan_out_of_the_family():
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.array([0.01, 0.04, math.nan, 0.03, 0.005, 0.5, math.nan, 0.0001, 0.02])
+    finite = np.isfinite(p)
+    expected = multipletests(p[finite], method="holm")[1]
+    adjusted = holm(p)
+    assert np.isnan(adjusted[~finite]).all()
+    np.testing.assert_allclose(adjusted[finite], expected, rtol=1e-12)
+
+
+def test_holm_by_hand():
+    # m = 3: sorted 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> held at 0.06 (monotone).
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]

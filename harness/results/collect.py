@@ -13,8 +13,16 @@ name keeps only the keys that are not implied by another (`mlp_lr.name` implies
 `mlp_lr.shape_rule`), and leaves out keys implied by the depth (depth is a dimension of its own).
 
 Runs are never dropped: a run without summary.json has status `missing` and shows what its
-metrics say so far; failed, diverged and interrupted runs keep their status. Statistics use
-completed runs only, and say how many others there were.
+metrics say so far; failed, diverged and interrupted runs keep their status; a run whose
+summary.json or config.yaml cannot be read (truncated, not JSON/YAML) has status `unreadable`
+with the reason, and the rest of the report is built. Statistics use completed runs only, and
+say how many others there were.
+
+A run is counted once. The same folder reached twice (a sweep and one of its own run folders,
+or one folder named twice) is one run; two folders holding the same run identity (every config
+key that changes what a run computes, the seed included: a copied sweep, say) are one run too,
+the completed or furthest one kept. Either is said in `Collection.notes`. Two sweeps whose
+folders share a name get run names that tell them apart.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +38,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from harness.errors import ConfigError
 from harness.results.rundir import RunDir, find_run_dirs
 
 MISSING = "missing"
 COMPLETED = "completed"
+UNREADABLE = "unreadable"
 DEPTH_KEY = "model.depth"
 # A recipe sets keys in many groups; where they vary only with it, the recipe's name is the variant.
 RECIPE_KEY = "recipe.name"
@@ -61,9 +72,14 @@ SUMMARY_NUMBERS = (
     "params",
     "flops_per_token",
     "world_size",
+    "grad_accum_steps",
 )
 HEADLINE = 8  # SUMMARY_NUMBERS[:HEADLINE] come before the CORE task columns
 SUMMARY_TEXT = ("device", "git_commit", "error")
+# What a run's tok/s depends on besides the model: runs that differ in one of these are not
+# compared for speed (compare.py). Missing values (older runs) are unknown, not different.
+SPEED_CONTEXT = ("device", "world_size", "device_batch_size", "total_batch_tokens", "grad_accum_steps")
+BATCH_KEYS = {"device_batch_size": "train.device_batch_size", "total_batch_tokens": "train.total_batch_tokens"}
 CORE_PREFIX = "core/"
 
 
@@ -77,6 +93,7 @@ class RunRecord:
     summary: dict | None
     metrics: list[dict]
     problem: str = ""
+    unreadable: str = ""  # why summary.json or config.yaml could not be read; the run is `unreadable`
 
 
 @dataclass
@@ -88,6 +105,7 @@ class Collection:
     axes: list[str]
     variant_keys: list[str]
     configs: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # duplicates left out, and why
 
     @property
     def core_tasks(self) -> list[str]:
@@ -103,8 +121,9 @@ class Collection:
 
 # reading -----------------------------------------------------------------------------------
 def load_run_dirs(*roots: str | os.PathLike) -> list[RunRecord]:
-    """Every run directory under the roots (any depth, Hydra multirun layout included)."""
-    records = []
+    """Every run directory under the roots (any depth, Hydra multirun layout included), each
+    folder once however many roots reach it; run names unique even when two roots share a name."""
+    found: dict[Path, tuple[Path, RunDir]] = {}
     for root in roots:
         root = Path(root)
         if not root.exists():
@@ -113,18 +132,81 @@ def load_run_dirs(*roots: str | os.PathLike) -> list[RunRecord]:
             relative = run_dir.path.relative_to(root)
             if "wandb" in relative.parts:  # wandb's own files/config.yaml, not a run of ours
                 continue
-            run = root.name if relative == Path(".") else f"{root.name}/{relative.as_posix()}"
-            records.append(_read_run_dir(run, run_dir))
-    return records
+            # The first root that reaches a folder names it (a sweep before one of its own runs).
+            found.setdefault(run_dir.path.resolve(), (root, run_dir))
+    names = _run_names({path: (root, run_dir.path) for path, (root, run_dir) in found.items()})
+    return [_read_run_dir(names[path], run_dir) for path, (_, run_dir) in found.items()]
+
+
+def _run_names(found: dict[Path, tuple[Path, Path]]) -> dict[Path, str]:
+    """`<root name>/<path below the root>`; where two folders would get one name, more of the
+    root's parents are prepended until the names differ (two sweeps both called `smoke`)."""
+
+    def name(root: Path, path: Path, parents: int) -> str:
+        root = root.resolve()
+        prefix = Path(*root.parts[max(len(root.parts) - 1 - parents, 1) :]) if parents else Path(root.name)
+        relative = path.resolve().relative_to(root)
+        return prefix.as_posix() if relative == Path(".") else f"{prefix.as_posix()}/{relative.as_posix()}"
+
+    names = {path: name(root, run, 0) for path, (root, run) in found.items()}
+    for parents in range(1, 64):
+        counts = Counter(names.values())
+        clashing = [p for p, n in names.items() if counts[n] > 1]
+        if not clashing:
+            break
+        for path in clashing:
+            names[path] = name(*found[path], parents)
+    else:  # only if two resolved paths still print alike, which they cannot; keep them apart anyway
+        names = {path: path.as_posix() for path in found}
+    return names
 
 
 def _read_run_dir(run: str, run_dir: RunDir) -> RunRecord:
     problem = ""
     try:
         metrics = run_dir.read_metrics()
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         metrics, problem = [], str(e)
-    return RunRecord(run, str(run_dir.path), run_dir.read_config(), run_dir.read_summary(), metrics, problem)
+    unreadable = []
+    config, config_problem = _read_config(run_dir)
+    if config_problem:
+        unreadable.append(config_problem)
+    summary, summary_problem = _read_summary(run_dir)
+    if summary_problem:
+        unreadable.append(summary_problem)
+    return RunRecord(run, str(run_dir.path), config, summary, metrics, problem, "; ".join(unreadable))
+
+
+def _read_config(run_dir: RunDir) -> tuple[dict, str]:
+    """The config, or {} and why not. The harness writes config.yaml with a final newline, so a
+    file without one was cut short even when what is left still parses."""
+    try:
+        text = run_dir.config_path.read_bytes()
+        config = run_dir.read_config()
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        return {}, f"config.yaml unreadable: {_one_line(e)}"
+    if not isinstance(config, dict):
+        return {}, f"config.yaml unreadable: holds a {type(config).__name__}, not a mapping"
+    if not text.endswith(b"\n"):
+        return {}, "config.yaml unreadable: it does not end with a newline (cut short?)"
+    missing = [key for key in (SEED_KEY, DEPTH_KEY) if key not in flatten(config)]
+    if missing:
+        return {}, f"config.yaml unreadable: no {', '.join(missing)} (cut short?)"
+    return config, ""
+
+
+def _read_summary(run_dir: RunDir) -> tuple[dict | None, str]:
+    try:
+        summary = run_dir.read_summary()
+    except (OSError, ValueError) as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"summary.json unreadable: {_one_line(e)}"
+    if summary is not None and not isinstance(summary, dict):
+        return None, f"summary.json unreadable: holds a {type(summary).__name__}, not an object"
+    return summary, ""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -149,11 +231,23 @@ def ablation_axes(configs: Sequence[dict[str, Any]]) -> list[str]:
         keys.update(dict.fromkeys(flat))
     axes = []
     for key in keys:
-        if key in NOT_AXIS_KEYS or key.startswith(NOT_AXIS_PREFIXES):
+        if _bookkeeping(key):
             continue
         if len({_hashable(flat.get(key, "<absent>")) for flat in configs}) > 1:
             axes.append(key)
     return axes
+
+
+def _bookkeeping(key: str) -> bool:
+    """Keys that say where or how a run was launched, not what it computes."""
+    return key in NOT_AXIS_KEYS or key.startswith(NOT_AXIS_PREFIXES)
+
+
+def run_identity(flat: dict[str, Any]) -> str:
+    """What a run computes: every key that is not bookkeeping, and the seed. Two folders with the
+    same identity hold the same run (a copy, or the same sweep reached twice)."""
+    kept = {k: _hashable(v) for k, v in flat.items() if not _bookkeeping(k) or k == SEED_KEY}
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def variant_keys(configs: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[str]:
@@ -195,37 +289,68 @@ def _format_value(value: Any) -> str:
 
 # tables ------------------------------------------------------------------------------------
 def collect(records: Iterable[RunRecord]) -> Collection:
-    """Build the runs and curves tables from records of any source."""
-    records = sorted(records, key=lambda r: r.run)
-    configs = {r.run: flatten(r.config) for r in records}
+    """Build the runs and curves tables from records of any source, each run once."""
+    records, notes = deduplicate(sorted(records, key=lambda r: r.run))
+    configs = {r.run: flatten(r.config) for r in records if r.config}
     flats = list(configs.values())
     axes = ablation_axes(flats)
     keys = variant_keys(flats, axes) if flats else []
     fallback_name = "/".join(sorted({str(f.get(NAME_KEY, "run")) for f in flats}))
     rows = []
     for record in records:
-        flat = configs[record.run]
+        flat = configs.get(record.run, {})
         row = {
             "run": record.run,
             "name": flat.get(NAME_KEY),
-            "variant": variant_label(flat, keys) if keys else fallback_name,
+            "variant": (variant_label(flat, keys) if keys else fallback_name) if flat else UNREADABLE,
             "depth": flat.get(DEPTH_KEY),
             "seed": flat.get(SEED_KEY),
-            "status": (record.summary or {}).get("status") or MISSING,
+            "status": UNREADABLE if record.unreadable else (record.summary or {}).get("status") or MISSING,
         }
         row.update({axis: flat.get(axis) for axis in axes})
         row.update(_headline_numbers(record))
+        row.update({column: flat.get(key) for column, key in BATCH_KEYS.items()})
         row["note"] = _note(record)
         row["path"] = record.source
         rows.append(row)
     runs = _tidy(pd.DataFrame(rows, columns=_run_columns(rows, axes)))
-    return Collection(runs, _curves(records), axes, keys, configs)
+    return Collection(runs, _curves(records), axes, keys, configs, notes)
+
+
+def deduplicate(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[str]]:
+    """One record per run identity (readable configs only): the completed one, else the one that
+    got furthest, else the first by name. Returns the records kept and a note per duplicate."""
+    groups: dict[str, list[RunRecord]] = {}
+    kept: list[RunRecord] = []
+    for record in records:
+        if record.config and not record.unreadable:
+            groups.setdefault(run_identity(flatten(record.config)), []).append(record)
+        else:
+            kept.append(record)
+    notes = []
+    for group in groups.values():
+        best = min(group, key=_preference)
+        kept.append(best)
+        others = [r.run for r in group if r is not best]
+        if others:
+            notes.append(
+                f"{len(group)} folders hold the same run (same config and seed): counted once as `{best.run}`, "
+                f"left out {', '.join(f'`{o}`' for o in others)}"
+            )
+    return sorted(kept, key=lambda r: r.run), notes
+
+
+def _preference(record: RunRecord) -> tuple:
+    summary = record.summary or {}
+    step = _number(summary.get("step"))
+    return (summary.get("status") != COMPLETED, -(step if math.isfinite(step) else -1), record.run)
 
 
 def _run_columns(rows: list[dict], axes: list[str]) -> list[str]:
     tasks = sorted({k for row in rows for k in row if k.startswith(CORE_PREFIX)})
     head = ["run", "name", "variant", "depth", "seed", "status", *axes]
-    return [*head, *SUMMARY_NUMBERS[:HEADLINE], *tasks, *SUMMARY_NUMBERS[HEADLINE:], *SUMMARY_TEXT, "note", "path"]
+    tail = [*SUMMARY_NUMBERS[HEADLINE:], *BATCH_KEYS, *SUMMARY_TEXT, "note", "path"]
+    return [*head, *SUMMARY_NUMBERS[:HEADLINE], *tasks, *tail]
 
 
 def _headline_numbers(record: RunRecord) -> dict[str, Any]:
@@ -266,7 +391,9 @@ def _numbers_from_metrics(metrics: list[dict]) -> dict[str, Any]:
 
 def _note(record: RunRecord) -> str:
     notes = [record.problem] if record.problem else []
-    if record.summary is None:
+    if record.unreadable:
+        notes.append(record.unreadable)
+    elif record.summary is None:
         notes.append("no summary.json: numbers from metrics so far")
     elif record.summary.get("status") == "running":
         notes.append("running (or killed without a summary): numbers from metrics so far")
@@ -288,7 +415,7 @@ def _tidy(runs: pd.DataFrame) -> pd.DataFrame:
             runs[column] = pd.to_numeric(values, errors="coerce")
         else:
             runs[column] = values.map(lambda v: "" if v is None else _format_value(v)).astype(str)
-    for column in ("depth", "seed", "step", "num_iterations", "world_size"):
+    for column in ("depth", "seed", "step", "num_iterations", "world_size", "grad_accum_steps"):
         if column in runs and runs[column].notna().all() and pd.api.types.is_numeric_dtype(runs[column]):
             runs[column] = runs[column].astype("int64")
     return runs

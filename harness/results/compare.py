@@ -1,10 +1,18 @@
 """Comparison tables: per depth, one row per variant, each measured against the baseline variant.
 
 A row gives the number of completed seeds, the mean and 95% t interval of final val bpb and CORE,
-throughput, and the difference to the baseline with its interval, p-value, test (paired by seed
-or Welch) and the smallest difference the design could have detected (stats.py). Runs that did
-not complete are counted in the row, never silently left out. Written as CSV (every number) and
-Markdown (ready to paste into a pull request).
+throughput, and the difference to the baseline with its interval, p-value, test (paired on the
+shared seeds, or Welch) and the smallest difference the design could have detected (stats.py).
+Speed is compared like quality: `tok_per_s_delta_pct` (variant / baseline - 1 of the mean of
+each run's steady-state median tok/s) with Fieller's 95% interval, `tok_per_s_p` and
+`tok_per_s_verdict` (faster / slower / not significant), unless the runs ran on different
+devices, world sizes or batch sizes (then the verdict says which differs, and nothing is tested).
+
+Every p-value of the table (every metric, every variant, every depth) is one family: each gets a
+Holm-adjusted `<metric>_p_adjusted`, and the verdicts use it. Runs that did not complete are
+counted in the row, never silently left out; a completed run with a NaN final value is left out
+of that metric's statistics with a note. Written as CSV (every number) and Markdown (ready to
+paste into a pull request).
 """
 
 from __future__ import annotations
@@ -21,8 +29,19 @@ import pandas as pd
 import yaml
 
 from harness.errors import ConfigError
-from harness.results.collect import COMPLETED, Collection
-from harness.results.stats import ALPHA, NO_TEST, compare, design_min_detectable, mean_interval, pooled_sd
+from harness.results.collect import COMPLETED, SPEED_CONTEXT, UNREADABLE, Collection
+from harness.results.stats import (
+    ALPHA,
+    NO_TEST,
+    PAIRED,
+    compare,
+    design_min_detectable,
+    holm,
+    mean_interval,
+    pooled_sd,
+    ratio_compare,
+    shared_seeds,
+)
 
 # The recipe's own setting: rotary halves by slicing, 2x Muon LR on the MLP input matrix.
 DEFAULT_BASELINE = ("rope.split=slice", "mlp_lr.name=c_fc_2x")
@@ -40,8 +59,13 @@ METRICS = (
     Metric("final_val_bpb", "val_bpb", "val bpb", higher_is_better=False),
     Metric("core", "core", "CORE", higher_is_better=True),
 )
+SPEED = "tok_per_s"  # the speed metric's key: tok_per_s_delta_pct, tok_per_s_p, tok_per_s_verdict, ...
+# Every metric that gets a p-value, in table order: the family Holm adjusts over.
+TESTED = (*(m.key for m in METRICS), SPEED)
 BASELINE, BETTER, WORSE, NOT_SIGNIFICANT = "baseline", "better", "worse", "not significant"
+FASTER, SLOWER = "faster", "slower"
 SINGLE_SEED, NO_BASELINE = "one seed: not tested", "no baseline"
+NOT_COMPARED = "not compared"
 
 
 # the baseline ------------------------------------------------------------------------------
@@ -107,6 +131,7 @@ def comparison_table(
 ) -> tuple[pd.DataFrame, list[str]]:
     """One row per (depth, variant); the baseline first within each depth. Returns (table, notes)."""
     found, notes = baseline_variants(collection, baseline, strict)
+    notes = [*collection.notes, *_unreadable_notes(collection), *notes]
     rows = []
     for depth in collection.depths:
         at_depth = collection.runs[collection.runs["depth"] == depth]
@@ -118,18 +143,37 @@ def comparison_table(
             row = _row(depth, variant, runs, base_runs, reference)
             keys = {k: runs[k].iloc[0] for k in collection.variant_keys}
             rows.append({"depth": depth, "variant": variant, **keys, **row})
-    return pd.DataFrame(rows), notes
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        _adjust_and_judge(table)
+    return table, notes
+
+
+def _unreadable_notes(collection: Collection) -> list[str]:
+    runs = collection.runs[collection.runs["status"] == UNREADABLE]
+    return [
+        f"`{run.run}` is unreadable and left out of the statistics"
+        + ("" if run.variant != UNREADABLE else " (its variant is unknown, so it is in no row)")
+        + f": {run.note}"
+        for run in runs.itertuples()
+    ]
 
 
 def _row(depth: int, variant: str, runs: pd.DataFrame, base_runs: pd.DataFrame, reference: str | None) -> dict:
     done = runs[runs["status"] == COMPLETED]
     others = runs[runs["status"] != COMPLETED]["status"].value_counts()
+    usable = done[np.isfinite(done["final_val_bpb"].to_numpy(dtype=float))]
+    not_finite = done[~done.index.isin(usable.index)]
+    notes = []
+    if len(not_finite):
+        seeds = ", ".join(_seed_text(s) for s in sorted(not_finite["seed"]))
+        notes.append(f"completed with a NaN final val bpb, left out: seed {seeds}")
     row: dict[str, Any] = {
         "depth": depth,
         "variant": variant,
         "is_baseline": variant == reference,
-        "n_seeds": int(done["final_val_bpb"].notna().sum()),
-        "seeds": ",".join(str(s) for s in sorted(done["seed"].dropna().unique())),
+        "n_seeds": len(usable),
+        "seeds": _seed_list(sorted(usable["seed"].dropna())),
         "not_completed": ", ".join(f"{n} {status}" for status, n in others.items()),
     }
     for metric in METRICS:
@@ -154,15 +198,22 @@ def _row(depth: int, variant: str, runs: pd.DataFrame, base_runs: pd.DataFrame, 
     base_done = base_runs[base_runs["status"] == COMPLETED]
     for metric in METRICS:
         row.update(_difference(metric, done, base_done, variant, reference))
+    row.update(_speed_difference(done, base_done, variant, reference))
+    row.update(_pairing_note(row, done, base_done, variant, reference))
+    row["note"] = "; ".join([*notes, *([row.pop("pairing_note")] if row.get("pairing_note") else [])])
     return row
 
 
+def _pairs(runs: pd.DataFrame, column: str) -> list[tuple[int, float]]:
+    return list(zip(runs["seed"], runs[column].astype(float), strict=True))
+
+
 def _difference(metric: Metric, done: pd.DataFrame, base: pd.DataFrame, variant: str, reference: str | None):
-    """delta, its interval, p, test, detectable difference and verdict, as `<metric>_...` columns."""
-    pairs = list(zip(done["seed"], done[metric.column], strict=True))
-    base_pairs = list(zip(base["seed"], base[metric.column], strict=True))
+    """delta, its interval, p, test, seeds paired and detectable difference, as `<metric>_...` columns.
+    The verdict is filled in once every p-value of the table is known (Holm)."""
+    pairs, base_pairs = _pairs(done, metric.column), _pairs(base, metric.column)
     values = dict.fromkeys(("delta", "delta_ci_low", "delta_ci_high", "p", "mdd"), math.nan)
-    values.update(test="", verdict=BASELINE if variant == reference else NO_BASELINE)
+    values.update(test="", n_paired=0, verdict=BASELINE if variant == reference else NO_BASELINE)
     if not any(math.isfinite(value) for _, value in pairs):
         values["verdict"] = ""  # not measured in this sweep (e.g. no CORE)
     elif reference is not None and variant != reference:
@@ -174,17 +225,115 @@ def _difference(metric: Metric, done: pd.DataFrame, base: pd.DataFrame, variant:
             p=result.p_value,
             mdd=result.min_detectable,
             test=result.test,
-            verdict=_verdict(metric, result.difference, result.p_value, result.test),
+            n_paired=result.n_paired,
+            verdict="",
         )
     return {f"{metric.key}_{name}": value for name, value in values.items()}
 
 
-def _verdict(metric: Metric, difference: float, p_value: float, test: str) -> str:
+def _speed_difference(done: pd.DataFrame, base: pd.DataFrame, variant: str, reference: str | None) -> dict:
+    """tok_per_s_delta_pct with its interval, p, test and seeds paired; the verdict comes later."""
+    values = dict.fromkeys(("delta_pct", "delta_pct_ci_low", "delta_pct_ci_high", "p"), math.nan)
+    values.update(test="", n_paired=0, verdict=BASELINE if variant == reference else NO_BASELINE)
+    measured = done[np.isfinite(done[SPEED].to_numpy(dtype=float))]
+    if measured.empty:
+        values["verdict"] = ""
+    elif reference is not None and variant != reference:
+        base_measured = base[np.isfinite(base[SPEED].to_numpy(dtype=float))]
+        differs = speed_context_difference(pd.concat([measured, base_measured]))
+        if differs:
+            values["verdict"] = f"{NOT_COMPARED}: {differs}"
+        else:
+            result = ratio_compare(_pairs(measured, SPEED), _pairs(base_measured, SPEED))
+            values.update(
+                delta_pct=result.delta_pct,
+                delta_pct_ci_low=result.low_pct,
+                delta_pct_ci_high=result.high_pct,
+                p=result.p_value,
+                test=result.test,
+                n_paired=result.n_paired,
+                verdict="",
+            )
+    return {f"{SPEED}_{name}": value for name, value in values.items()}
+
+
+def speed_context_difference(runs: pd.DataFrame) -> str:
+    """Which of device, world size and batch sizes differ among these runs ('' when none does).
+    A value a run did not record (older runs, wandb imports) is unknown, not a difference."""
+    differing = []
+    for column in SPEED_CONTEXT:
+        if column not in runs:
+            continue
+        known = sorted({str(v) for v in runs[column] if _known(v)})
+        if len(known) > 1:
+            differing.append(f"{column.replace('_', ' ')} differs ({' / '.join(known)})")
+    return "; ".join(differing)
+
+
+def _known(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is not None and str(value) not in ("", "nan", "None")
+
+
+def _pairing_note(row: dict, done: pd.DataFrame, base: pd.DataFrame, variant: str, reference: str | None) -> dict:
+    """Say when a paired test used only the shared seeds, or Welch ran because too few were shared."""
+    if reference is None or variant == reference or row["val_bpb_test"] in ("", NO_TEST):
+        return {}
+    bpb = [(s, v) for s, v in _pairs(done, "final_val_bpb") if math.isfinite(v)]
+    base_bpb = [(s, v) for s, v in _pairs(base, "final_val_bpb") if math.isfinite(v)]
+    shared = shared_seeds(bpb, base_bpb)
+    if row["val_bpb_test"] == PAIRED and len(shared) < max(len(bpb), len(base_bpb)):
+        return {"pairing_note": f"paired on the {len(shared)} seeds shared with the baseline ({_seed_list(shared)})"}
+    if row["val_bpb_test"] != PAIRED:
+        return {"pairing_note": f"{len(shared)} seed(s) shared with the baseline: Welch (pairing needs 2)"}
+    return {}
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return ",".join(_seed_text(s) for s in seeds)
+
+
+def _seed_text(seed: Any) -> str:
+    """Seeds are integers, even when the column is float because an unreadable run has none."""
+    return str(int(seed)) if isinstance(seed, float) and seed.is_integer() else str(seed)
+
+
+def _adjust_and_judge(table: pd.DataFrame) -> None:
+    """Holm over every p-value of the table at once, then every verdict from the adjusted values."""
+    columns = [f"{key}_p" for key in TESTED]
+    adjusted = holm(table[columns].to_numpy(dtype=float).ravel()).reshape(len(table), len(columns))
+    for i, key in enumerate(TESTED):
+        table[f"{key}_p_adjusted"] = adjusted[:, i]
+    for metric in METRICS:
+        prefix = metric.key
+        pending = table[f"{prefix}_verdict"] == ""
+        pending &= table[f"{prefix}_test"] != ""
+        table.loc[pending, f"{prefix}_verdict"] = [
+            _verdict(metric.higher_is_better, r[f"{prefix}_delta"], r[f"{prefix}_p_adjusted"], r[f"{prefix}_test"])
+            for _, r in table[pending].iterrows()
+        ]
+    pending = (table[f"{SPEED}_verdict"] == "") & (table[f"{SPEED}_test"] != "")
+    table.loc[pending, f"{SPEED}_verdict"] = [
+        _speed_verdict(r[f"{SPEED}_delta_pct"], r[f"{SPEED}_p_adjusted"], r[f"{SPEED}_test"])
+        for _, r in table[pending].iterrows()
+    ]
+
+
+def _verdict(higher_is_better: bool, difference: float, p_adjusted: float, test: str) -> str:
     if test == NO_TEST:
         return SINGLE_SEED
-    if not p_value < ALPHA:
+    if not p_adjusted < ALPHA:
         return NOT_SIGNIFICANT
-    return BETTER if (difference > 0) == metric.higher_is_better else WORSE
+    return BETTER if (difference > 0) == higher_is_better else WORSE
+
+
+def _speed_verdict(delta_pct: float, p_adjusted: float, test: str) -> str:
+    if test == NO_TEST:
+        return SINGLE_SEED
+    if not p_adjusted < ALPHA:
+        return NOT_SIGNIFICANT
+    return FASTER if delta_pct > 0 else SLOWER
 
 
 # Markdown ----------------------------------------------------------------------------------
@@ -205,19 +354,23 @@ def comparison_markdown(table: pd.DataFrame, variant_keys: Sequence[str], notes:
 
 def _markdown_rows(rows: pd.DataFrame, keys: list[str], has_core: bool) -> str:
     variant_header = keys or ["variant"]
-    header = [*variant_header, "seeds", "val bpb (95% CI)", "Δ val bpb [95% CI]", "p", "detectable Δ"]
+    header = [*variant_header, "seeds", "val bpb (95% CI)", "Δ val bpb [95% CI]", "p / Holm p", "detectable Δ"]
     if has_core:
-        header += ["CORE (95% CI)", "Δ CORE [95% CI]", "p (CORE)", "detectable Δ CORE"]
+        header += ["CORE (95% CI)", "Δ CORE [95% CI]", "p / Holm p (CORE)", "detectable Δ CORE"]
+    header += ["tok/s", "Δ tok/s [95% CI]", "p / Holm p (tok/s)", "quality", "speed"]
     show_others = (rows["not_completed"] != "").any()
-    header += ["tok/s", "verdict"] + (["not completed"] if show_others else [])
+    show_notes = (rows["note"] != "").any()
+    header += (["not completed"] if show_others else []) + (["note"] if show_notes else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, row in rows.iterrows():
         cells = _variant_cells(row, keys)
         cells += [_seeds(row), _mean_ci(row, "val_bpb", 4), *_delta_cells(row, "val_bpb", 4)]
         if has_core:
             cells += [_mean_ci(row, "core", 4), *_delta_cells(row, "core", 4)]
-        cells += [_format(row["tok_per_s_mean"], ",.0f"), _verdicts(row, has_core)]
+        cells += [_format(row["tok_per_s_mean"], ",.0f"), *_speed_cells(row)]
+        cells += [_verdicts(row, has_core), row["tok_per_s_verdict"]]
         cells += [row["not_completed"]] if show_others else []
+        cells += [row["note"].replace("|", "\\|")] if show_notes else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -247,11 +400,32 @@ def _delta_cells(row: pd.Series, key: str, digits: int) -> list[str]:
         return ["—", "—", "—"]
     low, high = row[f"{key}_delta_ci_low"], row[f"{key}_delta_ci_high"]
     interval = f" [{_signed(low, digits)}, {_signed(high, digits)}]" if math.isfinite(low) else ""
-    p = row[f"{key}_p"]
-    p_text = "—" if not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
-    if math.isfinite(p):
-        p_text += f" ({row[f'{key}_test']})"
+    p_text = _p_text(row, key)
     return [_signed(delta, digits) + interval, p_text, _format(row[f"{key}_mdd"], f".{digits}f")]
+
+
+def _speed_cells(row: pd.Series) -> list[str]:
+    delta = row[f"{SPEED}_delta_pct"]
+    if not math.isfinite(delta):
+        return ["—", "—"]
+    low, high = row[f"{SPEED}_delta_pct_ci_low"], row[f"{SPEED}_delta_pct_ci_high"]
+    interval = f" [{_signed(low, 1)}%, {_signed(high, 1)}%]" if math.isfinite(low) else ""
+    return [f"{_signed(delta, 1)}%{interval}", _p_text(row, SPEED)]
+
+
+def _p_text(row: pd.Series, key: str) -> str:
+    """`raw / Holm-adjusted (test)`; a paired test on fewer seeds than either side ran says how many."""
+    p, adjusted = row[f"{key}_p"], row[f"{key}_p_adjusted"]
+    if not math.isfinite(p):
+        return "—"
+    test = row[f"{key}_test"]
+    if test == PAIRED:
+        test = f"paired, {int(row[f'{key}_n_paired'])} seeds"
+    return f"{_p(p)} / {_p(adjusted)} ({test})"
+
+
+def _p(p: float) -> str:
+    return "—" if not math.isfinite(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _verdicts(row: pd.Series, has_core: bool) -> str:
@@ -270,21 +444,27 @@ def _format(value: float, spec: str) -> str:
 
 
 def _legend(table: pd.DataFrame, has_core: bool) -> str:
-    tested = int(table["val_bpb_p"].notna().sum())
+    counts = {key: int(table[f"{key}_p"].notna().sum()) for key in TESTED}
+    tests = sum(counts.values())
+    names = {"val_bpb": "val bpb", "core": "CORE", SPEED: "speed"}
+    parts = ", ".join(f"{names[k]} {n}" for k, n in counts.items() if n or k != "core")
     metrics = "val bpb: lower is better; CORE: higher is better" if has_core else "val bpb: lower is better"
-    multiple = (
-        f"; unadjusted for the {tested} comparisons (expect about {tested * ALPHA:.1f} false positives at "
-        f"α = {ALPHA} if nothing differs)"
-        if tested > 1
+    family = (
+        f"Holm p: adjusted over all {tests} tests of this table ({parts}), which keeps the chance of any "
+        f"false verdict at α = {ALPHA}; the verdicts use it. "
+        if tests
         else ""
     )
     return (
         f"Completed runs only; Δ = variant − baseline ({metrics}). Means with 95% t intervals over "
-        "seeds. p: paired t-test over seeds when variant and baseline ran the same seeds, Welch's "
-        f"t-test otherwise{multiple}. detectable Δ: the smallest true difference this design finds "
-        f"with 80% power at α = {ALPHA} (two-sided), given the observed seed-to-seed spread; a "
-        'smaller true difference would likely read as "not significant". A variant with one seed '
-        "has no interval and is never called significant."
+        "seeds. p: paired t-test on the seeds variant and baseline share (when at least 2 are shared), "
+        f"Welch's t-test otherwise. {family}detectable Δ: the smallest true difference this design finds "
+        f"with 80% power at α = {ALPHA} (two-sided, before adjustment), given the observed seed-to-seed spread; "
+        'a smaller true difference would likely read as "not significant". Δ tok/s: the relative difference '
+        "of the mean of each run's steady-state median tok/s, with Fieller's 95% interval (the ratios the same "
+        "t-test does not reject); runs on different devices, world sizes or batch sizes are not compared for "
+        "speed. quality and speed are separate verdicts. A variant with one seed has no interval and is "
+        "never called significant."
     )
 
 
@@ -329,13 +509,14 @@ def spread_table(collection: Collection, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _paired_differences(runs: pd.DataFrame, column: str, baseline: str) -> list[np.ndarray]:
-    """Per variant with exactly the baseline's seeds: its per-seed differences to the baseline."""
+    """Per variant sharing at least two seeds with the baseline: its per-seed differences on those."""
     base = runs[runs["variant"] == baseline].dropna(subset=[column])
-    if base["seed"].duplicated().any():
-        return []
-    base_values = base.set_index("seed")[column]
+    base_pairs = _pairs(base, column)
     diffs = []
     for _, group in runs[runs["variant"] != baseline].dropna(subset=[column]).groupby("variant"):
-        if not group["seed"].duplicated().any() and set(group["seed"]) == set(base_values.index):
-            diffs.append((group.set_index("seed")[column] - base_values).to_numpy())
+        pairs = _pairs(group, column)
+        shared = shared_seeds(pairs, base_pairs)
+        if len(shared) >= 2:
+            v, b = dict(pairs), dict(base_pairs)
+            diffs.append(np.array([v[s] - b[s] for s in shared]))
     return diffs

@@ -3,10 +3,17 @@
 - curves: train loss and val bpb against step, tokens, training time and FLOPs; one panel per
   depth, variants overlaid as the mean over seeds with a min-max band; runs that did not
   complete drawn dotted on their own. Train loss is an EMA (0.9, debiased, as the recipe logs it).
-- final val bpb per variant (every seed, the mean and its 95% interval), one panel per depth.
+- final val bpb per variant (every seed, the mean and its 95% interval) and beside it the paired
+  difference to the baseline with its 95% interval (unpaired intervals overlap even when the
+  paired difference is clear), one row per depth.
 - scaling: final val bpb against depth and against training FLOPs, per variant (two depths or more).
-- CORE per task: a heat map of centered accuracy, variants by tasks (only when CORE was measured).
-- throughput per variant: tok/s with seeds and interval, MFU when measured.
+- CORE per task: heat maps of centered accuracy, and of the difference to the baseline with its
+  95% half-width in each cell, cells whose interval holds 0 faded (only when CORE was measured).
+- throughput per variant: tok/s with seeds and interval on an axis fitted to the data, and the
+  relative difference to the baseline with its interval (the report's speed statistic), MFU when measured.
+
+Variants differ by colour and marker (and line style in curves); a one-seed variant is labelled
+"n=1" rather than drawn with a zero-length bar.
 
 Each function returns a matplotlib Figure, or None when the sweep has nothing to show, so tests
 can count panels and lines. Figures use matplotlib's object API on the Agg canvas (no pyplot, no
@@ -29,10 +36,11 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from harness.results.collect import COMPLETED, CORE_PREFIX, Collection
-from harness.results.stats import mean_interval
+from harness.results.compare import speed_context_difference
+from harness.results.stats import NO_TEST, PAIRED, compare, mean_interval, ratio_compare
 
 EMA_BETA = 0.9
 X_AXES = {
@@ -46,6 +54,7 @@ CURVE_METRICS = {
     "val_bpb": "validation bits per byte",
 }
 LINESTYLES = ("-", "--", "-.", (0, (6, 2, 1, 2, 1, 2)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 INCOMPLETE_STYLE = ":"
 BASELINE_COLOR = "black"
 PANEL_WIDTH, PANEL_HEIGHT, LEGEND_WIDTH = 5.2, 3.8, 3.4
@@ -62,15 +71,19 @@ class Style:
     linestyle: object
     label: str
     linewidth: float
+    marker: str = "o"
 
 
 def ema(values: Sequence[float], beta: float = EMA_BETA) -> np.ndarray:
     """Debiased exponential moving average: the k-th output averages the first k inputs, weighted
-    toward recent ones, without the pull toward zero of a plain EMA started at 0."""
-    out, smooth = np.empty(len(values)), 0.0
+    toward recent ones, without the pull toward zero of a plain EMA started at 0. A non-finite
+    input is a gap (NaN out) and is skipped, so one NaN step cannot blank the rest of the curve."""
+    out, smooth, seen = np.full(len(values), math.nan), 0.0, 0
     for i, value in enumerate(values):
-        smooth = beta * smooth + (1 - beta) * value
-        out[i] = smooth / (1 - beta ** (i + 1))
+        if not math.isfinite(value):
+            continue
+        smooth, seen = beta * smooth + (1 - beta) * value, seen + 1
+        out[i] = smooth / (1 - beta**seen)
     return out
 
 
@@ -99,9 +112,9 @@ def variant_styles(collection: Collection, baselines: Mapping[int, str]) -> dict
         is_baseline = run["variant"] in baseline_set
         if is_baseline and not by_style:
             color = BASELINE_COLOR
-        styles[run["variant"]] = Style(
-            color, linestyle, label + (" (baseline)" if is_baseline else ""), 2.4 if is_baseline else 1.4
-        )
+        label += " (baseline)" if is_baseline else ""
+        # A marker of its own per variant: colours alone fail in greyscale and for colour-blind readers.
+        styles[run["variant"]] = Style(color, linestyle, label, 2.4 if is_baseline else 1.4, MARKERS[i % len(MARKERS)])
     return styles
 
 
@@ -193,7 +206,7 @@ def _draw_variant(ax, group: pd.DataFrame, by_run, metric: str, x: str, scale: f
     line was drawn."""
     done = [_series(by_run, run, metric, x) for run in group.loc[group["status"] == COMPLETED, "run"]]
     done = [s for s in done if len(s)]
-    marker = "o" if done and max(len(s) for s in done) <= SPARSE_POINTS else None
+    marker = style.marker if done and max(len(s) for s in done) <= SPARSE_POINTS else None
     drawn = []
     if done:
         values = pd.concat([s["value"] for s in done], axis=1)
@@ -246,7 +259,7 @@ def _variant_legend(
 ) -> None:
     present = set(collection.runs["variant"])
     handles = [
-        Line2D([], [], color=s.color, linestyle=s.linestyle, linewidth=s.linewidth, label=s.label)
+        Line2D([], [], color=s.color, linestyle=s.linestyle, linewidth=s.linewidth, marker=s.marker, label=s.label)
         for variant, s in styles.items()
         if variant in present
     ]
@@ -266,45 +279,98 @@ def _variant_legend(
 
 
 # final val bpb per variant -----------------------------------------------------------------
+def _variant_rows(ax, styles: Mapping[str, Style], variants: Sequence[str]) -> None:
+    ax.set_yticks(range(len(variants)), [styles[v].label for v in variants], fontsize=8)
+    ax.set_ylim(-0.6, len(variants) - 0.4)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _one_seed_label(ax, x: float, y: float) -> None:
+    """A one-seed variant has no interval: say so beside its point instead of drawing a zero-length bar."""
+    ax.annotate("n=1", (x, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7, color="dimgrey")
+
+
+def _seed_pairs(runs: pd.DataFrame, column: str) -> list[tuple[int, float]]:
+    return [(s, float(v)) for s, v in zip(runs["seed"], runs[column], strict=True) if math.isfinite(v)]
+
+
 def final_figure(collection: Collection, baselines: Mapping[int, str] | None = None, metric: str = "final_val_bpb"):
-    """Per depth: every completed seed's final value as a dot, the mean and its 95% interval."""
+    """Per depth, two panels: every completed seed's final value as a dot with the mean and its 95%
+    interval; and the difference to the baseline with the interval of `stats.compare` (paired on the
+    shared seeds, as in the comparison table)."""
     done = collection.completed()
     if done.empty or done[metric].isna().all():
         return None
-    styles = variant_styles(collection, baselines or {})
+    baselines = baselines or {}
+    styles = variant_styles(collection, baselines)
     depths = [d for d in collection.depths if done[done["depth"] == d][metric].notna().any()]
     variants = sorted(done["variant"].unique())
-    fig, axes = _panels(len(depths), extra_width=0.0, height=0.9 + 0.42 * len(variants))
-    for ax, depth in zip(axes, depths, strict=True):
+    with_delta = any(baselines.get(d) in set(done.loc[done["depth"] == d, "variant"]) for d in depths)
+    height = 0.9 + 0.42 * len(variants)
+    fig = _figure(figsize=(max(PANEL_WIDTH * (2 if with_delta else 1) + 2.6, MIN_WIDTH), height * len(depths)))
+    grid = fig.subplots(len(depths), 2 if with_delta else 1, squeeze=False)
+    for row, depth in enumerate(depths):
         at_depth = done[done["depth"] == depth]
+        ax = grid[row, 0]
         for y, variant in enumerate(variants):
             values = at_depth[at_depth["variant"] == variant][metric].dropna()
             if values.empty:
                 continue
-            color = styles[variant].color
-            ax.scatter(values, np.full(len(values), y), s=18, color=color, alpha=0.6, zorder=3)
+            style = styles[variant]
+            ax.scatter(
+                values, np.full(len(values), y), s=16, color=style.color, alpha=0.5, marker=style.marker, zorder=3
+            )
             interval = mean_interval(values)
             if interval.n > 1:
-                ax.errorbar(
-                    interval.mean, y, xerr=interval.half_width, fmt="none", ecolor=color, capsize=3, elinewidth=1.2
-                )
-            ax.scatter([interval.mean], [y], marker="D", s=36, color=color, zorder=4)
-        reference = at_depth.loc[at_depth["variant"] == (baselines or {}).get(depth), metric]
+                ax.errorbar(interval.mean, y, xerr=interval.half_width, fmt="none", ecolor=style.color, capsize=3)
+            else:
+                _one_seed_label(ax, interval.mean, y)
+            ax.scatter([interval.mean], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
+        reference = at_depth.loc[at_depth["variant"] == baselines.get(depth), metric]
         if reference.notna().any():
             ax.axvline(reference.mean(), color="grey", linestyle=":", linewidth=1)
-        ax.set_yticks(range(len(variants)), [styles[v].label for v in variants], fontsize=8)
-        ax.set_ylim(-0.6, len(variants) - 0.4)
-        ax.invert_yaxis()
-        ax.xaxis.set_major_locator(MaxNLocator(5))
+        _variant_rows(ax, styles, variants)
         ax.set_xlabel("final validation bits per byte (lower is better)")
-        ax.set_title(f"depth {depth}", fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"depth {depth}: per seed, mean and 95% CI", fontsize=10)
+        if with_delta:
+            _difference_panel(grid[row, 1], at_depth, metric, baselines.get(depth), styles, variants)
+            grid[row, 1].set_title(f"depth {depth}: difference to the baseline", fontsize=10)
+            grid[row, 1].set_yticklabels([])
     fig.suptitle(
         f"final val bpb per variant ({_legend_title(collection)})\n"
-        "dots: seeds · diamond: mean · bar: 95% CI · dotted line: baseline mean",
+        "left: dots = seeds, large marker = mean, bar = 95% CI · right: variant − baseline, paired by seed, 95% CI",
         fontsize=10,
     )
     return fig
+
+
+def _difference_panel(ax, at_depth: pd.DataFrame, metric: str, reference, styles, variants: Sequence[str]) -> None:
+    """Variant minus baseline per variant, with its interval and the test beside the panel."""
+    base = at_depth[at_depth["variant"] == reference]
+    ax.axvline(0, color="grey", linewidth=1)
+    for y, variant in enumerate(variants):
+        style = styles[variant]
+        if variant == reference:
+            ax.text(1.02, y, "baseline", va="center", fontsize=7.5, transform=ax.get_yaxis_transform())
+            continue
+        pairs = _seed_pairs(at_depth[at_depth["variant"] == variant], metric)
+        if not pairs or base.empty:
+            continue
+        result = compare(pairs, _seed_pairs(base, metric))
+        if math.isfinite(result.low):
+            error = [[result.difference - result.low], [result.high - result.difference]]
+            ax.errorbar(result.difference, y, xerr=error, fmt="none", ecolor=style.color, capsize=3, elinewidth=1.4)
+        elif result.test == NO_TEST:
+            _one_seed_label(ax, result.difference, y)
+        ax.scatter([result.difference], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
+        test = f"paired, {result.n_paired} seeds" if result.test == PAIRED else result.test
+        text = f"{result.difference:+.4f}".replace("-", "−")
+        text += f" (p={result.p_value:.2g}, {test})" if math.isfinite(result.p_value) else " (n=1: not tested)"
+        ax.text(1.02, y, text, va="center", fontsize=7.5, transform=ax.get_yaxis_transform())
+    _variant_rows(ax, styles, variants)
+    ax.set_xlabel("Δ final val bpb vs baseline (< 0 is better)")
 
 
 # scaling -----------------------------------------------------------------------------------
@@ -333,7 +399,7 @@ def scaling_figure(collection: Collection, baselines: Mapping[int, str] | None =
                 color=style.color,
                 linestyle=style.linestyle,
                 linewidth=style.linewidth,
-                marker="o",
+                marker=style.marker,
                 markersize=4,
                 capsize=3,
             )
@@ -377,18 +443,43 @@ def core_figure(collection: Collection, baselines: Mapping[int, str] | None = No
         if with_delta:
             delta_ax, reference = axes[i * panels_per_depth + 1], baselines.get(depth)
             if reference in means.loc[depth].index:
-                delta = table - means.loc[depth].loc[reference, columns].to_numpy(dtype=float)
-                _heat_map(delta_ax, delta, labels, row_labels, absolute=False)
-                delta_ax.set_title(f"depth {depth}: difference to the baseline (blue = better)", fontsize=9)
+                delta, half = _core_differences(done[done["depth"] == depth], variants, columns, reference)
+                _heat_map(delta_ax, delta, labels, row_labels, absolute=False, spread=half)
+                delta_ax.set_title(
+                    f"depth {depth}: difference to the baseline ± 95% half-width, paired by seed\n"
+                    "(blue = better; faded: the interval holds 0 or there is one seed)",
+                    fontsize=9,
+                )
             else:
                 delta_ax.set_axis_off()
     fig.suptitle(f"CORE per task ({_legend_title(collection)})")
     return fig
 
 
-def _heat_map(ax, values: np.ndarray, columns: list[str], rows: list[str], absolute: bool) -> None:
+def _core_differences(at_depth: pd.DataFrame, variants, columns, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Per variant and task: the difference to the baseline (`stats.compare`, paired on shared seeds)
+    and its 95% half-width (NaN with one seed; the baseline's own row is 0 with no spread)."""
+    base = at_depth[at_depth["variant"] == reference]
+    delta = np.full((len(variants), len(columns)), math.nan)
+    half = np.full_like(delta, math.nan)
+    for i, variant in enumerate(variants):
+        runs = at_depth[at_depth["variant"] == variant]
+        for j, column in enumerate(columns):
+            pairs, base_pairs = _seed_pairs(runs, column), _seed_pairs(base, column)
+            if variant == reference:
+                delta[i, j] = 0.0 if pairs else math.nan
+            elif pairs and base_pairs:
+                result = compare(pairs, base_pairs)
+                delta[i, j], half[i, j] = result.difference, (result.high - result.low) / 2
+    return delta, half
+
+
+def _heat_map(
+    ax, values: np.ndarray, columns: list[str], rows: list[str], absolute: bool, spread: np.ndarray | None = None
+) -> None:
     """Annotated heat map. Absolute centered accuracy: sequential from 0 (diverging if some task
-    is below chance); differences: diverging, symmetric around 0."""
+    is below chance); differences: diverging, symmetric around 0, each cell with its 95%
+    half-width from `spread`, faded where the interval holds 0 (or is unknown)."""
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if absolute and low >= 0:
@@ -404,7 +495,20 @@ def _heat_map(ax, values: np.ndarray, columns: list[str], rows: list[str], absol
             level = norm(value)
             white = level > dark if dark is not None else abs(level - 0.5) > 0.3
             text = f"{value:.2f}" if absolute else f"{value:+.3f}".replace("-", "−")
-            ax.text(j, i, text, ha="center", va="center", fontsize=6, color="white" if white else "black")
+            faded = False
+            if spread is not None:
+                half = spread[i, j]
+                text += f"\n±{half:.3f}" if math.isfinite(half) else ("\nn=1" if value != 0 else "")
+                faded = not (math.isfinite(half) and abs(value) > half)
+                white = white and not faded
+            ax.text(j, i, text, ha="center", va="center", fontsize=5.5 if spread is not None else 6,
+                    color="white" if white else "black", alpha=0.6 if faded else 1.0)  # fmt: skip
+    if spread is not None:
+        unclear = ~(np.isfinite(spread) & (np.abs(values) > np.nan_to_num(spread, nan=np.inf)))
+        overlay = np.zeros((*values.shape, 4))
+        overlay[..., :3] = 1.0
+        overlay[..., 3] = np.where(unclear & np.isfinite(values), 0.65, 0.0)
+        ax.imshow(overlay, aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=55, ha="right", rotation_mode="anchor", fontsize=7.5)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.figure.colorbar(image, ax=ax, label=label, shrink=0.9, pad=0.01)
@@ -412,51 +516,96 @@ def _heat_map(ax, values: np.ndarray, columns: list[str], rows: list[str], absol
 
 # throughput --------------------------------------------------------------------------------
 def throughput_figure(collection: Collection, baselines: Mapping[int, str] | None = None):
-    """Training tok/s per variant: a bar at the mean, the seeds as dots, the 95% interval; MFU when known."""
+    """Per depth: tok/s per variant (seeds, mean, 95% CI) on an axis fitted to the data, and the
+    relative difference to the baseline with Fieller's interval (`stats.ratio_compare`, as in the
+    comparison table), the value and MFU in a column beside the panel."""
     done = collection.completed()
     if done.empty or done["tok_per_s"].isna().all():
         return None
-    styles = variant_styles(collection, baselines or {})
+    baselines = baselines or {}
+    styles = variant_styles(collection, baselines)
     depths = [d for d in collection.depths if done[done["depth"] == d]["tok_per_s"].notna().any()]
     variants = sorted(done["variant"].unique())
-    baselines = baselines or {}
-    fig, axes = _panels(len(depths), extra_width=0.0, height=0.9 + 0.42 * len(variants))
-    for ax, depth in zip(axes, depths, strict=True):
+    with_delta = any(baselines.get(d) in set(done.loc[done["depth"] == d, "variant"]) for d in depths)
+    height = 0.9 + 0.42 * len(variants)
+    fig = _figure(figsize=(max(PANEL_WIDTH * (2 if with_delta else 1) + 3.4, MIN_WIDTH), height * len(depths)))
+    grid = fig.subplots(len(depths), 2 if with_delta else 1, squeeze=False)
+    for row, depth in enumerate(depths):
         at_depth = done[done["depth"] == depth]
-        intervals = {v: mean_interval(at_depth.loc[at_depth["variant"] == v, "tok_per_s"]) for v in variants}
-        reference = intervals.get(baselines.get(depth))
-        right = max(np.nanmax([i.high, i.mean]) for i in intervals.values() if i.n) * 1.03
+        ax = grid[row, 0]
         for y, variant in enumerate(variants):
-            runs, interval = at_depth[at_depth["variant"] == variant], intervals[variant]
+            runs = at_depth[at_depth["variant"] == variant]
+            interval = mean_interval(runs["tok_per_s"])
             if interval.n == 0:
                 continue
-            color = styles[variant].color
-            ax.barh(y, interval.mean, color=color, alpha=0.35, height=0.6)
-            ax.scatter(runs["tok_per_s"], np.full(len(runs), y), s=14, color=color, zorder=3)
+            style = styles[variant]
+            ax.scatter(runs["tok_per_s"], np.full(len(runs), y), s=16, color=style.color, alpha=0.5,
+                       marker=style.marker, zorder=3)  # fmt: skip
             if interval.n > 1:
-                ax.errorbar(interval.mean, y, xerr=interval.half_width, fmt="none", ecolor="black", capsize=3)
-            text = _throughput_text(interval.mean, reference, runs["mfu"].mean())
-            # In a column right of the panel: never on top of the bars, dots or whiskers.
-            ax.text(1.02, y, text, va="center", ha="left", fontsize=7.5, transform=ax.get_yaxis_transform())
-        ax.set_xlim(0, right * 1.04)
-        ax.set_yticks(range(len(variants)), [styles[v].label for v in variants], fontsize=8)
-        ax.set_ylim(-0.6, len(variants) - 0.4)
-        ax.invert_yaxis()
+                ax.errorbar(interval.mean, y, xerr=interval.half_width, fmt="none", ecolor=style.color, capsize=3)
+            else:
+                _one_seed_label(ax, interval.mean, y)
+            ax.scatter([interval.mean], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
+        _variant_rows(ax, styles, variants)
+        ax.margins(x=0.15)  # fitted to the data, not from 0: a 3% difference must be visible
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_xlabel("training throughput (tokens/s, evaluation excluded)")
-        ax.set_title(f"depth {depth}", fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"depth {depth}: per seed, mean and 95% CI", fontsize=10)
+        text_ax = ax
+        if with_delta:
+            text_ax = grid[row, 1]
+            _speed_panel(text_ax, at_depth, baselines.get(depth), styles, variants)
+            text_ax.set_title(f"depth {depth}: relative to the baseline", fontsize=10)
+            text_ax.set_yticklabels([])
+        for y, variant in enumerate(variants):
+            runs = at_depth[at_depth["variant"] == variant]
+            text = _throughput_text(runs, at_depth[at_depth["variant"] == baselines.get(depth)], variant, baselines)
+            # In a column right of the panel: never on top of the markers or whiskers.
+            text_ax.text(1.02, y, text, va="center", ha="left", fontsize=7.5, transform=text_ax.get_yaxis_transform())
     fig.suptitle(
-        f"throughput per variant ({_legend_title(collection)})\nbar: mean · dots: seeds · whisker: 95% CI",
+        f"throughput per variant ({_legend_title(collection)})\n"
+        "left: dots = seeds, large marker = mean, bar = 95% CI · right: variant / baseline − 1, 95% CI (Fieller)",
         fontsize=10,
     )
     return fig
 
 
-def _throughput_text(mean: float, reference, mfu: float) -> str:
-    text = f"{mean:,.0f} tok/s"
-    if reference is not None and reference.n and mean != reference.mean:
-        text += f" ({mean / reference.mean - 1:+.1%} vs baseline)".replace("-", "−")
+def _speed_panel(ax, at_depth: pd.DataFrame, reference, styles, variants: Sequence[str]) -> None:
+    base = at_depth[at_depth["variant"] == reference]
+    ax.axvline(0, color="grey", linewidth=1)
+    for y, variant in enumerate(variants):
+        runs = at_depth[at_depth["variant"] == variant]
+        if variant == reference or base.empty or runs.empty or speed_context_difference(pd.concat([runs, base])):
+            continue
+        result = ratio_compare(_seed_pairs(runs, "tok_per_s"), _seed_pairs(base, "tok_per_s"))
+        style = styles[variant]
+        if not math.isfinite(result.delta_pct):
+            continue
+        if math.isfinite(result.low_pct) and math.isfinite(result.high_pct):
+            error = [[result.delta_pct - result.low_pct], [result.high_pct - result.delta_pct]]
+            ax.errorbar(result.delta_pct, y, xerr=error, fmt="none", ecolor=style.color, capsize=3, elinewidth=1.4)
+        elif result.test == NO_TEST:
+            _one_seed_label(ax, result.delta_pct, y)
+        ax.scatter([result.delta_pct], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
+    _variant_rows(ax, styles, variants)
+    ax.margins(x=0.15)
+    ax.xaxis.set_major_formatter(PercentFormatter(decimals=1))
+    ax.set_xlabel("Δ tok/s vs baseline (> 0 is faster)")
+
+
+def _throughput_text(runs: pd.DataFrame, base: pd.DataFrame, variant: str, baselines: Mapping[int, str]) -> str:
+    mean, mfu = runs["tok_per_s"].mean(), runs["mfu"].mean()
+    text = f"{mean:,.0f} tok/s" if math.isfinite(mean) else "—"
+    if variant in baselines.values():
+        text += " (baseline)"
+    elif len(base) and len(runs):
+        differs = speed_context_difference(pd.concat([runs, base]))
+        if differs:
+            text += f" (not compared: {differs.split(' (')[0]})"
+        else:
+            result = ratio_compare(_seed_pairs(runs, "tok_per_s"), _seed_pairs(base, "tok_per_s"))
+            text += f" ({result.delta_pct:+.1f}% vs baseline".replace("-", "−")
+            text += f", p={result.p_value:.2g})" if math.isfinite(result.p_value) else ", n=1)"
     return text + (f", MFU {mfu:.1%}" if math.isfinite(mfu) else "")
 
 

@@ -110,13 +110,20 @@ def runs_table_markdown(collection: Collection) -> str:
     for _, run in runs.iterrows():
         cells = [str(run[k]) for k in keys] + ([str(run["depth"])] if several_depths else [])
         status = run["status"] if run["status"] == COMPLETED else f"**{run['status']}**"
-        cells += [str(run["seed"]), status, _steps(run), _number(run["final_val_bpb"], ".4f")]
+        cells += [_seed(run["seed"]), status, _steps(run), _number(run["final_val_bpb"], ".4f")]
         cells += [_number(run["min_val_bpb"], ".4f")] + ([_number(run["core"], ".4f")] if has_core else [])
         cells += [_duration(run["train_time_s"]), _number(run["tok_per_s"], ",.0f")]
         cells += [_number(run["mfu"], ".1%")] if has_mfu else []
         cells += [_note(run)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _seed(seed: Any) -> str:
+    """An unreadable config has no seed: a dash, not `nan`."""
+    if _finite(seed):
+        return str(int(seed))
+    return "—" if isinstance(seed, float) or seed in (None, "") else str(seed)
 
 
 def _steps(run: pd.Series) -> str:

@@ -2,9 +2,19 @@
 
 Every claim the report makes about a variant goes through here. The unit of evidence is one
 seed's final number; a variant with one seed has no spread, so it gets no interval and no test.
-Against the baseline, seeds are paired when both sides ran exactly the same seeds (the data
-order and initialisation then match, and the seed-to-seed noise cancels in the difference);
-otherwise Welch's unequal-variance t-test is used.
+Against the baseline, seeds are paired on the seeds both sides ran (the data order and
+initialisation then match, and the seed-to-seed noise cancels in the difference), as long as
+at least two are shared; otherwise Welch's unequal-variance t-test is used on every value.
+
+Speed is compared as a ratio: `ratio_compare` gives the relative difference of the mean
+(variant / baseline - 1) with Fieller's interval, which is exactly the set of ratios rho that
+the same t-test (paired, or Welch) does not reject for "mean(variant) = rho * mean(baseline)".
+Its p-value at rho = 1 is therefore the ordinary t-test of the raw difference, and the interval
+excludes 0% exactly when that test rejects, which a log-ratio or delta-method interval only
+approximates. Welch's degrees of freedom depend on rho, so that inversion is solved numerically.
+
+Multiplicity: `holm` adjusts a family of p-values (Holm's step-down, which controls the
+family-wise error rate under any dependence); the report adjusts every test of its table together.
 
 Power: the smallest true difference the same design would detect with probability `POWER` at
 level `ALPHA` (two-sided), from the noncentral t distribution with the observed spread. It is
@@ -14,6 +24,7 @@ what keeps "not significant" from being read as "no difference".
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +65,7 @@ class Comparison:
     high: float
     p_value: float
     min_detectable: float
+    n_paired: int = 0  # seeds the paired test used (shared by both sides); 0 for Welch or no test
 
     def significant(self, alpha: float = ALPHA) -> bool:
         return self.test != NO_TEST and self.p_value < alpha
@@ -141,23 +153,32 @@ def design_min_detectable(sd: float, seeds: int, paired: bool, alpha: float = AL
     return min_detectable_difference(sd * math.sqrt(2 / seeds), 2 * seeds - 2, alpha, power)
 
 
+def shared_seeds(variant: Sequence[tuple[int, float]], baseline: Sequence[tuple[int, float]]) -> list[int]:
+    """Seeds that occur exactly once on each side, sorted: the ones a paired test can match up."""
+    v_counts, b_counts = Counter(s for s, _ in variant), Counter(s for s, _ in baseline)
+    return sorted(s for s, n in v_counts.items() if n == 1 and b_counts.get(s) == 1)
+
+
+def _finite_pairs(pairs: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    return [(s, float(v)) for s, v in pairs if math.isfinite(v)]
+
+
 def compare(
     variant: Sequence[tuple[int, float]], baseline: Sequence[tuple[int, float]], alpha: float = ALPHA
 ) -> Comparison:
-    """Compare (seed, value) pairs of a variant with the baseline's.
+    """Compare (seed, value) pairs of a variant with the baseline's (non-finite values dropped).
 
-    Paired t-test when both sides hold the same set of distinct seeds (at least two); Welch's
-    t-test when each side has at least two values; otherwise only the difference of means.
+    Paired t-test on the seeds both sides ran, when at least two are shared (the others are left
+    out of the test; `n_paired` says how many were used); Welch's t-test on every value when
+    fewer are shared and each side has two values or more; otherwise only the difference of means.
     """
-    variant = [(s, v) for s, v in variant if math.isfinite(v)]
-    baseline = [(s, v) for s, v in baseline if math.isfinite(v)]
-    v_seeds, b_seeds = [s for s, _ in variant], [s for s, _ in baseline]
+    variant, baseline = _finite_pairs(variant), _finite_pairs(baseline)
     n_v, n_b = len(variant), len(baseline)
-    same_seeds = len(set(v_seeds)) == n_v and len(set(b_seeds)) == n_b and set(v_seeds) == set(b_seeds)
-    if same_seeds and n_v >= 2:
-        by_seed = dict(baseline)
-        diffs = np.array([v - by_seed[s] for s, v in variant])
-        return _paired(diffs, n_b, alpha)
+    shared = shared_seeds(variant, baseline)
+    if len(shared) >= 2:
+        v_by_seed, b_by_seed = dict(variant), dict(baseline)
+        diffs = np.array([v_by_seed[s] - b_by_seed[s] for s in shared])
+        return _paired(diffs, n_v, n_b, alpha)
     v_values = np.array([v for _, v in variant])
     b_values = np.array([v for _, v in baseline])
     difference = float(v_values.mean() - b_values.mean()) if n_v and n_b else math.nan
@@ -166,17 +187,18 @@ def compare(
     return Comparison(NO_TEST, n_v, n_b, difference, math.nan, math.nan, math.nan, math.nan)
 
 
-def _paired(diffs: np.ndarray, n_baseline: int, alpha: float) -> Comparison:
+def _paired(diffs: np.ndarray, n_variant: int, n_baseline: int, alpha: float) -> Comparison:
     n = len(diffs)
     mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
     se = sd / math.sqrt(n)
     if se == 0:
         # Every seed gave exactly the same difference (e.g. bitwise-identical runs): no noise to test against.
-        return Comparison(PAIRED, n, n_baseline, mean, mean, mean, 1.0 if mean == 0 else 0.0, 0.0)
+        p = 1.0 if mean == 0 else 0.0
+        return Comparison(PAIRED, n_variant, n_baseline, mean, mean, mean, p, 0.0, n)
     result = stats.ttest_1samp(diffs, 0.0)
     ci = result.confidence_interval(1 - alpha)
     mdd = min_detectable_difference(se, n - 1, alpha)
-    return Comparison(PAIRED, n, n_baseline, mean, float(ci.low), float(ci.high), float(result.pvalue), mdd)
+    return Comparison(PAIRED, n_variant, n_baseline, mean, float(ci.low), float(ci.high), float(result.pvalue), mdd, n)
 
 
 def _welch(variant: np.ndarray, baseline: np.ndarray, difference: float, alpha: float) -> Comparison:
@@ -191,3 +213,120 @@ def _welch(variant: np.ndarray, baseline: np.ndarray, difference: float, alpha: 
     return Comparison(
         WELCH, len(variant), len(baseline), difference, float(ci.low), float(ci.high), float(result.pvalue), mdd
     )
+
+
+# ratios (speed) ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RatioComparison:
+    """variant / baseline - 1 of the means, in percent, with Fieller's interval and the t-test's p."""
+
+    test: str
+    n_variant: int
+    n_baseline: int
+    n_paired: int
+    delta_pct: float
+    low_pct: float
+    high_pct: float
+    p_value: float
+
+    def significant(self, alpha: float = ALPHA) -> bool:
+        return self.test != NO_TEST and self.p_value < alpha
+
+
+def ratio_compare(
+    variant: Sequence[tuple[int, float]], baseline: Sequence[tuple[int, float]], alpha: float = ALPHA
+) -> RatioComparison:
+    """Relative difference of the variant's mean to the baseline's, paired on shared seeds as
+    `compare` is (at least two shared), else Welch. The interval is Fieller's: every ratio rho for
+    which the t-test of mean(variant) - rho * mean(baseline) = 0 has p >= alpha. A bound is
+    infinite when the baseline's own mean is not distinguishable from 0 (never for throughput)."""
+    variant, baseline = _finite_pairs(variant), _finite_pairs(baseline)
+    n_v, n_b = len(variant), len(baseline)
+    shared = shared_seeds(variant, baseline)
+    if len(shared) >= 2:
+        v_by_seed, b_by_seed = dict(variant), dict(baseline)
+        v = np.array([v_by_seed[s] for s in shared])
+        b = np.array([b_by_seed[s] for s in shared])
+        return _paired_ratio(v, b, n_v, n_b, alpha)
+    v, b = np.array([x for _, x in variant]), np.array([x for _, x in baseline])
+    estimate = 100 * (v.mean() / b.mean() - 1) if n_v and n_b and b.mean() != 0 else math.nan
+    if n_v >= 2 and n_b >= 2:
+        return _welch_ratio(v, b, alpha)
+    return RatioComparison(NO_TEST, n_v, n_b, 0, float(estimate), math.nan, math.nan, math.nan)
+
+
+def _paired_ratio(v: np.ndarray, b: np.ndarray, n_v: int, n_b: int, alpha: float) -> RatioComparison:
+    n = len(v)
+    rho = float(v.mean() / b.mean())
+    cov = np.cov(v, b, ddof=1)  # [[S_vv, S_vb], [S_vb, S_bb]]
+
+    def t_of(r: float) -> float:
+        variance = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / n
+        return (v.mean() - r * b.mean()) / math.sqrt(variance) if variance > 0 else math.inf
+
+    if np.ptp(v - b) == 0 and np.ptp(v - rho * b) == 0:  # no noise at all (identical measurements)
+        p = 1.0 if rho == 1 else 0.0
+        return RatioComparison(PAIRED, n_v, n_b, n, 100 * (rho - 1), 100 * (rho - 1), 100 * (rho - 1), p)
+    p = float(stats.ttest_rel(v, b).pvalue)
+    low, high = _fieller_bounds(rho, t_of, lambda _: n - 1, alpha)
+    return RatioComparison(PAIRED, n_v, n_b, n, 100 * (rho - 1), 100 * (low - 1), 100 * (high - 1), p)
+
+
+def _welch_ratio(v: np.ndarray, b: np.ndarray, alpha: float) -> RatioComparison:
+    rho = float(v.mean() / b.mean())
+    var_v, var_b = v.var(ddof=1) / len(v), b.var(ddof=1) / len(b)
+
+    def t_of(r: float) -> float:
+        variance = var_v + r * r * var_b
+        return (v.mean() - r * b.mean()) / math.sqrt(variance) if variance > 0 else math.inf
+
+    def dof_of(r: float) -> float:  # Welch-Satterthwaite for the variances var_v and r^2 var_b
+        a, c = var_v, r * r * var_b
+        return (a + c) ** 2 / (a * a / (len(v) - 1) + c * c / (len(b) - 1))
+
+    if var_v + var_b == 0:
+        p = 1.0 if rho == 1 else 0.0
+        return RatioComparison(WELCH, len(v), len(b), 0, 100 * (rho - 1), 100 * (rho - 1), 100 * (rho - 1), p)
+    p = float(stats.ttest_ind(v, b, equal_var=False).pvalue)
+    low, high = _fieller_bounds(rho, t_of, dof_of, alpha)
+    return RatioComparison(WELCH, len(v), len(b), 0, 100 * (rho - 1), 100 * (low - 1), 100 * (high - 1), p)
+
+
+def _fieller_bounds(estimate: float, t_of, dof_of, alpha: float) -> tuple[float, float]:
+    """Where |t(rho)| reaches the two-sided critical value on each side of the estimate (|t| = 0
+    there). Searched outward in doubling steps; +-inf when it never does within 1e6 x the estimate."""
+
+    def excess(r: float) -> float:
+        return abs(t_of(r)) - stats.t.ppf(1 - alpha / 2, dof_of(r))
+
+    bounds = []
+    for direction in (-1.0, 1.0):
+        step = 1e-3 * max(abs(estimate), 1e-12)
+        inner, outer = estimate, estimate + direction * step
+        while excess(outer) < 0:
+            if step > 1e6 * max(abs(estimate), 1e-12):
+                outer = math.nan
+                break
+            inner, step = outer, 2 * step
+            outer = estimate + direction * step
+        if math.isnan(outer):
+            bounds.append(direction * math.inf)
+        else:
+            bounds.append(float(optimize.brentq(excess, min(inner, outer), max(inner, outer), xtol=1e-14, rtol=1e-12)))
+    return bounds[0], bounds[1]
+
+
+# multiplicity --------------------------------------------------------------------------------
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values; NaN entries are not tests and stay NaN.
+    The i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j))."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    m = len(tested)
+    order = tested[np.argsort(p[tested], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
