@@ -5,6 +5,7 @@
     python -m harness.bench rope                                            # rotary + QK norm alone, d12..d24
     python -m harness.bench ab "rope=slice" "rope=chunk" model=d12          # B's step time vs A's, with a CI
     python -m harness.bench throughput model=d12 --profile trace.json       # + a torch.profiler trace
+    python -m harness.bench suite                                           # all of issue 16's cases (bench_suite.py)
 
 `throughput` composes the config as `python -m harness.train` would and times the training step
 through the same functions the trainer calls (plan_run, build_model, compile_for_training,
@@ -44,6 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from harness.cli import compose, exit_on_config_error
 from harness.errors import ConfigError
@@ -568,7 +570,7 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
     datasheet = datasheet_bandwidth(device)
     results = []
     reference = next((s for s in splits if s not in skipped), None)  # what the others are compared with
-    for depth in args.depths:
+    for depth in tqdm(args.depths, desc="rope", unit="depth"):
         shape_cfg = config_from_depth(depth, int(cfg.model.aspect_ratio), int(cfg.model.head_dim))
         heads, head_dim = shape_cfg.n_head, shape_cfg.head_dim
         cos, sin = rotary_tables(seq_len, head_dim, base.rope_base, device)
@@ -684,7 +686,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ab = sub.add_parser(
         "ab",
-        help="configs A and B in one process, timed in interleaved blocks: B's step time vs A's with a 95% CI",
+        help="configs A and B in one process, timed in interleaved blocks: B's step time vs A's with a 95%% CI",
         epilog='Example: python -m harness.bench ab "rope=slice" "rope=chunk" model=d12 --blocks 20',
     )
     ab.add_argument("a", help='config A\'s own overrides, one quoted string (e.g. "rope=slice"; "" for none)')
@@ -732,6 +734,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["suite"]:  # every GPU measurement of issue 16 in one call (harness/bench_suite.py)
+        from harness.bench_suite import main as run_suite
+
+        return run_suite(argv[1:])
     args = parse_args(argv)
     if args.benchmark == "throughput":
         record = run_throughput(args, argv)

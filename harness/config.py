@@ -104,6 +104,7 @@ class OptimConfig:
     adamw: AdamWConfig
     # The depth the batch and weight-decay transfer rules take as their reference (harness/recipe.py).
     reference_depth: int = 12
+    compile: Any = "auto"  # torch.compile the update math: "auto" (CUDA only), true or false
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,8 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
             train.total_batch_tokens, optim.reference_batch_tokens, _horizon_ratio(cfg, optim, train)
         )
         optim = dataclasses.replace(optim, muon=dataclasses.replace(optim.muon, weight_decay_horizon_scale=scale))
+    if not (optim.compile == "auto" or isinstance(optim.compile, bool)):
+        raise ConfigError(f"optim.compile={optim.compile!r} is not one of: auto, true, false")
     return optim
 
 

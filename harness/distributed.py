@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -73,6 +74,25 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value
+
+
+def process_group_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def broadcast_rows_from_main(rows: np.ndarray | None, num_columns: int) -> np.ndarray:
+    """Rank 0's (n, num_columns) array of token ids on every rank (the others pass None): its row
+    count first, so a short array reaches everyone, then the rows through the device the backend
+    needs (NCCL: CUDA). int32 on the wire (token ids are far below 2**31), int64 back."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    count = torch.tensor([0 if rows is None else len(rows)], dtype=torch.int64, device=device)
+    dist.broadcast(count, src=0)
+    if dist.get_rank() == 0:
+        buffer = torch.from_numpy(rows.astype(np.int32)).to(device)
+    else:
+        buffer = torch.empty((int(count.item()), num_columns), dtype=torch.int32, device=device)
+    dist.broadcast(buffer, src=0)
+    return buffer.cpu().numpy().astype(np.int64)
 
 
 def barrier() -> None:

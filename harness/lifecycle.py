@@ -51,7 +51,7 @@ from harness.results.rundir import ATTEMPTS_DIR, CheckpointRefused, RunDir, atom
 log = logging.getLogger("ablate.lifecycle")
 
 # Config keys that may change between invocations of the same run without changing what it computes.
-RESUME_IGNORED_PREFIXES = ("paths.", "train.resume", "sweep.", "logger.", "launcher.", "name")
+RESUME_IGNORED_PREFIXES = ("paths.", "train.resume", "sweep.", "logger.", "launcher.", "name", "optimized_metric")
 # What a start-over moves into attempts/<n>/: everything the previous attempt wrote.
 ATTEMPT_FILES = ("config.yaml", "params.tsv", "metrics.jsonl", "summary.json", "checkpoints")
 LOCK_NAME, HOLDER_NAME = "run.lock", "run.lock.json"
@@ -291,7 +291,8 @@ def load_for_resume(checkpoint: Path, rank: int, device: torch.device) -> tuple[
     main, shard, refused = {}, {}, None
     try:
         main = RunDir.load_checkpoint(checkpoint)
-        shard = RunDir.load_checkpoint(checkpoint, rank=rank)
+        # A rank past the world size that wrote the checkpoint has no shard: restore re-shards (harness/reshard.py).
+        shard = RunDir.load_checkpoint(checkpoint, rank=rank) if rank < main["world_size"] else {}
     except (CheckpointRefused, OSError, RuntimeError) as e:
         refused = str(e) if isinstance(e, CheckpointRefused) else f"checkpoint {checkpoint} cannot be loaded ({e})"
     if any_rank(refused is not None, device):

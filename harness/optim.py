@@ -14,6 +14,7 @@ matrix's effective LR, and therefore its weight decay step (lr x wd), as in the 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import re
 from collections import defaultdict
@@ -249,6 +250,15 @@ def muon_update(
     params.sub_(lrs * update + lrs * weight_decay * params * decay_mask)
 
 
+def muon_stack_update(params: list[Tensor], grads: list[Tensor], *state_and_hyperparameters) -> None:
+    """muon_update on the stack of same-shape matrices `params`, written back into each of them.
+    Compiled as one function, the stacking and the write-back fuse into the update's first and last
+    kernels instead of being separate passes over the stack."""
+    stacked = torch.stack(params)
+    muon_update(torch.stack(grads), stacked, *state_and_hyperparameters)
+    torch._foreach_copy_(params, list(stacked.unbind(0)))
+
+
 def adamw_update(
     param: Tensor,
     grad: Tensor,
@@ -274,6 +284,22 @@ def adamw_update(
     exp_avg_sq.copy_(v)
 
 
+@functools.cache
+def compiled_updates():
+    """muon_update, muon_stack_update and adamw_update under torch.compile (optim.compile): each becomes a few fused
+    kernels instead of dozens of eager passes over the tensors (on CPU the eager step is mostly
+    elementwise memory traffic). One graph per tensor shape (dynamic=False, as the reference); the
+    hyperparameters arrive as 0-D tensors so a new LR or step does not recompile."""
+    updates = (muon_update, muon_stack_update, adamw_update)
+    return tuple(torch.compile(update, dynamic=False, fullgraph=True) for update in updates)
+
+
+def step_count(step: int, compiled: bool) -> int | Tensor:
+    """AdamW's step for its bias correction: a 0-D tensor for the compiled update (a Python int would
+    be baked into the graph and recompile every step), the int itself for the eager one."""
+    return torch.tensor(float(step)) if compiled else step
+
+
 # the optimizer ---------------------------------------------------------------------------------
 class MuonAdamW(torch.optim.Optimizer):
     """Single-process combined optimizer. Groups: one AdamW group per parameter role, one Muon
@@ -289,6 +315,7 @@ class MuonAdamW(torch.optim.Optimizer):
         rows: list[ParamRow],
         optim: OptimConfig,
         ortho_dtype: torch.dtype,
+        compile: bool = False,
     ):
         groups = []
         adam_groups: dict[tuple, list] = defaultdict(list)
@@ -332,6 +359,9 @@ class MuonAdamW(torch.optim.Optimizer):
             )
         super().__init__(groups, defaults={})
         self.ortho_dtype = ortho_dtype
+        self.compiled = compile
+        updates = compiled_updates() if compile else (muon_update, muon_stack_update, adamw_update)
+        self.muon_update, self.muon_stack_update, self.adamw_update = updates
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -357,7 +387,8 @@ class MuonAdamW(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            adamw_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1, beta2, eps, wd)
+            step = step_count(state["step"], self.compiled)
+            self.adamw_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, wd)
 
     def _step_muon(self, group: dict) -> None:
         params = group["params"]
@@ -369,10 +400,9 @@ class MuonAdamW(torch.optim.Optimizer):
             factored = (len(params), rows, 1) if rows >= cols else (len(params), 1, cols)
             state["second_moment"] = torch.zeros(factored, dtype=torch.float32, device=params[0].device)
         multipliers = torch.tensor(group["multipliers"], dtype=params[0].dtype, device=params[0].device)
-        stacked = torch.stack(params)
-        muon_update(
-            torch.stack([p.grad for p in params]),
-            stacked,
+        self.muon_stack_update(
+            params,
+            [p.grad for p in params],
             state["momentum_buffer"],
             state["second_moment"],
             torch.tensor(group["momentum"]),
@@ -385,7 +415,6 @@ class MuonAdamW(torch.optim.Optimizer):
             group["row_equilibration"],
             group["norm_rescale"],
         )
-        torch._foreach_copy_(params, list(stacked.unbind(0)))
 
 
 class DistMuonAdamW(MuonAdamW):
@@ -398,8 +427,8 @@ class DistMuonAdamW(MuonAdamW):
     up to the order of the gradient sums; optimizer state lives in shards, one per rank.
     """
 
-    def __init__(self, params_by_name, rows, optim, ortho_dtype, world_size: int, rank: int):
-        super().__init__(params_by_name, rows, optim, ortho_dtype)
+    def __init__(self, params_by_name, rows, optim, ortho_dtype, world_size: int, rank: int, compile: bool = False):
+        super().__init__(params_by_name, rows, optim, ortho_dtype, compile)
         self.world_size, self.rank = world_size, rank
 
     @torch.no_grad()
@@ -459,7 +488,8 @@ class DistMuonAdamW(MuonAdamW):
                 state["exp_avg"] = torch.zeros_like(target)
                 state["exp_avg_sq"] = torch.zeros_like(target)
             state["step"] += 1
-            adamw_update(target, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, beta1, beta2, eps, wd)
+            step = step_count(state["step"], self.compiled)
+            self.adamw_update(target, grad, state["exp_avg"], state["exp_avg_sq"], step, lr, beta1, beta2, eps, wd)
             if sharded:
                 gathers.append(all_gather_flat(p, target, async_op=True))
 
@@ -488,7 +518,7 @@ class DistMuonAdamW(MuonAdamW):
         handle.wait()
         del stacked_grads  # the reduce-scatter's input, no longer needed
         grad_shard /= self.world_size
-        muon_update(
+        self.muon_update(
             grad_shard,
             shard,
             state["momentum_buffer"],
@@ -522,13 +552,15 @@ def build_optimizer(
     world_size: int = 1,
     rank: int = 0,
 ) -> tuple[MuonAdamW, list[ParamRow]]:
-    """The recipe's optimizer for `model`; the sharded data-parallel one when world_size > 1."""
+    """The recipe's optimizer for `model`; the sharded data-parallel one when world_size > 1. Its
+    update math is compiled when optim.compile says so (auto: on CUDA, where the recipe compiles it)."""
     rows = parameter_table(model, optim, placement, total_batch_tokens)
     dtype_name = optim.muon.dtype
     if dtype_name == "auto":
         dtype_name = "bfloat16" if device_type == "cuda" else "float32"
     ortho_dtype = getattr(torch, dtype_name)
     params = dict(model.named_parameters())
+    compile = optim.compile is True or (optim.compile == "auto" and device_type == "cuda")
     if world_size > 1:
-        return DistMuonAdamW(params, rows, optim, ortho_dtype, world_size, rank), rows
-    return MuonAdamW(params, rows, optim, ortho_dtype), rows
+        return DistMuonAdamW(params, rows, optim, ortho_dtype, world_size, rank, compile), rows
+    return MuonAdamW(params, rows, optim, ortho_dtype, compile), rows

@@ -199,9 +199,38 @@ def runs_markdown(runs: list[PlannedRun]) -> str:
         ]
         for i, r in enumerate(runs, 1)
     ]
-    total_hours = sum(r.gpu_hours for r in runs if not math.isnan(r.gpu_hours))
-    total = f"{len(runs)} runs, {_si(sum(r.tokens for r in runs))} tokens, {sum(r.flops for r in runs):.3g} FLOPs"
-    return _markdown(header, rows) + f"\n\nTotal: {total}, {total_hours:.1f} GPU-hours."
+    return _markdown(header, rows) + "\n\n" + depth_totals_markdown(runs) + f"\n\nTotal: {_total(runs)}."
+
+
+def depth_totals_markdown(runs: list[PlannedRun]) -> str:
+    """Runs, tokens, FLOPs, GPU-hours and wall-clock hours (one run after another) at each depth."""
+    header = ["depth", "runs", "tokens", "FLOPs", "GPU-hours", "hours, one after another"]
+    rows = []
+    for depth in sorted({r.depth for r in runs}):
+        at_depth = [r for r in runs if r.depth == depth]
+        rows.append(
+            [
+                str(depth),
+                str(len(at_depth)),
+                _si(sum(r.tokens for r in at_depth)),
+                f"{sum(r.flops for r in at_depth):.3g}",
+                _hours(_known_sum(r.gpu_hours for r in at_depth)),
+                _hours(_known_sum(r.hours for r in at_depth)),
+            ]
+        )
+    return _markdown(header, rows)
+
+
+def _total(runs: list[PlannedRun]) -> str:
+    tokens, flops = _si(sum(r.tokens for r in runs)), sum(r.flops for r in runs)
+    gpu_hours = _hours(_known_sum(r.gpu_hours for r in runs))
+    return f"{len(runs)} runs, {tokens} tokens, {flops:.3g} FLOPs, {gpu_hours} GPU-hours"
+
+
+def _known_sum(values) -> float:
+    """The sum of the estimates that exist (CPU runs have none); NaN when none does."""
+    known = [v for v in values if not math.isnan(v)]
+    return sum(known) if known else math.nan
 
 
 def _hours(value: float) -> str:

@@ -80,7 +80,9 @@ from harness.lifecycle import (
     write_checkpoint,
 )
 from harness.optim import build_optimizer, format_parameter_table, parameter_table, summarize_parameter_table
+from harness.precision import check_precision, convert_for_training, full_precision_linears
 from harness.provenance import provenance
+from harness.reshard import load_rank_shard
 from harness.results.rundir import RunDir
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
 from models.gpt import GPT, GPTConfig
@@ -128,6 +130,7 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     grad_accum = grad_accum_steps(train, model_cfg.sequence_len, dist.world_size)
+    check_precision(cfg, device)
     meta_model = GPT.on_meta(model_cfg)
     counts = meta_model.parameter_counts()
     fpt = meta_model.flops_per_token()
@@ -144,6 +147,9 @@ def plan_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None 
             f"(train.device_batch_size x model.sequence_len x world_size = {one_batch_per_rank})"
         )
     if check_inputs:
+        from harness.data.loader import check_streams
+
+        check_streams(cfg, train.total_batch_tokens // model_cfg.sequence_len, dist.world_size)
         if not str(cfg.paths.runs_dir).strip():
             raise ConfigError("paths.runs_dir='' is empty; give the folder runs are written to (default: runs)")
         if cfg.launcher.get("kind") in ("local", "torchrun"):  # runs on this machine (SLURM jobs run elsewhere)
@@ -211,6 +217,7 @@ def materialize(config: GPTConfig, device: torch.device, seed: int) -> GPT:
 
 def build_model(plan: RunPlan) -> GPT:
     model = materialize(plan.model, plan.device, plan.cfg.seed)
+    convert_for_training(model, plan.cfg, plan.device)  # precision=fp8: float8 Linear layers, before compile
     broadcast_parameters(model)  # every rank starts from rank 0's weights, whatever its RNG did
     return model
 
@@ -226,8 +233,9 @@ def check_tokenizer(checkpoint: Path, saved_digest: str, tokenizer) -> None:
 
 
 def compile_for_training(model: GPT, plan: RunPlan):
-    """torch.compile on CUDA when train.compile is set; the eager model elsewhere."""
-    if plan.train.compile and plan.device.type == "cuda":
+    """torch.compile when train.compile is set (on CPU too: the smoke turns it off, its steps are too few
+    to pay back the compilation); the eager model otherwise."""
+    if plan.train.compile:
         return torch.compile(model, dynamic=False)
     return model
 
@@ -341,9 +349,13 @@ class Trainer:
         """Continue from checkpoint `path`, whose main file and this rank's shard are loaded."""
         check_tokenizer(path, ckpt["tokenizer"], self.tokenizer)
         if ckpt["world_size"] != self.plan.dist.world_size:
-            raise ConfigError(
-                f"checkpoint {path} was written by {ckpt['world_size']} ranks, this run has "
-                f"{self.plan.dist.world_size}; resume with the same world size (the optimizer state is sharded)"
+            # Another world size: the optimizer state is re-sharded (the data position is per stream, not per rank).
+            shard = load_rank_shard(
+                lambda rank: RunDir.load_checkpoint(path, rank=rank),
+                ckpt["world_size"],
+                self.plan.dist.world_size,
+                self.plan.dist.rank,
+                self.optimizer,
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(shard["optimizer"])
@@ -415,6 +427,12 @@ class Trainer:
     def evaluate(self, step: int) -> None:
         start = time.perf_counter()
         self.model.eval()
+        with full_precision_linears(self.model):  # precision=fp8 is scored like bf16
+            self._evaluate(step)
+        self.model.train()
+        self.state.wall_time_s += time.perf_counter() - start
+
+    def _evaluate(self, step: int) -> None:
         if self.due(self.plan.evals.val_every, step):
             bpb = evaluate_bpb(self.step_model, self.val_batches, self.token_bytes, self.device, self.autocast)
             self.state.last_val_bpb = bpb
@@ -423,8 +441,6 @@ class Trainer:
             log.info(f"step {step:5d} | val bpb {bpb:.4f}")
         if self.plan.core_enabled and self.due(int(self.plan.evals.core["every"]), step):
             self.evaluate_core()
-        self.model.train()
-        self.state.wall_time_s += time.perf_counter() - start
 
     def evaluate_core(self) -> None:
         from harness.eval.core import core_config, evaluate_core, load_bundle
@@ -733,24 +749,27 @@ def _now() -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict | None:
+def main(cfg: DictConfig) -> dict | float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from harness.launch import quiet_other_ranks
     from harness.launch.slurm import join_submitit_job
     from harness.launch.torchrun import run_on_workers
+    from harness.objective import chooses_trials, sweep_return
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = hydra_cfg.job.override_dirname
     try:
+        if chooses_trials():  # Optuna: this trial's values were not known to the preflight
+            check_job(cfg)
         if cfg.launcher.kind == "torchrun" and not has_rank_env():
-            return run_on_workers(cfg, run_dir, run_name)  # each worker calls run_training
+            return sweep_return(cfg, run_on_workers(cfg, run_dir, run_name))  # each worker calls run_training
         join_submitit_job(cfg)  # a SLURM task: its rank, the world size and the rendezvous
         quiet_other_ranks(dist_info_from_env().rank)
-        return run_training(cfg, run_dir, run_name)
+        return sweep_return(cfg, run_training(cfg, run_dir, run_name))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
@@ -766,7 +785,7 @@ def main(cfg: DictConfig) -> dict | None:
         if not multirun:
             raise
     # In a sweep a failed run is recorded in its summary and the sweep goes on with the next one.
-    return None
+    return sweep_return(cfg, None)
 
 
 # Hydra's own flags (help, config printing, shell completion): handed over without a preflight.
@@ -796,17 +815,22 @@ HYDRA_FLAGS = (
 
 def preflight(argv: list[str]) -> None:
     """Compose and check every job the command would launch, before the first one starts."""
-    from harness.cli import check_jobs, check_overrides, compose, expand_sweep
-    from harness.launch import launcher_world_size
+    from harness.cli import check_jobs, check_overrides, compose, plan_launch
 
     def check(job: list[str]) -> None:
         check_overrides(job)
-        cfg = compose(job)
-        plan_run(cfg, world_size=launcher_world_size(cfg))
+        check_job(compose(job))
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra"))]
-    check_jobs(expand_sweep(overrides) if multirun else [overrides], check)
+    launch = plan_launch([a for a in argv if not a.startswith("-")], multirun)
+    check_jobs(launch.jobs, check)
+
+
+def check_job(cfg: DictConfig) -> None:
+    """The preflight of one job: its config checked for the world size its launcher will start."""
+    from harness.launch import launcher_world_size
+
+    plan_run(cfg, world_size=launcher_world_size(cfg))
 
 
 def cli_main() -> None:

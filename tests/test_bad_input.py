@@ -174,6 +174,45 @@ CASES = [
     (f"{SMOKE} +model.foo=1", f"unknown key model.foo; allowed: {config_keys('model', 'rotary_cache_len')}"),
     (f"{SMOKE} ~model", f"~model deletes the model group, which every run needs; choose one of: {options('model')}"),
     (f"{SMOKE} logger=wandb logger.mode=onlin", "logger.mode='onlin' is not one of: online, offline, disabled"),
+    # sweeps in Hydra's own syntax (issue 14): what the configured sweeper rejects, rejected up front
+    (
+        f"-m {SMOKE} mlp_lr=glob(zz*)",
+        f"mlp_lr=glob(zz*) sweeps over no value; the options of mlp_lr are: {options('mlp_lr')}",
+    ),
+    (
+        f"-m {SMOKE} optim.muon.lr=interval(0.01,0.05)",
+        "optim.muon.lr=interval(0.01,0.05): Hydra's basic sweeper enumerates only comma lists, range(), glob() "
+        "and choice(); interval() needs a sweeper that samples, e.g. hydra/sweeper=optuna",
+    ),
+    (f"{SMOKE} seed=0,1", "seed=0,1 is a sweep: add -m (--multirun) to launch one run per value, or quote the value"),
+    (
+        "hparams_search=smoke mlp_lr=glob(c_*)",
+        "mlp_lr=glob(c_*): the Optuna sweeper cannot expand glob(); use choice(a,b,...)",
+    ),
+    (
+        "hparams_search=smoke mlp_lr=choice(c_fc_2x,c_fc_3x)",
+        f"mlp_lr=c_fc_3x is not an option; choose from: {options('mlp_lr')}",
+    ),
+    (
+        "hparams_search=smoke optimized_metric=val_loss",
+        "optimized_metric='val_loss' is not a summary metric; choose from: final_val_bpb, min_val_bpb, "
+        "last_val_bpb, core, tok_per_s, mfu",
+    ),
+    (
+        "hparams_search=smoke optimized_metric=core hydra.sweeper.direction=maximize",
+        "optimized_metric=core needs CORE measured: eval=core (or eval.core.enabled=true)",
+    ),
+    (
+        "hparams_search=smoke hydra.sweeper.direction=maximize",
+        "hydra.sweeper.direction=maximize for optimized_metric=final_val_bpb, which is better when it is lower; "
+        "set hydra.sweeper.direction=minimize",
+    ),
+    (f"{SMOKE} precision=fp16", f"precision=fp16 is not an option; choose from: {options('precision')}"),
+    (
+        f"{SMOKE} precision=fp8 precision.recipe=blockwise",
+        "precision.recipe='blockwise' is not one of: tensorwise, rowwise",
+    ),
+    (f"{SMOKE} precision=fp8 precision.emulate=maybe", "precision.emulate='maybe' is not one of: auto, true, false"),
 ]
 
 

@@ -49,8 +49,8 @@ def test_every_format_is_read_and_the_splits_partition_the_documents(folder):
     train, val = source.corpus("train", tok), source.corpus("val", tok)
     # Units: 4 .txt files + 1 .jsonl file + 5 parquet row groups of 8 rows.
     assert train.num_units == val.num_units == 10
-    train_texts = texts_of(validation_documents(train, 0, 1), tok)
-    val_texts = texts_of(validation_documents(val, 0, 1), tok)
+    train_texts = texts_of(validation_documents(train), tok)
+    val_texts = texts_of(validation_documents(val), tok)
     assert train_texts and val_texts
     assert sorted(train_texts + val_texts) == ALL_TEXTS
 
@@ -58,12 +58,14 @@ def test_every_format_is_read_and_the_splits_partition_the_documents(folder):
 def test_local_loader_trains_and_resumes(folder):
     cfg = local(folder)
     tok = build_tokenizer(cfg)
-    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1)
-    inputs, _ = next(loader)
-    assert (inputs[:, 0] == tok.bos_id).all()
+    # 8 rows per step: one from each of the 8 streams (10 units: every stream has one), 4 micro-batches
+    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, rows_per_step=8)
+    for _ in range(4):
+        inputs, _ = next(loader)
+        assert (inputs[:, 0] == tok.bos_id).all()
     state = loader.state_dict()
     expected = [next(loader) for _ in range(12)]
-    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, state=state)
+    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, state=state, rows_per_step=8)
     assert all(x.equal(next(resumed)[0]) for x, _ in expected)
 
 
@@ -74,8 +76,8 @@ def test_val_path_is_the_validation_split(folder, tmp_path):
     cfg = local(folder, f"data.val_path={held}")
     tok = build_tokenizer(cfg)
     source = open_source(cfg)
-    assert texts_of(validation_documents(source.corpus("val", tok), 0, 1), tok) == [(held / "v.txt").read_text()]
-    assert texts_of(validation_documents(source.corpus("train", tok), 0, 1), tok) == ALL_TEXTS
+    assert texts_of(validation_documents(source.corpus("val", tok)), tok) == [(held / "v.txt").read_text()]
+    assert texts_of(validation_documents(source.corpus("train", tok)), tok) == ALL_TEXTS
     assert len(val_batches(cfg, tok, batch_size=1, seq_len=16, num_tokens=16, rank=0, world_size=1)) == 1
 
 
@@ -86,7 +88,7 @@ def test_ranks_split_local_units(folder):
 
     seen = [texts_of(_first_epoch(training_documents(corpus, 0, rank, 2, (0, 0, 0))), tok) for rank in range(2)]
     assert not set(seen[0]) & set(seen[1])
-    everything = texts_of(validation_documents(corpus, 0, 1), tok)
+    everything = texts_of(validation_documents(corpus), tok)
     assert sorted(seen[0] + seen[1]) == everything
 
 

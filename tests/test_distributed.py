@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from harness.cli import compose
 from harness.config import lr_placement, model_config, optim_config
 from harness.optim import DistMuonAdamW, MuonAdamW, build_optimizer
+from harness.reshard import reshard_optimizer_state
 from models.gpt import GPT
 
 WORLD = 2
@@ -23,8 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fresh_model(mlp_lr: str, depth: int):
-    cfg = compose(["model=tiny", f"model.depth={depth}", f"mlp_lr={mlp_lr}"])
+def fresh_model(mlp_lr: str, depth: int, *extra: str):
+    cfg = compose(["model=tiny", f"model.depth={depth}", f"mlp_lr={mlp_lr}", *extra])
     torch.manual_seed(0)
     model = GPT(model_config(cfg))
     model.init_weights()
@@ -39,23 +40,27 @@ def rank_gradients(model, rank: int, step: int) -> dict:
 
 
 VARIANTS = [(mlp_lr, depth) for mlp_lr in ("c_fc_2x", "c_proj_2x", "none", "pr492_shape_rule") for depth in (4, 3)]
+# optim.compile=true on the sharded path: one variant (compiling is slow on CPU), with padded stacks.
+COMPILED = ("pr492_shape_rule", 3)
 
 
 def _distributed_worker(rank, port, out_dir):
     """Every variant in one process group: starting processes is the slow part on CPU."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    for mlp_lr, depth in VARIANTS:
-        model, cfg = fresh_model(mlp_lr, depth)
+    for mlp_lr, depth, *extra in [*VARIANTS, (*COMPILED, "optim.compile=true")]:
+        model, cfg = fresh_model(mlp_lr, depth, *extra)
         opt, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu", WORLD, rank)
-        assert isinstance(opt, DistMuonAdamW)
+        assert isinstance(opt, DistMuonAdamW) and opt.compiled == bool(extra)
         for step in range(STEPS):
             grads = rank_gradients(model, rank, step)
             for n, p in model.named_parameters():
                 p.grad = grads[n]
             opt.step()
+        name = f"{mlp_lr}-{depth}{'-compiled' if extra else ''}"
+        torch.save(opt.state_dict(), f"{out_dir}/{name}.rank{rank}.optimizer.pt")
         if rank == 0:
-            torch.save(model.state_dict(), f"{out_dir}/{mlp_lr}-{depth}.pt")
+            torch.save(model.state_dict(), f"{out_dir}/{name}.pt")
     dist.destroy_process_group()
 
 
@@ -66,8 +71,8 @@ def distributed_results(tmp_path_factory):
     return out_dir
 
 
-@pytest.mark.parametrize("mlp_lr,depth", VARIANTS)  # depth 3: stacks of odd length, padded across ranks
-def test_sharded_step_equals_single_process_step_on_the_averaged_gradients(distributed_results, mlp_lr, depth):
+def single_process_run(mlp_lr: str, depth: int):
+    """The reference: one process stepping on the ranks' averaged gradients."""
     model, cfg = fresh_model(mlp_lr, depth)
     opt, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu")
     assert type(opt) is MuonAdamW
@@ -76,6 +81,49 @@ def test_sharded_step_equals_single_process_step_on_the_averaged_gradients(distr
         for n, p in model.named_parameters():
             p.grad = sum(g[n] for g in per_rank) / WORLD
         opt.step()
-    distributed = torch.load(distributed_results / f"{mlp_lr}-{depth}.pt")
+    return model, opt
+
+
+@pytest.mark.parametrize(  # depth 3: stacks of odd length, padded across ranks
+    "mlp_lr,depth,compiled", [(*v, False) for v in VARIANTS] + [(*COMPILED, True)]
+)
+def test_sharded_step_equals_single_process_step_on_the_averaged_gradients(
+    distributed_results, mlp_lr, depth, compiled
+):
+    """Compiled or not, the sharded step against the eager single-process one: equal within float tolerance."""
+    model, _ = single_process_run(mlp_lr, depth)
+    distributed = torch.load(distributed_results / f"{mlp_lr}-{depth}{'-compiled' if compiled else ''}.pt")
     for n, p in model.state_dict().items():
         torch.testing.assert_close(distributed[n], p, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def assert_states_close(actual: dict, expected: dict, msg: str) -> None:
+    assert actual["state"].keys() == expected["state"].keys(), msg
+    for index, entries in expected["state"].items():
+        assert actual["state"][index].keys() == entries.keys(), msg
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(actual["state"][index][key], value, rtol=1e-5, atol=1e-6, msg=f"{msg} {key}")
+            else:
+                assert actual["state"][index][key] == value, f"{msg} {key}"
+
+
+@pytest.mark.parametrize("mlp_lr,depth", [("c_fc_2x", 4), ("pr492_shape_rule", 3)])
+def test_resharded_optimizer_state_equals_the_other_world_sizes_own_state(distributed_results, mlp_lr, depth):
+    """Two ranks' states re-sharded for one process equal the single-process optimizer's state after
+    the same steps, and the single-process state re-sharded for two ranks equals each rank's own;
+    depth 3 has stacks of 3 matrices, padded to 4 across two ranks."""
+    _, single = single_process_run(mlp_lr, depth)
+    shards = [torch.load(distributed_results / f"{mlp_lr}-{depth}.rank{r}.optimizer.pt") for r in range(WORLD)]
+    to_one = reshard_optimizer_state(single, iter(shards), WORLD, 1, 0)
+    assert_states_close(to_one, single.state_dict(), f"{WORLD} -> 1")
+    single.load_state_dict(to_one)  # loads into the single-process optimizer as its own state does
+    for rank in range(WORLD):
+        to_rank = reshard_optimizer_state(single, iter([single.state_dict()]), 1, WORLD, rank)
+        assert_states_close(to_rank, shards[rank], f"1 -> rank {rank} of {WORLD}")
+        # and exactly back: re-sharding moves numbers, it computes none
+        back = reshard_optimizer_state(single, iter([to_one]), 1, WORLD, rank)
+        for index, entries in shards[rank]["state"].items():
+            for key, value in entries.items():
+                if isinstance(value, torch.Tensor):
+                    assert back["state"][index][key].equal(value), (rank, index, key)

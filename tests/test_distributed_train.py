@@ -2,10 +2,11 @@
 micro-batch each) reach the losses and weights of one process accumulating two micro-batches over
 the same global batches, for every LR placement.
 
-The real loader gives rank r every W-th document, so its batches differ from one process's; here
-both paths read one fixed global batch per step through `harness.data.build_train_loader` (the
-trainer looks it up when it opens the loader): rank r of W, at micro-step m of A, gets rows
-[(r*A + m)*B, (r*A + m + 1)*B) of the step's batch.
+The real loader gives every world size the same global batches (tests/test_distributed_invariance.py
+runs it on 1, 2 and 4 ranks); here, for every LR placement at once, both paths read one fixed random
+global batch per step through `harness.data.build_train_loader` (the trainer looks it up when it
+opens the loader): rank r of W, at micro-step m of A, gets rows [(r*A + m)*B, (r*A + m + 1)*B) of
+the step's batch, as the real loader does.
 
 Both paths use one intra-op thread (the launcher gives each worker one). With a different thread
 count the float32 sums inside the matmuls run in another order, and AdamW (eps 1e-10) turns the

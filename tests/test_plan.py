@@ -115,3 +115,18 @@ def test_help_and_errors(capsys):
     assert "model=d13 is not an option" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         plan.parse_args(["--detect", "0.002"])  # nothing to take the spread from
+
+
+def test_the_plan_ends_with_a_total_per_depth(capsys):
+    """Per depth: the runs' count, tokens and GPU-hours summed by hand from the run rows above it."""
+    assert plan.main(["model=d12,d24", "seed=0,1", "optim.muon.lr=0.02,0.03"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("Total: 8 runs")
+    runs = plan.planned(["model=d12,d24", "seed=0,1", "optim.muon.lr=0.02,0.03"])
+    for depth in (12, 24):
+        at_depth = [r for r in runs if r.depth == depth]
+        hours = sum(r.gpu_hours for r in at_depth)
+        row = next(line for line in lines if line.startswith(f"| {depth} | "))
+        assert row.split(" | ")[1:3] == ["4", plan._si(sum(r.tokens for r in at_depth))]
+        assert f"| {hours:.2f} |" in row

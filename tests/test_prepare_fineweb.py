@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from omegaconf import OmegaConf
 
 from harness.cli import compose
 from harness.data import build_tokenizer, build_train_loader, check_data, val_batches
@@ -311,13 +312,16 @@ def _first_epoch(stream):
 
 def test_fineweb_loader_resumes_exactly_across_epochs(prepared):
     cfg, tok = prepared
-    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=64, rank=1, world_size=2)
+    cfg = OmegaConf.merge(cfg, {"data": {"streams": 2}})  # 6 row groups: 3 per stream
+    # 4 rows per step, 2 per stream: rank 1 of 2 makes stream 1's, one micro-batch of 2 rows
+    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=64, rank=1, world_size=2, rows_per_step=4)
     for _ in range(5):
         next(loader)
     state = loader.state_dict()
     expected = [next(loader) for _ in range(30)]
-    assert loader.state_dict()["next"][0] >= 2  # the 30 batches ran through more than one epoch
-    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=64, rank=1, world_size=2, state=state)
+    # the 30 batches ran through more than one epoch
+    assert loader.state_dict()["stream_states"][0]["next"][0] >= 2
+    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=64, rank=1, world_size=2, state=state, rows_per_step=4)
     for (x, y), (rx, ry) in zip(expected, (next(resumed) for _ in range(30)), strict=True):
         assert x.equal(rx) and y.equal(ry)
 

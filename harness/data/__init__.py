@@ -1,9 +1,9 @@
-"""Data: tokenizer, corpora (builtin stdlib, FineWeb-edu, local files), packed batches per rank.
+"""Data: tokenizer, corpora (builtin stdlib, FineWeb-edu, local files), each rank's share of packed batches.
 
     check_data(cfg)                       # ConfigError early if shards or tokenizer are missing
     tok = build_tokenizer(cfg)            # load, or train and cache
-    loader = build_train_loader(cfg, tok, batch_size, seq_len, rank, world_size, state=None)
-    batches = val_batches(cfg, tok, batch_size, seq_len, num_tokens, rank, world_size)
+    loader = build_train_loader(cfg, tok, batch_size, seq_len, rank, world_size, state=None)  # its rows of each step
+    batches = val_batches(cfg, tok, batch_size, seq_len, num_tokens, rank, world_size)  # its block of one set
 
 `python -m harness.prepare` downloads and builds what these need.
 """

@@ -21,6 +21,7 @@ class DataConfig:
     vocab_size: int
     seed: int
     buffer_size: int
+    streams: int
     tokenizer_max_chars: int
     tokenizer_doc_cap: int
 
@@ -65,7 +66,7 @@ def data_config(cfg: DictConfig) -> DataConfig:
     data = to_dataclass(SOURCES[source], cfg.data, "data")
     if data.vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(f"data.vocab_size={data.vocab_size} must be at least {MIN_VOCAB_SIZE} (bytes + specials)")
-    for key in ("buffer_size", "tokenizer_max_chars", "tokenizer_doc_cap"):
+    for key in ("buffer_size", "streams", "tokenizer_max_chars", "tokenizer_doc_cap"):
         if getattr(data, key) <= 0:
             raise ConfigError(f"data.{key}={getattr(data, key)} must be positive")
     if isinstance(data, (BuiltinData, LocalData)) and not 0 < data.val_fraction < 1:

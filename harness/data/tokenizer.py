@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
+from tqdm import tqdm
 
 from harness.errors import ConfigError
 
@@ -75,11 +76,13 @@ class Tokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=0,
-            show_progress=False,
+            show_progress=True,  # the library's bars while it counts pairs and merges (on a terminal)
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             special_tokens=list(SPECIAL_TOKENS),
         )
-        hf.train_from_iterator(_capped(texts, doc_cap, max_chars), trainer)
+        # Reading the text is most of a first run's wait (FineWeb: 2e9 characters from parquet).
+        with tqdm(desc=f"tokenizer {vocab_size}: text read", unit="char", unit_scale=True, mininterval=1.0) as bar:
+            hf.train_from_iterator(_capped(texts, doc_cap, max_chars, bar.update), trainer)
         return cls(hf)
 
     def save(self, directory: Path) -> None:
@@ -141,12 +144,13 @@ class Tokenizer:
         return hashlib.sha256(self.fingerprint().encode()).hexdigest()[:16]
 
 
-def _capped(texts: Iterable[str], doc_cap: int, max_chars: int) -> Iterator[str]:
+def _capped(texts: Iterable[str], doc_cap: int, max_chars: int, counted=lambda n: None) -> Iterator[str]:
     total = 0
     for text in texts:
         text = text[:doc_cap]
         yield text
         total += len(text)
+        counted(len(text))
         if total >= max_chars:
             return
 

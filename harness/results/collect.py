@@ -52,7 +52,7 @@ RECIPE_KEY = "recipe.name"
 SEED_KEY = "seed"
 NAME_KEY = "name"
 NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.")
-NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume")
+NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume", "optimized_metric")
 
 CURVE_INDEX = ("step", "tokens", "flops", "time_s")
 CURVE_COLUMNS = ("run", *CURVE_INDEX, "metric", "value")

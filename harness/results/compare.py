@@ -142,7 +142,13 @@ def comparison_table(
             runs = at_depth[at_depth["variant"] == variant]
             row = _row(depth, variant, runs, base_runs, reference)
             keys = {k: runs[k].iloc[0] for k in collection.variant_keys}
-            rows.append({"depth": depth, "variant": variant, **keys, **row})
+            launch = {"launch": _launches(runs), "mixed_launch": False}
+            rows.append({"depth": depth, "variant": variant, **keys, **row, **launch})
+        mixed = _launch_note(depth, at_depth)
+        if mixed:
+            notes.append(mixed)
+            for row in rows[-len(order) :]:
+                row["mixed_launch"] = True
     table = pd.DataFrame(rows)
     if not table.empty:
         _adjust_and_judge(table)
@@ -157,6 +163,28 @@ def _unreadable_notes(collection: Collection) -> list[str]:
         + f": {run.note}"
         for run in runs.itertuples()
     ]
+
+
+def _launches(runs: pd.DataFrame) -> str:
+    """The completed runs' ranks x gradient-accumulation steps, e.g. "1x4" or "1x4, 2x2"."""
+    done = runs[runs["status"] == COMPLETED]
+    if "world_size" not in done or "grad_accum_steps" not in done:
+        return ""
+    pairs = {(w, a) for w, a in zip(done["world_size"], done["grad_accum_steps"], strict=True) if w == w and a == a}
+    return ", ".join(f"{int(w)}x{int(a)}" for w, a in sorted(pairs))
+
+
+def _launch_note(depth: int, runs: pd.DataFrame) -> str | None:
+    """A note when a depth's runs ran on different world sizes or accumulation splits: quality numbers
+    still compare (the data order and validation set do not depend on them), throughput does not."""
+    launches = _launches(runs)
+    if "," not in launches:
+        return None
+    return (
+        f"depth {depth}: runs on different ranks x accumulation ({launches}); val bpb and CORE compare "
+        "(the data order and validation set do not depend on the world size), tok/s does not: "
+        "its cells name each variant's ranks x accumulation"
+    )
 
 
 def _row(depth: int, variant: str, runs: pd.DataFrame, base_runs: pd.DataFrame, reference: str | None) -> dict:
@@ -367,7 +395,10 @@ def _markdown_rows(rows: pd.DataFrame, keys: list[str], has_core: bool) -> str:
         cells += [_seeds(row), _mean_ci(row, "val_bpb", 4), *_delta_cells(row, "val_bpb", 4)]
         if has_core:
             cells += [_mean_ci(row, "core", 4), *_delta_cells(row, "core", 4)]
-        cells += [_format(row["tok_per_s_mean"], ",.0f"), *_speed_cells(row)]
+        tok_per_s = _format(row["tok_per_s_mean"], ",.0f")
+        if row["mixed_launch"] and row["launch"]:
+            tok_per_s += f" ({row['launch']} ranks x accum)"
+        cells += [tok_per_s, *_speed_cells(row)]
         cells += [_verdicts(row, has_core), row["tok_per_s_verdict"]]
         cells += [row["not_completed"]] if show_others else []
         cells += [row["note"].replace("|", "\\|")] if show_notes else []

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm import tqdm
 
 from harness.errors import ConfigError
 from harness.results.collect import COMPLETED, Collection, RunRecord, collect, load_run_dirs, save_tables
@@ -85,7 +86,7 @@ def build_report(
     (out_dir / "runs.md").write_text(runs_markdown + "\n")
     baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
     plots = []
-    for plot in all_plots(collection, baselines):
+    for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
         save_figure(plot.figure, out_dir / "plots", plot.stem)
         plots.append((plot.stem, plot.title))
     title = title or (Path(roots[0]).name if roots else "wandb")

@@ -28,13 +28,34 @@ def load_wandb(project: str, api: Any = None) -> list[RunRecord]:
     """Every run of `entity/project` as a RunRecord named wandb:<entity/project>/<run name>."""
     if project.count("/") != 1:
         raise ConfigError(f"--wandb {project!r} must be ENTITY/PROJECT")
-    runs = list((api or _default_api()).runs(project))
-    names = [getattr(run, "name", None) or run.id for run in runs]
-    # Two runs with one name (a run restarted under a new id) stay apart, both kept.
-    return [
-        _record(f"wandb:{project}/{name}" + (f"-{run.id}" if names.count(name) > 1 else ""), run)
-        for name, run in zip(names, runs, strict=True)
-    ]
+    try:
+        runs = list((api or _default_api()).runs(project))
+        names = [getattr(run, "name", None) or run.id for run in runs]
+        # Two runs with one name (a run restarted under a new id) stay apart, both kept.
+        return [
+            _record(f"wandb:{project}/{name}" + (f"-{run.id}" if names.count(name) > 1 else ""), run)
+            for name, run in zip(names, runs, strict=True)
+        ]
+    except _unreachable_errors() as e:
+        # No login, no network, no such project: wandb's own message, on one line.
+        reason = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+        raise ConfigError(
+            f"--wandb {project}: cannot read the project ({type(e).__name__}: {reason}); "
+            "it needs network and a wandb login (`wandb login` or WANDB_API_KEY)"
+        ) from None
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What wandb raises without a login, a network or the project (its errors, HTTP, sockets)."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        import requests
+        from wandb.errors import Error as WandbError
+
+        errors += [WandbError, requests.exceptions.RequestException]
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def _default_api() -> Any:

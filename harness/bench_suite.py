@@ -1,0 +1,525 @@
+"""`python -m harness.bench suite`: every GPU number issue 16 asks for, in one process, one call.
+
+    python -m harness.bench suite                       # on one H100/H200: d12, about 8 minutes
+    python -m harness.bench suite --device cpu --tiny   # the same cases at the tiny size (tests)
+    python -m harness.bench suite --only optimizer ab_rope_bf16
+
+Cases, in this order (the order is the priority: when the time budget runs out, the rest are recorded
+as skipped with that reason, and `--only NAME ...` measures them in a second call):
+
+  matmul           the bf16 8192^3 matmul rate, the ceiling MFU is compared with
+  attention_*      d12 tok/s, window L and SSSL, each with model.attention = sdpa | flex | auto
+  ab_rope_bf16     rope=slice against rope=chunk, interleaved, in bf16
+  ab_rope_fp8      the same in precision=fp8
+  fp8_vs_bf16      precision=fp8 against bf16 (rope=slice), interleaved
+  rope_fused       rope=fused tok/s, against both splits, and its agreement with eager in bf16
+  optimizer        the compiled optimizer step against the eager one
+  launcher         a short training run as a plain process and as one launcher=torchrun worker
+
+Every case records its peak memory (CUDA allocator peak; on CPU only the process's max RSS so far).
+A/B cases interleave blocks of steps of the two configs in one process, so drift and other load hit
+both alike; they report each side's median and the ratio of medians. What a CPU cannot run (FlexAttention's
+backward, the fused Triton kernel, float8 matmuls) is skipped with the reason in the output.
+
+Output: `results/benchmarks/suite-<device>-<UTC stamp>.json` and `.md` beside it (format in
+experiments/rope_mlp_lr/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from harness.bench import (
+    DEFAULT_OUT_DIR,
+    device_name,
+    matmul_rate,
+    peak_memory_gib,
+    provenance_fields,
+    random_batches,
+    resolve_bench_device,
+    synchronize,
+)
+from harness.cli import compose
+from harness.errors import ConfigError
+
+# Seconds the suite may spend; a case is started only while more than its estimate is left.
+DEFAULT_BUDGET_S = 450.0
+# The shapes: d12 on a GPU (the recipe's batch), the smoke's tiny model on CPU.
+GPU_BASE = ["model=d12"]
+TINY_BASE = ["model=tiny", "train=smoke", "data.vocab_size=2048"]
+CASE_NAMES = (
+    "matmul",
+    "attention_L_sdpa",
+    "attention_L_flex",
+    "attention_L_auto",
+    "attention_SSSL_sdpa",
+    "attention_SSSL_flex",
+    "attention_SSSL_auto",
+    "ab_rope_bf16",
+    "ab_rope_fp8",
+    "fp8_vs_bf16",
+    "rope_fused",
+    "optimizer",
+    "launcher",
+)
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    base: list[str]
+    steps: int
+    warmup: int
+    rounds: int
+    budget_s: float
+    skip: set[str]
+    only: set[str] | None
+
+
+# one training step, as the trainer takes it -----------------------------------------------
+class Stepper:
+    """A model, its optimizer and random batches for `overrides`, built with the trainer's own
+    functions (so precision=fp8 converts, train.compile compiles); `step()` is one optimizer step."""
+
+    def __init__(self, overrides: list[str], device: torch.device):
+        from harness.optim import build_optimizer
+        from harness.train import autocast_for, build_model, compile_for_training, plan_run
+
+        self.plan = plan_run(compose([*overrides, f"train.device={device.type}"]), check_inputs=False)
+        plan = self.plan
+        self.model = build_model(plan)
+        self.step_model = compile_for_training(self.model, plan)
+        self.optimizer, _ = build_optimizer(
+            self.model, plan.optim, plan.placement, plan.train.total_batch_tokens, device.type
+        )
+        self.autocast = autocast_for(plan.device, plan.train.dtype)
+        self.batches = random_batches(
+            plan.model.vocab_size, plan.train.device_batch_size, plan.model.sequence_len, plan.device
+        )
+        self.device = device
+
+    def step(self) -> float:
+        """Seconds of one optimizer step, host-synchronized like the trainer's."""
+        from harness.train import optimizer_step
+
+        synchronize(self.device)
+        started = time.perf_counter()
+        loss = optimizer_step(
+            self.step_model, self.model, self.optimizer, self.batches, self.plan.grad_accum, self.device, self.autocast
+        )
+        loss.item()
+        synchronize(self.device)
+        return time.perf_counter() - started
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.plan.train.total_batch_tokens
+
+
+def reset_peak(device: torch.device) -> None:
+    torch._dynamo.reset()  # every case compiles afresh: the recompile limit is per process
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def throughput_case(s: Settings, overrides: list[str]) -> dict:
+    reset_peak(s.device)
+    stepper = Stepper([*s.base, *overrides], s.device)
+    for _ in range(s.warmup):
+        stepper.step()
+    seconds = [stepper.step() for _ in range(s.steps)]
+    median = statistics.median(seconds)
+    plan = stepper.plan
+    return {
+        "overrides": overrides,
+        "step_time_s": median,
+        "step_times_s": seconds,
+        "tok_per_s": stepper.tokens_per_step / median,
+        "flops_per_token": plan.flops_per_token,
+        "compiled": stepper.step_model is not stepper.model,
+        "peak_memory_gib": peak_memory_gib(s.device),
+    }
+
+
+def ab_case(s: Settings, a: list[str], b: list[str]) -> dict:
+    """A and B built side by side, then `rounds` blocks of `steps` steps each, alternating A, B."""
+    reset_peak(s.device)
+    sides = {"a": Stepper([*s.base, *a], s.device), "b": Stepper([*s.base, *b], s.device)}
+    for stepper in sides.values():
+        for _ in range(s.warmup):
+            stepper.step()
+    seconds: dict[str, list[float]] = {"a": [], "b": []}
+    for _ in range(s.rounds):
+        for key, stepper in sides.items():
+            seconds[key] += [stepper.step() for _ in range(s.steps)]
+    medians = {key: statistics.median(v) for key, v in seconds.items()}
+    tokens = sides["a"].tokens_per_step
+    return {
+        "a": a,
+        "b": b,
+        "a_tok_per_s": tokens / medians["a"],
+        "b_tok_per_s": tokens / medians["b"],
+        "b_over_a": medians["a"] / medians["b"],  # > 1: B is faster
+        "a_step_times_s": seconds["a"],
+        "b_step_times_s": seconds["b"],
+        "peak_memory_gib": peak_memory_gib(s.device),  # both models at once
+    }
+
+
+# the parts that are not a training step ---------------------------------------------------------
+def timed_optimizer_step(optimizer, device: torch.device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    optimizer.step()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def optimizer_case(s: Settings) -> dict:
+    """The optimizer step alone on random gradients, optim.compile=false against true: both built
+    side by side, warmed up (the compiled one compiles), then interleaved as the A/B cases are."""
+    from harness.config import lr_placement, model_config, optim_config
+    from harness.optim import build_optimizer
+    from harness.train import materialize
+
+    cfg = compose([*s.base, f"train.device={s.device.type}"])
+    reset_peak(s.device)
+    optimizers = {}
+    for label, compiled in (("eager", False), ("compiled", True)):
+        model = materialize(model_config(cfg), s.device, seed=0)
+        optim = dataclasses.replace(optim_config(cfg), compile=compiled)
+        optimizers[label], _ = build_optimizer(
+            model, optim, lr_placement(cfg), int(cfg.train.total_batch_tokens), s.device.type
+        )
+        generator = torch.Generator(device=s.device).manual_seed(0)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, device=s.device, dtype=p.dtype, generator=generator)
+        for _ in range(max(s.warmup, 2)):  # the first compiled step compiles; the second shows no recompile
+            timed_optimizer_step(optimizers[label], s.device)
+    seconds: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(s.rounds):
+        for label, optimizer in optimizers.items():
+            seconds[label] += [timed_optimizer_step(optimizer, s.device) for _ in range(s.steps)]
+    result = {"model_dim": model_config(cfg).n_embd, "peak_memory_gib": peak_memory_gib(s.device)}
+    for label, values in seconds.items():
+        result[f"{label}_step_time_s"] = statistics.median(values)
+        result[f"{label}_step_times_s"] = values
+    result["compiled_speedup"] = result["eager_step_time_s"] / result["compiled_step_time_s"]
+    return result
+
+
+def rope_agreement(device: torch.device, heads: int, head_dim: int, seq_len: int) -> dict:
+    """rope=fused and the eager splits in bf16 against a float64 reference, forward and gradient:
+    relative errors ||out - ref|| / ||ref||."""
+    from models.rotary import rotary_tables, rotate_and_normalize
+
+    cos, sin = rotary_tables(seq_len, head_dim, 10000.0, device)
+    x = torch.randn(2, seq_len, heads, head_dim, device=device)
+    upstream = torch.randn_like(x)
+    x64 = x.double().requires_grad_()
+    ref = rotate_and_normalize(x64, cos.double(), sin.double(), "slice")
+    (ref_grad,) = torch.autograd.grad(ref, x64, upstream.double())
+    errors = {}
+    for split in ("slice", "chunk", "fused"):
+        xb = x.bfloat16().requires_grad_()
+        out = rotate_and_normalize(xb, cos, sin, split)
+        (grad,) = torch.autograd.grad(out, xb, upstream.bfloat16())
+        errors[split] = {
+            "forward_rel_err": ((out.double() - ref).norm() / ref.norm()).item(),
+            "grad_rel_err": ((grad.double() - ref_grad).norm() / ref_grad.norm()).item(),
+        }
+    return errors
+
+
+def launcher_case(s: Settings, tiny: bool) -> dict:
+    """The same short training run as a plain process and as one launcher=torchrun worker; tok/s
+    from each run's summary.json (median of the steps after the first 5)."""
+    with tempfile.TemporaryDirectory(prefix="suite-launcher-") as tmp:
+        common = [
+            *s.base,
+            "model.window_pattern=L",
+            "data=builtin",
+            "eval=bpb",
+            "eval.val_every=100000",
+            f"paths.runs_dir={tmp}/runs",
+            f"paths.data_dir={tmp}/data",
+        ]
+        if tiny:
+            common += ["train.num_iterations=3", "eval.val_tokens=2048", "data.corpus_bytes=400000"]
+        else:  # the corpus' own tokenizer at vocab 2048 trains in seconds; d12's layers are what is timed
+            common += [
+                "data.vocab_size=2048",
+                "data.corpus_bytes=2000000",
+                "train.num_iterations=25",
+                "train.total_batch_tokens=65536",
+                "eval.val_tokens=65536",
+            ]
+        result = {"overrides": common}
+        for label, extra in (("plain", []), ("torchrun", ["launcher=torchrun", "launcher.nproc_per_node=1"])):
+            command = [sys.executable, "-m", "harness.train", *common, f"name={label}", *extra]
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if done.returncode != 0:
+                raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr[-2000:]}")
+            summary = json.loads(next(Path(tmp, "runs", label).rglob("summary.json")).read_text())
+            result[f"{label}_tok_per_s"] = summary["tok_per_s"]
+            result[f"{label}_wall_s"] = time.perf_counter() - started
+        result["torchrun_over_plain"] = result["torchrun_tok_per_s"] / result["plain_tok_per_s"]
+        result["peak_memory_gib"] = None  # in the child processes; not read back
+    return result
+
+
+# the cases ------------------------------------------------------------------------------------
+def cuda_only(device: torch.device, what: str) -> str | None:
+    return None if device.type == "cuda" else f"{what} runs on CUDA only"
+
+
+def skip_reason(name: str, s: Settings) -> str | None:
+    """Why case `name` cannot run here, or None."""
+    if name.startswith("attention_") and name.endswith("_flex"):
+        return cuda_only(s.device, "FlexAttention's backward (eager on CPU has none in torch 2.13)")
+    if name == "rope_fused":
+        from models.rotary import fused_unavailable_reason
+
+        if s.device.type != "cuda":
+            return cuda_only(s.device, "rope=fused (a Triton kernel; the CPU interpreter is for tests)")
+        return fused_unavailable_reason(s.device)
+    if name in ("ab_rope_fp8", "fp8_vs_bf16") and s.device.type == "cuda":
+        if torch.cuda.get_device_capability(s.device) < (8, 9):
+            return "precision=fp8 needs float8 matmuls (compute capability 8.9+)"
+    return None
+
+
+def run_case(name: str, s: Settings, tiny: bool) -> dict:
+    fp8 = ["precision=fp8"]
+    if name == "matmul":
+        return matmul_rate(s.device)
+    if name.startswith("attention_"):
+        _, window, backend = name.split("_")
+        return throughput_case(s, [f"model.window_pattern={window}", f"model.attention={backend}"])
+    if name == "ab_rope_bf16":
+        return ab_case(s, ["rope=slice"], ["rope=chunk"])
+    if name == "ab_rope_fp8":
+        return ab_case(s, ["rope=slice", *fp8], ["rope=chunk", *fp8])
+    if name == "fp8_vs_bf16":
+        return ab_case(s, ["rope=slice"], ["rope=slice", *fp8])
+    if name == "rope_fused":
+        result = throughput_case(s, ["rope=fused"])
+        cfg = compose(s.base)
+        from harness.config import model_config
+
+        shape = model_config(cfg)
+        result["agreement_bf16"] = rope_agreement(s.device, shape.n_head, shape.head_dim, shape.sequence_len)
+        return result
+    if name == "optimizer":
+        return optimizer_case(s)
+    if name == "launcher":
+        return launcher_case(s, tiny)
+    raise AssertionError(name)
+
+
+def run_suite(s: Settings, tiny: bool, progress: Callable[[str], None] = print) -> dict:
+    started = time.perf_counter()
+    cases, longest = [], 0.0
+    for name in CASE_NAMES:
+        entry = {"name": name}
+        elapsed = time.perf_counter() - started
+        reason = skip_reason(name, s)
+        if s.only is not None and name not in s.only:
+            reason = "not in --only"
+        elif name in s.skip:
+            reason = "--skip"
+        elif reason is None and elapsed + longest > s.budget_s:
+            left = s.budget_s - elapsed
+            reason = f"time budget: {left:.0f} s of {s.budget_s:.0f} s left, a case took up to {longest:.0f} s"
+        if reason:
+            entry |= {"status": "skipped", "reason": reason}
+            progress(f"[suite] {name}: skipped ({reason})")
+        else:
+            progress(f"[suite] {name} ...")
+            case_started = time.perf_counter()
+            try:
+                entry |= {"status": "measured", **run_case(name, s, tiny)}
+            except Exception as e:  # one broken case must not lose the others' numbers
+                entry |= {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:500]}"}
+            entry["seconds"] = time.perf_counter() - case_started
+            longest = max(longest, entry["seconds"])
+            progress(f"[suite] {name}: {entry['status']} in {entry['seconds']:.0f} s")
+        cases.append(entry)
+    return {"cases": cases, "elapsed_s": time.perf_counter() - started}
+
+
+# the record and its table -----------------------------------------------------------------------
+def derived_ratios(cases: dict[str, dict]) -> dict:
+    """The issue's targets as ratios within this one run (None where a case is missing)."""
+
+    def get(name, key):
+        case = cases.get(name, {})
+        return case.get(key) if case.get("status") == "measured" else None
+
+    ratios = {}
+    matmul, flops = get("matmul", "matmul_tflops"), get("attention_L_auto", "flops_per_token")
+    tok_l = get("attention_L_auto", "tok_per_s")
+    # Target: >= 0.72 (the reference measured 0.676 on an H100).
+    ratios["L_auto_mfu_vs_matmul"] = tok_l * flops / (matmul * 1e12) if matmul and flops and tok_l else None
+    # Target: SSSL with FlexAttention (auto puts it on the S layers) >= 0.95x window L.
+    for backend in ("auto", "flex", "sdpa"):
+        tok = get(f"attention_SSSL_{backend}", "tok_per_s")
+        ratios[f"SSSL_{backend}_over_L_auto"] = tok / tok_l if tok and tok_l else None
+    ratios["fp8_over_bf16"] = get("fp8_vs_bf16", "b_over_a")
+    ratios["chunk_over_slice_bf16"] = get("ab_rope_bf16", "b_over_a")
+    ratios["chunk_over_slice_fp8"] = get("ab_rope_fp8", "b_over_a")
+    fused = get("rope_fused", "tok_per_s")
+    for split, key in (("slice", "a_tok_per_s"), ("chunk", "b_tok_per_s")):
+        other = get("ab_rope_bf16", key)
+        ratios[f"fused_over_{split}"] = fused / other if fused and other else None
+    ratios["optimizer_compiled_speedup"] = get("optimizer", "compiled_speedup")
+    ratios["torchrun_over_plain"] = get("launcher", "torchrun_over_plain")
+    return ratios
+
+
+def case_summary(case: dict) -> tuple[str, str, str]:
+    """(tok/s or time, peak GiB, note) for the Markdown table."""
+    if case["status"] != "measured":
+        return "-", "-", f"{case['status']}: {case['reason']}"
+    peak = case.get("peak_memory_gib")
+    peak_text = "-" if peak is None else f"{peak:.2f}"
+    name = case["name"]
+    if name == "matmul":
+        return f"{case['matmul_tflops']:.3g} TFLOP/s", "-", f"{case['matmul_shape']} {case['matmul_dtype']}"
+    if "tok_per_s" in case:
+        note = f"step {1000 * case['step_time_s']:.1f} ms, compiled={case['compiled']}"
+        if "agreement_bf16" in case:
+            note += "; bf16 rel. err vs float64 (fwd/grad): " + ", ".join(
+                f"{k} {v['forward_rel_err']:.1e}/{v['grad_rel_err']:.1e}" for k, v in case["agreement_bf16"].items()
+            )
+        return f"{case['tok_per_s']:,.0f} tok/s", peak_text, note
+    if "b_over_a" in case:
+        a, b = " ".join(case["a"]), " ".join(case["b"])
+        return (
+            f"{case['a_tok_per_s']:,.0f} / {case['b_tok_per_s']:,.0f} tok/s",
+            peak_text,
+            f"A = {a}, B = {b}: B/A {case['b_over_a']:.4f}",
+        )
+    if name == "optimizer":
+        return (
+            f"{1000 * case['eager_step_time_s']:.1f} / {1000 * case['compiled_step_time_s']:.1f} ms",
+            peak_text,
+            f"eager / compiled at dim {case['model_dim']}: {case['compiled_speedup']:.2f}x",
+        )
+    if name == "launcher":
+        return (
+            f"{case['plain_tok_per_s']:,.0f} / {case['torchrun_tok_per_s']:,.0f} tok/s",
+            peak_text,
+            f"plain / torchrun (1 worker): {case['torchrun_over_plain']:.4f}",
+        )
+    return "-", peak_text, ""
+
+
+def format_markdown(record: dict) -> str:
+    lines = [
+        f"# harness.bench suite: {record['gpu_name']} ({record['device']}), {record['date']}",
+        "",
+        f"commit {record['git_commit']}{' (dirty)' if record['git_dirty'] else ''}, torch {record['torch_version']}, "
+        f"CUDA {record['cuda_version']}, base `{' '.join(record['base_overrides'])}`, {record['steps']} timed steps "
+        f"after {record['warmup_steps']} warm-up, {record['rounds']} A/B rounds, {record['elapsed_s']:.0f} s",
+        "",
+        "| case | result | peak GiB | note |",
+        "|---|---|---|---|",
+    ]
+    for case in record["cases"]:
+        result, peak, note = case_summary(case)
+        lines.append(f"| {case['name']} | {result} | {peak} | {note} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    for key, value in record["ratios"].items():
+        lines.append(f"| {key} | {'-' if value is None else f'{value:.4f}'} |")
+    if record["device"] == "cpu":
+        lines += ["", "CPU numbers only check the code path; they say nothing about a GPU."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(record: dict, out_dir: Path) -> tuple[Path, Path]:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"suite-{record['device']}-{stamp}.json"
+    md_path = json_path.with_suffix(".md")
+    for path, text in ((json_path, json.dumps(record, indent=2) + "\n"), (md_path, format_markdown(record))):
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text)
+        partial.replace(path)  # atomic: a reader never sees half a file
+    return json_path, md_path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.bench suite",
+        description="Every GPU measurement of issue 16 in one call: matmul ceiling, attention backends, "
+        "rope A/B in bf16 and fp8, rope=fused, fp8 vs bf16, compiled optimizer, torchrun overhead.",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every case (e.g. model=d24)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--tiny", action="store_true", help="the smoke's tiny model (CPU tests), not d12")
+    parser.add_argument("--steps", type=int, help="timed steps per case or A/B block (default 5; tiny 1)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first, compilation (default 2; tiny 0)")
+    parser.add_argument("--rounds", type=int, help="A/B rounds of --steps steps per side (default 3; tiny 1)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds before cases are skipped")
+    parser.add_argument("--only", nargs="+", choices=CASE_NAMES, help="measure only these cases")
+    parser.add_argument("--skip", nargs="+", choices=CASE_NAMES, default=[], help="leave these cases out")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where the JSON and table go")
+    args = parser.parse_args(argv)
+    for name in ("steps", "rounds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+def main(argv: list[str]) -> dict:
+    args = parse_args(argv)
+    device = resolve_bench_device(args.device)
+    if device.type == "cpu" and not args.tiny:
+        raise ConfigError("harness.bench suite on CPU runs only at the tiny size; add --tiny")
+    settings = Settings(
+        device=device,
+        base=[*(TINY_BASE if args.tiny else GPU_BASE), *args.overrides],
+        steps=args.steps or (1 if args.tiny else 5),
+        warmup=args.warmup if args.warmup is not None else (0 if args.tiny else 2),
+        rounds=args.rounds or (1 if args.tiny else 3),
+        budget_s=args.budget,
+        skip=set(args.skip),
+        only=set(args.only) if args.only else None,
+    )
+    outcome = run_suite(settings, args.tiny)
+    by_name = {c["name"]: c for c in outcome["cases"]}
+    record = {
+        "benchmark": "suite",
+        "device": device.type,
+        "gpu_name": device_name(device),
+        "base_overrides": settings.base,
+        "steps": settings.steps,
+        "warmup_steps": settings.warmup,
+        "rounds": settings.rounds,
+        "budget_s": settings.budget_s,
+        **outcome,
+        "ratios": derived_ratios(by_name),
+        **provenance_fields(["suite", *argv]),
+    }
+    json_path, md_path = write_outputs(record, args.out_dir)
+    print(format_markdown(record))
+    print(f"wrote {json_path} and {md_path}")
+    return record
