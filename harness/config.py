@@ -292,9 +292,13 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
     # Momenta and betas are decay rates: 1 or more never forgets, or grows without bound.
     for key in ("momentum", "warmup_momentum", "beta2"):
         _require_beta(f"optim.muon.{key}", getattr(muon, key))
-    for key in ("betas", "x0_betas"):
-        for i, beta in enumerate(getattr(adamw, key)):
+    for key in ("betas", "x0_betas", "unembedding_betas", "embedding_betas", "value_embedding_betas", "smear_betas"):
+        for i, beta in enumerate(getattr(adamw, key) or ()):
             _require_beta(f"optim.adamw.{key}[{i}]", beta)
+    if muon.warmdown_momentum is not None:
+        _require_beta("optim.muon.warmdown_momentum", muon.warmdown_momentum)
+    if not muon.norm_headroom >= 1.0:
+        raise ConfigError(f"optim.muon.norm_headroom={muon.norm_headroom} must be at least 1 (spectral norm under 1)")
     if muon.ns_steps < 1:
         raise ConfigError(f"optim.muon.ns_steps={muon.ns_steps} must be at least 1 (Newton-Schulz iterations)")
     for key in ("reference_batch_tokens",):

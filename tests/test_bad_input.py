@@ -137,6 +137,10 @@ CASES = [
     ),
     (f"{SMOKE} train.horizon_rounding=up", "train.horizon_rounding='up' is not one of: nearest, floor"),
     (
+        f"{SMOKE} recipe=nanochat_2026_07 optim.adamw.embedding_betas=[0.8,1.5]",
+        "optim.adamw.embedding_betas[1]=1.5 must be in [0, 1)",
+    ),
+    (
         f"{SMOKE} train.total_batch_tokens=-2",
         "train.total_batch_tokens=-2 must be positive, or -1 for the automatic batch",
     ),
