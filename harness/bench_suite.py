@@ -261,7 +261,8 @@ def launcher_case(s: Settings, tiny: bool) -> dict:
             f"paths.data_dir={tmp}/data",
         ]
         if tiny:
-            common += ["train.num_iterations=3", "eval.val_tokens=2048", "data.corpus_bytes=400000"]
+            # one data stream: the tiny global batch holds fewer rows than the default 8 streams
+            common += ["train.num_iterations=3", "eval.val_tokens=2048", "data.corpus_bytes=400000", "data.streams=1"]
         else:  # the corpus' own tokenizer at vocab 2048 trains in seconds; d12's layers are what is timed
             common += [
                 "data.vocab_size=2048",
@@ -272,7 +273,9 @@ def launcher_case(s: Settings, tiny: bool) -> dict:
             ]
         result = {"overrides": common}
         for label, extra in (("plain", []), ("torchrun", ["launcher=torchrun", "launcher.nproc_per_node=1"])):
-            command = [sys.executable, "-m", "harness.train", *common, f"name={label}", *extra]
+            # an explicit run folder: the folder named by these many overrides would pass the 255-byte name limit
+            run_dir = f"hydra.run.dir={tmp}/runs/{label}/run"
+            command = [sys.executable, "-m", "harness.train", *common, f"name={label}", run_dir, *extra]
             started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             if done.returncode != 0:

@@ -7,6 +7,13 @@ are built once and shared by every test that trains.
 import os
 
 import pytest
+import torch
+
+# Triton decides at import whether its jit functions (its own reductions included) run in the CPU
+# interpreter. torchao and torch.compile may import Triton before tests/test_rope_fused.py does, so
+# without a GPU the interpreter is switched on for the whole session, before any test module loads.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)

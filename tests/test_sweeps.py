@@ -27,6 +27,7 @@ RECORDING_APP = f"""
 import json
 import hydra
 from hydra.core.hydra_config import HydraConfig
+import harness.cli  # registers ${{ablate.run_dir:...}}, which names run folders, as harness.train does
 
 @hydra.main(version_base="1.3", config_path={str(CONFIG_DIR)!r}, config_name="config")
 def app(cfg):
