@@ -19,6 +19,7 @@ from test_prepare_fineweb import (  # noqa: E402  (the FineWeb test's server and
     run_prepare,
     shard_texts,
 )
+from test_prepare_fineweb import overrides as fineweb_overrides  # noqa: E402
 
 from harness.cli import compose  # noqa: E402
 from harness.data import build_tokenizer, check_data, val_batches  # noqa: E402
@@ -42,18 +43,7 @@ def data_dir(tmp_path, monkeypatch) -> Path:
 
 
 def overrides(url: str, **extra) -> list[str]:
-    values = {
-        "data.base_url": url,
-        "data.num_shards": NUM_SHARDS,
-        "data.val_shard": VAL_SHARD,
-        "data.vocab_size": 300,
-        "data.download_retries": 2,
-        "data.download_backoff_s": 0,
-        "data.download_timeout_s": 10,
-        "data.download_workers": 2,
-        **extra,
-    }
-    return ["data=climbmix", *(f"{k}={v}" for k, v in values.items())]
+    return fineweb_overrides(url, data="climbmix", **extra)
 
 
 def test_the_reference_layout():

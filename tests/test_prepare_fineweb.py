@@ -118,7 +118,7 @@ def server():
     s.close()
 
 
-def overrides(url: str, **extra) -> list[str]:
+def overrides(url: str, data: str = "fineweb", **extra) -> list[str]:
     values = {
         "data.base_url": url,
         "data.num_shards": NUM_SHARDS,
@@ -130,7 +130,7 @@ def overrides(url: str, **extra) -> list[str]:
         "data.download_workers": 2,
         **extra,
     }
-    return ["data=fineweb", *(f"{k}={v}" for k, v in values.items())]
+    return [f"data={data}", *(f"{k}={v}" for k, v in values.items())]
 
 
 @pytest.fixture

@@ -2,42 +2,27 @@
 processes equals the single-process step on the averaged gradients, as the January one does."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from harness.cli import compose
-from harness.config import lr_placement, model_config, optim_config
+from harness.config import lr_placement, optim_config
 from harness.optim import DistMuonAdamW, MuonAdamW, build_optimizer
-from models.gpt import GPT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_distributed as distributed  # noqa: E402  (the January test's ports, models and gradients)
+from test_distributed import free_port, rank_gradients  # noqa: E402
 
 WORLD, STEPS = 2, 3
 DEPTHS = (4, 3)  # depth 3: stacks of odd length, padded across ranks
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fresh_model(depth: int):
-    cfg = compose(["recipe=nanochat_2026_07", "model=tiny", f"model.depth={depth}", "mlp_lr=pr492_shape_rule"])
-    torch.manual_seed(0)
-    model = GPT(model_config(cfg))
-    model.init_weights()
-    for p in model.parameters():  # nonzero everywhere, so every update rule is exercised
-        p.data.normal_(0, 0.1)
-    return model, cfg
-
-
-def rank_gradients(model, rank: int, step: int) -> dict:
-    g = torch.Generator().manual_seed(1000 * step + rank)
-    return {n: torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+    return distributed.fresh_model("pr492_shape_rule", depth, "recipe=nanochat_2026_07")
 
 
 def _worker(rank, port, out_dir):
