@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -47,6 +48,7 @@ from harness.config import (
     optim_config,
     train_config,
 )
+from harness.data.tokenizer import Tokenizer
 from harness.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -64,6 +66,7 @@ from harness.lifecycle import (
     RunBusy,
     RunStopped,
     Start,
+    broadcast,
     broadcast_decision,
     claimed,
     decide,
@@ -259,19 +262,37 @@ def optimizer_step(
     return total / grad_accum
 
 
-class Trainer:
-    def __init__(self, plan: RunPlan, rundir: RunDir, logger):
+@dataclass
+class RunData:
+    """The tokenizer and this rank's validation batches: loading them is the last data check."""
+
+    tokenizer: Tokenizer
+    val_batches: list
+
+    @classmethod
+    def load(cls, plan: RunPlan) -> RunData:
         from harness.data import build_tokenizer, val_batches
 
+        tokenizer = build_tokenizer(plan.cfg)
+        batches = val_batches(
+            plan.cfg,
+            tokenizer,
+            plan.train.device_batch_size,
+            plan.model.sequence_len,
+            plan.evals.val_tokens,
+            plan.dist.rank,
+            plan.dist.world_size,
+        )
+        return cls(tokenizer, batches)
+
+
+class Trainer:
+    def __init__(self, plan: RunPlan, rundir: RunDir, logger, data: RunData):
         self.plan, self.rundir, self.logger = plan, rundir, logger
-        cfg, train = plan.cfg, plan.train
+        train = plan.train
         self.device = plan.device
         self.autocast = autocast_for(self.device, train.dtype)
-        self.tokenizer = build_tokenizer(cfg)
-        if self.tokenizer.vocab_size > plan.model.vocab_size:
-            raise ConfigError(
-                f"the tokenizer has {self.tokenizer.vocab_size} tokens but data.vocab_size={plan.model.vocab_size}"
-            )
+        self.tokenizer = data.tokenizer
         self.token_bytes = self.tokenizer.token_bytes()
         self.tokenizer_hash = self.tokenizer.digest()
         self.model = build_model(plan)
@@ -285,16 +306,7 @@ class Trainer:
             plan.dist.world_size,
             plan.dist.rank,
         )
-        seq_len = plan.model.sequence_len
-        self.val_batches = val_batches(
-            cfg,
-            self.tokenizer,
-            train.device_batch_size,
-            seq_len,
-            plan.evals.val_tokens,
-            plan.dist.rank,
-            plan.dist.world_size,
-        )
+        self.val_batches = data.val_batches
         self.loader = None
         self.state = TrainState()
         self.metrics_records = 0
@@ -604,6 +616,10 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
     config = resolved_config(cfg)
     init_process_group(plan.dist, plan.device)
     try:
+        # A new run's data is loaded before its directory is made: a mistake found only now (a split
+        # that tokenizes to fewer validation rows than eval.val_tokens) leaves no half-made run.
+        new_run = broadcast(not rundir.exists() if plan.dist.is_main else None)
+        data = RunData.load(plan) if new_run else None
         with claimed(rundir, "trained", plan.dist.is_main):
             start = broadcast_decision(
                 lambda: decide(rundir, config, plan.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
@@ -615,7 +631,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
             if start.action == "resume":
                 checkpoint = Path(start.checkpoint)
                 resume = (checkpoint, *load_for_resume(checkpoint, plan.dist.rank, plan.device))
-            return train_claimed(plan, rundir, config, start, resume, run_name)
+            return train_claimed(plan, rundir, config, start, resume, run_name, data)
     except RunBusy as e:
         log.warning(str(e))  # that process trains it; a sweep moves on to its next run
         return {}
@@ -623,7 +639,9 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
         destroy_process_group()
 
 
-def train_claimed(plan: RunPlan, rundir: RunDir, config: dict, start: Start, resume, run_name: str) -> dict:
+def train_claimed(
+    plan: RunPlan, rundir: RunDir, config: dict, start: Start, resume, run_name: str, data: RunData | None
+) -> dict:
     """The run, its directory claimed: prepare it as decided, build, loop, record how it ended."""
     from harness.loggers import build_logger
 
@@ -642,7 +660,7 @@ def train_claimed(plan: RunPlan, rundir: RunDir, config: dict, start: Start, res
             config=config,
             rank=plan.dist.rank,
         )
-        trainer = Trainer(plan, rundir, logger)
+        trainer = Trainer(plan, rundir, logger, data or RunData.load(plan))
         if plan.dist.is_main:
             rundir.params_path.write_text(format_parameter_table(trainer.param_rows))
             log.info(describe_plan(plan, trainer))
@@ -770,6 +788,7 @@ def main(cfg: DictConfig) -> dict | float | None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
+            remove_unstarted(run_dir, Path(str(cfg.paths.runs_dir)), hydra_cfg.job.name)
             sys.exit(USAGE_EXIT_CODE)
         record_config_failure(RunDir(run_dir), resolved_config(cfg), str(e), provenance())
     except RunStopped as e:
@@ -783,6 +802,20 @@ def main(cfg: DictConfig) -> dict | float | None:
             raise
     # In a sweep a failed run is recorded in its summary and the sweep goes on with the next one.
     return sweep_return(cfg, None)
+
+
+def remove_unstarted(run_dir: Path, runs_dir: Path, job_name: str) -> None:
+    """A single run refused by a check that needed its data loaded: the folder Hydra made for it goes
+    (it holds only Hydra's .hydra/ and job log), and so do parents it leaves empty below runs_dir."""
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {".hydra", f"{job_name}.log"}:
+        return
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    (run_dir / f"{job_name}.log").unlink(missing_ok=True)
+    folder = run_dir
+    with contextlib.suppress(OSError):
+        while folder != runs_dir and runs_dir in folder.parents:
+            folder.rmdir()
+            folder = folder.parent
 
 
 # Hydra's own flags (help, config printing, shell completion): handed over without a preflight.

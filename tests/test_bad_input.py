@@ -216,8 +216,22 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def builtin_data(session_data_dir):
+    """The smoke's tokenizer and tokenized corpus, built before the cases: the preflight would
+    otherwise print the tokenizer's training progress ahead of the first case's one line."""
+    from harness.cli import compose
+    from harness.data.loader import check_val_rows
+    from harness.data.sources import build_tokenizer
+
+    cfg = compose([SMOKE])
+    check_val_rows(cfg, build_tokenizer(cfg), cfg.model.sequence_len, cfg.eval.val_tokens)
+
+
 @pytest.mark.parametrize("command,message", CASES, ids=[c for c, _ in CASES])
-def test_bad_invocation_is_one_line_and_exit_code_2(command, message, monkeypatch, capsys, session_data_dir, tmp_path):
+def test_bad_invocation_is_one_line_and_exit_code_2(
+    command, message, monkeypatch, capsys, session_data_dir, builtin_data, tmp_path
+):
     monkeypatch.setattr(sys, "argv", ["harness.train", *command.split(), f"paths.runs_dir={tmp_path}/runs"])
     if "paths.runs_dir=" in command:  # the case under test names its own runs dir
         monkeypatch.setattr(sys, "argv", ["harness.train", *command.split()])

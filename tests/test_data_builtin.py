@@ -77,8 +77,10 @@ def test_documents_split_at_definitions():
     ]
 
 
-def test_builtin_needs_no_preparation(cfg):
-    check_data(cfg)  # nothing can be missing
+def test_builtin_needs_no_preparation(data_dir, monkeypatch):
+    """Nothing can be missing: the preflight builds the tokenizer and counts the validation rows."""
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(data_dir))
+    check_data(compose([*SMALL, "model=tiny", "eval.val_tokens=1024"]))
 
 
 def test_tokenizer_and_documents_are_cached(cfg, tok, monkeypatch):

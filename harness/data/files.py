@@ -46,12 +46,46 @@ def read_jsonl(path: Path, field: str) -> list[str]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ConfigError(f"{path}:{number} has no string field {field!r}; set data.text_field")
-            texts.append(record[field])
+            texts.append(_jsonl_text(path, number, line, field))
     return texts
 
 
 def read_txt(path: Path) -> list[str]:
     return [path.read_text(encoding="utf-8", errors="replace")]
+
+
+def check_readable(path: Path, field: str) -> None:
+    """Read `path` as the loader will and raise ConfigError naming the file (and line) at the first
+    problem: text that is not UTF-8, a .jsonl line that is not a JSON object with a string `field`,
+    a parquet file whose footer, column or row groups do not read."""
+    if path.suffix == ".parquet":
+        for group in range(parquet_row_groups(path, field)):
+            try:
+                values = read_row_group(path, group, field)
+            except (pa.ArrowException, OSError) as error:
+                raise ConfigError(f"{path}: row group {group} does not read ({error}); the file is corrupt") from None
+            if any(not isinstance(v, str) for v in values):
+                raise ConfigError(f"{path}: row group {group} has non-string values in column {field!r}")
+        return
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad = raw[error.start : error.start + 1]
+                raise ConfigError(
+                    f"{path}:{number} is not UTF-8 text (byte {error.start + 1} of the line is {bad!r})"
+                ) from None
+            if path.suffix == ".jsonl" and line.strip():
+                _jsonl_text(path, number, line, field)
+
+
+def _jsonl_text(path: Path, number: int, line: str, field: str) -> str:
+    """Line `number` of a .jsonl file: its string `field`, or a ConfigError naming the line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}:{number} is not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        raise ConfigError(f"{path}:{number} has no string field {field!r}; set data.text_field")
+    return record[field]

@@ -48,6 +48,10 @@ MAX_BACKOFF_S = 60.0
 RETRY_STATUSES = {408, 425, 429}
 
 
+# (path, size, mtime) of shards whose footer read: a sweep's preflight checks each once.
+_SHARDS_VERIFIED: set[tuple] = set()
+
+
 class DownloadError(Exception):
     """A shard could not be fetched after every retry (network or server trouble, not a config mistake)."""
 
@@ -100,6 +104,18 @@ class FinewebSource:
                 f"data={self.data.source} with data.num_shards={self.data.num_shards} is missing {' and '.join(parts)} "
                 f"in {self.dir}; run: {self.prepare_command()}"
             )
+        for index in self.needed_indices():
+            path = self.shard_path(index)
+            stat = path.stat()
+            if (path, stat.st_size, stat.st_mtime_ns) in _SHARDS_VERIFIED:
+                continue
+            try:
+                _verify(path)
+            except _Corrupt as error:
+                raise ConfigError(
+                    f"{path}: {error}; delete it and run: {self.prepare_command()} (downloads it again)"
+                ) from None
+            _SHARDS_VERIFIED.add((path, stat.st_size, stat.st_mtime_ns))
 
     def tokenizer(self) -> Tokenizer:
         self.check()

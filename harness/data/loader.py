@@ -364,11 +364,7 @@ def val_batches(
     rows = val_rows(cfg, tok, seq_len, num_rows) if rank == 0 or not shared else None
     if shared:
         rows = broadcast_rows_from_main(rows, seq_len + 1)
-    if len(rows) < num_rows:
-        raise ConfigError(
-            f"eval.val_tokens={num_tokens} needs {num_rows} rows of {seq_len} tokens, but the validation split "
-            f"of data={data_config(cfg).source} fills only {len(rows)}; lower eval.val_tokens or add validation data"
-        )
+    _require_val_rows(cfg, num_tokens, seq_len, num_rows, len(rows))
     mine = rows[rank * num_rows // world_size : (rank + 1) * num_rows // world_size]
     batches = []
     for first in range(0, len(mine), batch_size):
@@ -379,6 +375,27 @@ def val_batches(
             targets = torch.cat([targets, targets.new_full((missing, seq_len), -1)])
         batches.append((inputs, targets))
     return batches
+
+
+_VAL_ROWS_CHECKED: set[tuple] = set()  # (data config, tokenizer, seq_len, rows) found to fill
+
+
+def check_val_rows(cfg: DictConfig, tok: Tokenizer, seq_len: int, num_tokens: int) -> None:
+    """The preflight's exact form of val_batches' check (it packs the rows and counts them): for
+    sources whose tokenizer and tokenized validation split are at hand. Once per sweep and shape."""
+    num_rows = max(1, num_tokens // seq_len)
+    key = (data_config(cfg), tok.fingerprint(), seq_len, num_rows)
+    if key not in _VAL_ROWS_CHECKED:
+        _require_val_rows(cfg, num_tokens, seq_len, num_rows, len(val_rows(cfg, tok, seq_len, num_rows)))
+        _VAL_ROWS_CHECKED.add(key)
+
+
+def _require_val_rows(cfg: DictConfig, num_tokens: int, seq_len: int, num_rows: int, found: int) -> None:
+    if found < num_rows:
+        raise ConfigError(
+            f"eval.val_tokens={num_tokens} needs {num_rows} rows of {seq_len} tokens, but the validation split "
+            f"of data={data_config(cfg).source} fills only {found}; lower eval.val_tokens or add validation data"
+        )
 
 
 def validation_documents(corpus: Corpus) -> Iterator[tuple[DocId, Document]]:

@@ -20,18 +20,28 @@ the preflight; one that passes the bound but not the real count is refused once 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 from harness.data.cache import build_once, fingerprint
 from harness.data.config import LocalData
 from harness.data.corpus import TextCorpus, held_out
-from harness.data.files import TEXT_SUFFIXES, find_files, parquet_row_groups, read_jsonl, read_row_group, read_txt
+from harness.data.files import (
+    TEXT_SUFFIXES,
+    check_readable,
+    find_files,
+    parquet_row_groups,
+    read_jsonl,
+    read_row_group,
+    read_txt,
+)
 from harness.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
 from harness.errors import ConfigError
 
 Unit = tuple[Path, int]  # (file, parquet row group; 0 for .txt and .jsonl)
 _VALIDATION_CHECKED: set[tuple] = set()  # (data config, rows, row_len, world size) found big enough
+_READABLE: set[str] = set()  # listings (names, sizes, mtimes) whose every file was read without a problem
 
 
 class LocalSource:
@@ -54,9 +64,22 @@ class LocalSource:
         return path
 
     def check(self) -> None:
+        """The folders exist and every file reads as the loader will read it (harness.data.files.
+        check_readable), so a bad byte or line stops the preflight, not a run hours in. A listing found
+        clean is remembered under data.cache_dir, keyed like the tokenizer, and not read again."""
         self._folder("path")
         if self.data.val_path:
             self._folder("val_path")
+        files = sorted(set(self.files("train") + self.files("val")))
+        listing = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        key = fingerprint("local-readable", listing, self.data.text_field)
+        if key in _READABLE or (self.cache_dir / f"readable-{key}").is_dir():
+            return
+        for path in files:
+            check_readable(path, self.data.text_field)
+        with contextlib.suppress(OSError):  # a read-only cache only means checking again next time
+            build_once(self.cache_dir / f"readable-{key}", lambda directory: None)
+        _READABLE.add(key)
 
     def files(self, split: str) -> list[Path]:
         root = self._folder("path")
