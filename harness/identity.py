@@ -11,6 +11,8 @@ What does not move with them: a checkpoint is still refused when its tokenizer d
 
 from __future__ import annotations
 
+import hashlib
+
 from omegaconf import OmegaConf
 
 LOCATION_KEYS = (
@@ -35,8 +37,14 @@ DEFAULTS_JOB_DIR = "defaults"
 RESOLVER = "ablate.run_dir"
 
 
+# Filesystems cap a folder name at 255 bytes; a long override set is cut below that and made unique
+# again by a hash of the whole (the run's config.yaml still says every override).
+MAX_DIRNAME_BYTES = 200
+
+
 def run_dir_name(name: str, override_dirname: str, multirun: bool = False) -> str:
     """`<name>/<overrides>` for a single run; `<overrides>` for a job below the sweep's folder."""
+    override_dirname = fit_dirname(override_dirname)
     if multirun:
         return override_dirname or DEFAULTS_JOB_DIR
     return f"{name}/{override_dirname}" if override_dirname else f"{name}{DEFAULTS_RUN_SUFFIX}"
@@ -50,3 +58,12 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             RESOLVER, lambda name, dirname, multirun=False: run_dir_name(str(name), str(dirname), bool(multirun))
         )
+
+
+def fit_dirname(dirname: str) -> str:
+    """`dirname` if it fits in MAX_DIRNAME_BYTES, else its head and 12 hex digits of its SHA-256."""
+    raw = dirname.encode()
+    if len(raw) <= MAX_DIRNAME_BYTES:
+        return dirname
+    head = raw[: MAX_DIRNAME_BYTES - 13].decode("utf-8", errors="ignore")
+    return f"{head}-{hashlib.sha256(raw).hexdigest()[:12]}"

@@ -56,6 +56,27 @@ def test_a_run_with_no_overrides_lands_beside_its_sweep_not_in_its_root():
     assert compose(["experiment=smoke"], with_hydra=True).hydra.sweep.subdir == "defaults"
 
 
+def test_a_long_override_set_gets_a_folder_name_the_filesystem_accepts(tmp_path):
+    """Filesystems refuse names over 255 bytes (before: OSError 'File name too long' from Hydra). A long
+    set is cut to 200 bytes and keeps apart from another with the same head by a hash of the whole."""
+    import hashlib
+
+    many = ["train.warmup_steps=0"] + [
+        f"optim.adamw.{key}={value}"
+        for key, value in [("embedding_lr", 0.31), ("unembedding_lr", 0.0041), ("scalar_lr", 0.51)]
+    ]
+    many += ["train.num_iterations=70", "train.print_every=7", "train.checkpoint_every=35", "eval.val_every=35"]
+    many += ["optim.muon.lr=0.021", "optim.muon.momentum=0.94", "optim.muon.ns_steps=4", "model.depth=3"]
+    full = ",".join(sorted(many))
+    assert len(full.encode()) > 255
+    folder = run_dir("experiment=smoke", *many).removeprefix("runs/smoke/")
+    assert folder == full.encode()[:187].decode() + "-" + hashlib.sha256(full.encode()).hexdigest()[:12]
+    assert len(folder.encode()) == 200
+    other = run_dir("experiment=smoke", *many[1:], "train.warmup_steps=1").removeprefix("runs/smoke/")
+    assert other != folder and other[:187] == folder[:187]
+    (tmp_path / folder).mkdir()  # the filesystem takes it
+
+
 def test_the_command_line_resolves_the_run_folder_in_its_own_process():
     """Hydra resolves hydra.run.dir in the training process: the harness registers its resolver there."""
     command = [sys.executable, "-m", "harness.train", "experiment=smoke", "-c", "all", "--resolve", "-p"]
