@@ -367,7 +367,8 @@ def _difference_panel(ax, at_depth: pd.DataFrame, metric: str, reference, styles
         ax.scatter([result.difference], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
         test = f"paired, {result.n_paired} seeds" if result.test == PAIRED else result.test
         text = f"{result.difference:+.4f}".replace("-", "−")
-        text += f" (p={result.p_value:.2g}, {test})" if math.isfinite(result.p_value) else " (n=1: not tested)"
+        # One test of many: comparison.md gives its Holm-adjusted p and the verdict made from it.
+        text += f" (raw p={result.p_value:.2g}, {test})" if math.isfinite(result.p_value) else " (n=1: not tested)"
         ax.text(1.02, y, text, va="center", fontsize=7.5, transform=ax.get_yaxis_transform())
     _variant_rows(ax, styles, variants)
     ax.set_xlabel("Δ final val bpb vs baseline (< 0 is better)")
@@ -605,7 +606,7 @@ def _throughput_text(runs: pd.DataFrame, base: pd.DataFrame, variant: str, basel
         else:
             result = ratio_compare(_seed_pairs(runs, "tok_per_s"), _seed_pairs(base, "tok_per_s"))
             text += f" ({result.delta_pct:+.1f}% vs baseline".replace("-", "−")
-            text += f", p={result.p_value:.2g})" if math.isfinite(result.p_value) else ", n=1)"
+            text += f", raw p={result.p_value:.2g})" if math.isfinite(result.p_value) else ", n=1)"
     return text + (f", MFU {mfu:.1%}" if math.isfinite(mfu) else "")
 
 
