@@ -185,6 +185,28 @@ def test_a_clear_speed_difference_is_called_faster_beside_a_not_significant_qual
     assert "+3.0% [" in line
 
 
+def test_a_speed_test_between_runs_in_separate_time_windows_says_so(tmp_path):
+    """A sequential sweep runs a variant's seeds after the baseline's: load on the machine can change
+    between the two windows. Overlapping windows (runs side by side on a cluster) need no note."""
+
+    def timed(run, start_min, end_min):
+        summary = run.read_summary()
+        stamp = "2026-12-02T10:{:02d}:00+00:00".format
+        run.write_summary({**summary, "started_at": stamp(start_min), "ended_at": stamp(end_min)})
+
+    for seed in range(3):
+        timed(write_run(tmp_path, "slice", "c_fc_2x", seed, 0.85, tok_per_s=1000.0 + seed), 5 * seed, 5 * seed + 4)
+        timed(write_run(tmp_path, "chunk", "c_fc_2x", seed, 0.85, tok_per_s=990.0 + seed), 20 + 5 * seed, 24 + 5 * seed)
+        timed(write_run(tmp_path, "slice", "none", seed, 0.86, tok_per_s=995.0 - seed), 5 * seed + 1, 5 * seed + 3)
+    table, _ = comparison_table(collect_dirs(tmp_path), parse_baseline(BASELINE))
+    notes = table.set_index("variant")["note"]
+    assert notes["rope.split=chunk mlp_lr.name=c_fc_2x"] == (
+        "speed: this variant's runs and the baseline's ran in separate time windows, so a change in machine load "
+        "between them is not cancelled (harness.bench ab interleaves)"
+    )
+    assert notes["rope.split=slice mlp_lr.name=none"] == ""
+
+
 def test_runs_on_another_device_or_batch_are_not_compared_for_speed(tmp_path):
     for seed in range(2):
         write_run(tmp_path, "slice", "c_fc_2x", seed, 0.85, tok_per_s=1000.0 + seed)

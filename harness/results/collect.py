@@ -77,7 +77,7 @@ SUMMARY_NUMBERS = (
     "grad_accum_steps",
 )
 HEADLINE = 8  # SUMMARY_NUMBERS[:HEADLINE] come before the CORE task columns
-SUMMARY_TEXT = ("device", "git_commit", "error")
+SUMMARY_TEXT = ("device", "git_commit", "error", "started_at", "ended_at")
 # What a run's tok/s depends on besides the model: runs that differ in one of these are not
 # compared for speed (compare.py). Missing values (older runs) are unknown, not different.
 SPEED_CONTEXT = ("device", "world_size", "device_batch_size", "total_batch_tokens", "grad_accum_steps")

@@ -228,7 +228,8 @@ def _row(depth: int, variant: str, runs: pd.DataFrame, base_runs: pd.DataFrame, 
         row.update(_difference(metric, done, base_done, variant, reference))
     row.update(_speed_difference(done, base_done, variant, reference))
     row.update(_pairing_note(row, done, base_done, variant, reference))
-    row["note"] = "; ".join([*notes, *([row.pop("pairing_note")] if row.get("pairing_note") else [])])
+    window = _time_window_note(row, done, base_done)
+    row["note"] = "; ".join([*notes, *([row.pop("pairing_note")] if row.get("pairing_note") else []), *window])
     return row
 
 
@@ -316,6 +317,35 @@ def _pairing_note(row: dict, done: pd.DataFrame, base: pd.DataFrame, variant: st
     if row["val_bpb_test"] != PAIRED:
         return {"pairing_note": f"{len(shared)} seed(s) shared with the baseline: Welch (pairing needs 2)"}
     return {}
+
+
+def _time_window_note(row: dict, done: pd.DataFrame, base: pd.DataFrame) -> list[str]:
+    """A speed test between runs that ran one set after the other: a change in the machine's load
+    between the two windows (another job, thermal state) reads as a speed difference, which pairing by
+    seed does not cancel. Said in the row; `harness.bench ab` interleaves and does."""
+    if row.get(f"{SPEED}_test") in ("", NO_TEST, None):
+        return []
+    windows = [_window(done), _window(base)]
+    if None in windows:
+        return []
+    (start, end), (base_start, base_end) = windows
+    if end <= base_start or base_end <= start:
+        return [
+            "speed: this variant's runs and the baseline's ran in separate time windows, so a change in "
+            "machine load between them is not cancelled (harness.bench ab interleaves)"
+        ]
+    return []
+
+
+def _window(runs: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """First start and last end of these runs, or None if any run did not record both."""
+    if runs.empty or "started_at" not in runs or "ended_at" not in runs:
+        return None
+    starts = pd.to_datetime(runs["started_at"], errors="coerce", utc=True)
+    ends = pd.to_datetime(runs["ended_at"], errors="coerce", utc=True)
+    if starts.isna().any() or ends.isna().any():
+        return None
+    return starts.min(), ends.max()
 
 
 def _seed_list(seeds: Sequence[int]) -> str:
