@@ -807,6 +807,7 @@ def main(cfg: DictConfig) -> dict | float | None:
 def remove_unstarted(run_dir: Path, runs_dir: Path, job_name: str) -> None:
     """A single run refused by a check that needed its data loaded: the folder Hydra made for it goes
     (it holds only Hydra's .hydra/ and job log), and so do parents it leaves empty below runs_dir."""
+    run_dir, runs_dir = run_dir.resolve(), runs_dir.resolve()
     if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - {".hydra", f"{job_name}.log"}:
         return
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
