@@ -71,8 +71,7 @@ class LocalSource:
         if self.data.val_path:
             self._folder("val_path")
         files = sorted(set(self.files("train") + self.files("val")))
-        listing = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        key = fingerprint("local-readable", listing, self.data.text_field)
+        key = fingerprint("local-readable", _listing(files), self.data.text_field)
         if key in _READABLE or (self.cache_dir / f"readable-{key}").is_dir():
             return
         for path in files:
@@ -153,10 +152,9 @@ class LocalSource:
 
     def tokenizer(self) -> Tokenizer:
         d = self.data
-        listing = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in self.files("train") + self.files("val")]
         key = fingerprint(
             "local-tokenizer",
-            listing,
+            _listing(self.files("train") + self.files("val")),
             d.val_path,
             d.val_fraction,
             d.text_field,
@@ -176,3 +174,8 @@ class LocalSource:
     def corpus(self, split: str, tok: Tokenizer) -> TextCorpus:
         name = f"data=local {'training' if split == 'train' else 'validation'} split of {self.data.path}"
         return TextCorpus(name, self.units(split), lambda unit: self.texts(unit, split), tok)
+
+
+def _listing(files: list[Path]) -> list[tuple[str, int, int]]:
+    """What names a set of files in a cache key: each file's path, size and modification time."""
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
