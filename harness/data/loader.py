@@ -104,7 +104,8 @@ def read_documents(corpus: Corpus, seed: int, stream: int, streams: int, ids: Se
     wanted: dict[tuple[int, int], list[int]] = {}
     for epoch, position, index in ids:
         wanted.setdefault((epoch, position), []).append(index)
-    orders = {epoch: epoch_units(corpus.num_units, seed, epoch, stream, streams) for epoch, _ in wanted}
+    epochs = {epoch for epoch, _ in wanted}  # one shuffle per epoch, not one per unit read
+    orders = {epoch: epoch_units(corpus.num_units, seed, epoch, stream, streams) for epoch in epochs}
 
     def read(key: tuple[int, int]) -> dict[int, Document]:
         epoch, position = key
