@@ -147,7 +147,8 @@ def submitit_controller(sweep_pid: int) -> int | None:
 
 
 def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or_repeated_step(tmp_path):
-    launcher = ["launcher=submitit_local", "launcher.nproc_per_node=2", "mlp_lr=c_fc_2x"]
+    # No report (~hydra.callbacks.report): this test reads the runs, and the plots would double its time.
+    launcher = ["launcher=submitit_local", "launcher.nproc_per_node=2", "mlp_lr=c_fc_2x", "~hydra.callbacks.report"]
     reference = subprocess.run(
         train_command(tmp_path / "reference", *launcher), env=one_thread_env(), capture_output=True, text=True
     )

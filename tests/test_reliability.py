@@ -45,6 +45,10 @@ def train_command(runs_dir, *extra, multirun=False):
     ]
 
 
+# A multirun whose report a test does not read leaves it out: the plots are most of a small sweep's time.
+NO_REPORT = "~hydra.callbacks.report"
+
+
 def only_run(runs_dir) -> RunDir:
     runs = find_run_dirs(runs_dir)
     assert len(runs) == 1, runs
@@ -193,13 +197,15 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on_and_rerunning_trains_
     assert any("diverged" in p.read_text() for p in report), "the report must show the diverged run"
 
     files_before = {p: p.stat().st_mtime_ns for p in run_files(tmp_path)}
-    again = subprocess.run(train_command(tmp_path, *sweep, multirun=True), capture_output=True, text=True)
+    again = subprocess.run(train_command(tmp_path, *sweep, NO_REPORT, multirun=True), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("nothing to do") + again.stderr.count("nothing to do") == 3
     assert {p: p.stat().st_mtime_ns for p in run_files(tmp_path)} == files_before
 
     retried = subprocess.run(
-        train_command(tmp_path, *sweep, "sweep.retry_failed=true", multirun=True), capture_output=True, text=True
+        train_command(tmp_path, *sweep, "sweep.retry_failed=true", NO_REPORT, multirun=True),
+        capture_output=True,
+        text=True,
     )
     assert retried.returncode == 0, retried.stderr[-2000:]
     after = sweep_summaries(tmp_path)
@@ -217,16 +223,15 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on_and_rerunning_trains_
         config["optim"]["muon"]["beta2"] = 0.9
         rundir.write_config(config)
     record = {p: p.read_bytes() for p in run_files(tmp_path)}
-    changed = subprocess.run(train_command(tmp_path, *sweep, multirun=True), capture_output=True, text=True)
+    changed = subprocess.run(train_command(tmp_path, *sweep, NO_REPORT, multirun=True), capture_output=True, text=True)
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert changed.stderr.count("holds a run with a different config (optim.muon.beta2)") == 3, changed.stderr[-3000:]
     assert {p: p.read_bytes() for p in run_files(tmp_path)} == record
 
 
-def test_rerunning_with_a_changed_config_is_refused(tmp_path, reference):
+def test_rerunning_with_a_changed_config_is_refused(tmp_path, reference, reference_root):
     """The run directory is the run's identity: a different config there is an error naming the keys."""
-    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
-    rundir = only_run(tmp_path)
+    rundir = copy_of_reference(reference, reference_root, tmp_path, status="completed")
     config = rundir.read_config()
     config["optim"]["muon"]["beta2"] = 0.9  # as if a default had changed since the run
     rundir.write_config(config)
@@ -456,13 +461,9 @@ def test_a_second_process_on_a_held_run_names_the_holder_and_writes_nothing(tmp_
 
 def test_two_identical_sweeps_launched_together_train_each_run_once(tmp_path):
     sweep = ["rope=slice", "mlp_lr=c_fc_2x,none", "seed=0,1", "train.num_iterations=8", "eval.val_every=4"]
-    command = train_command(tmp_path, *sweep, multirun=True)
-
-    def with_own_report(name: str) -> list[str]:  # the same runs; each launch writes its report apart
-        return [f"paths.results_dir={tmp_path}/{name}" if a.startswith("paths.results_dir=") else a for a in command]
-
-    first = subprocess.Popen(with_own_report("a"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    second = subprocess.Popen(with_own_report("b"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = train_command(tmp_path, *sweep, NO_REPORT, multirun=True)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     runs = find_run_dirs(tmp_path)
