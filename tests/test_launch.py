@@ -1,7 +1,8 @@
 """The launchers end to end on CPU (gloo): a launcher=torchrun sweep runs every job as two processes,
 one after another, and a rank that dies fails only its own run; a launcher=submitit_local job of two
 tasks is preempted (SIGUSR2, what SLURM sends before the time limit), checkpoints, is requeued by
-submitit and resumes to exactly the loss history of an uninterrupted job."""
+submitit and resumes to exactly the loss history of the torchrun sweep's uninterrupted run of the
+same config."""
 
 import os
 import signal
@@ -90,51 +91,53 @@ def wait_until(condition, timeout_s: float = 180, what: str = "") -> None:
         time.sleep(0.05)
 
 
-def test_torchrun_sweep_runs_each_job_on_two_ranks_and_a_dead_rank_fails_only_its_run(tmp_path):
-    """A 2 x 2 sweep (rope x mlp_lr), two processes per job. While the second job trains, its rank 1
-    is killed (SIGKILL, as when a GPU or its process dies): that run is recorded as interrupted (a lost
-    rank is the machine's fault: re-running resumes it) with the cause, and the sweep goes on to the
-    last two jobs and the report."""
-    sweep = train_command(
-        tmp_path,
-        "rope=slice,chunk",
-        "mlp_lr=c_fc_2x,none",
-        "launcher=torchrun",
-        "launcher.nproc_per_node=2",
-    )
+@pytest.fixture(scope="module")
+def torchrun_sweep(tmp_path_factory):
+    """A sweep of three jobs (mlp_lr), two processes per job. While the second job trains, its rank 1
+    is killed (SIGKILL, as when a GPU or its process dies). Returns the runs folder, the killed run's
+    folder name, the sweep's exit code and its output."""
+    runs = tmp_path_factory.mktemp("torchrun")
+    sweep = train_command(runs, "mlp_lr=c_fc_2x,none,c_proj_2x", "launcher=torchrun", "launcher.nproc_per_node=2")
     process = subprocess.Popen(sweep, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
 
         def second_job_training() -> bool:
-            runs = find_run_dirs(tmp_path)
-            done = [r for r in runs if r.status() == "completed"]
-            going = [r for r in runs if r.status() == "running" and len(train_steps(r)) >= 3]
+            found = find_run_dirs(runs)
+            done = [r for r in found if r.status() == "completed"]
+            going = [r for r in found if r.status() == "running" and len(train_steps(r)) >= 3]
             return len(done) == 1 and len(going) == 1
 
         wait_until(second_job_training, what="the second job to train")
-        (victim,) = [r for r in find_run_dirs(tmp_path) if r.status() == "running"]
+        (victim,) = [r for r in find_run_dirs(runs) if r.status() == "running"]
         workers = [p for p in children(process.pid) if "spawn_main" in command_line(p)]
         assert len(workers) == 2, [command_line(p) for p in children(process.pid)]
         os.kill(workers[-1], signal.SIGKILL)  # the younger worker: local rank 1
         output, _ = process.communicate(timeout=300)
     finally:
         process.kill()
-    assert process.returncode == 0, output[-3000:]
+    return runs, victim.path.name, process.returncode, output
 
-    runs = find_run_dirs(tmp_path)
-    assert len(runs) == 4
-    statuses = {r.path.name: r.status() for r in runs}
-    assert sorted(statuses.values()) == ["completed"] * 3 + ["interrupted"], statuses
-    assert statuses[victim.path.name] == "interrupted"
-    error = victim.read_summary()["error"]
+
+def test_torchrun_sweep_runs_each_job_on_two_ranks_and_a_dead_rank_fails_only_its_run(torchrun_sweep):
+    """The killed run is recorded as interrupted (a lost rank is the machine's fault: re-running
+    resumes it) with the cause, and the sweep goes on to the last job and the report."""
+    runs, victim, returncode, output = torchrun_sweep
+    assert returncode == 0, output[-3000:]
+    found = find_run_dirs(runs)
+    assert len(found) == 3
+    statuses = {r.path.name: r.status() for r in found}
+    assert sorted(statuses.values()) == ["completed"] * 2 + ["interrupted"], statuses
+    assert statuses[victim] == "interrupted"
+    (killed,) = [r for r in found if r.path.name == victim]
+    error = killed.read_summary()["error"]
     assert error.startswith("rank 1:") and "SIGKILL" in error, error
-    for rundir in runs:
+    for rundir in found:
         if rundir.status() == "completed":
             summary = rundir.read_summary()
             assert (summary["world_size"], summary["grad_accum_steps"]) == (2, 1)
             assert train_steps(rundir) == list(range(1, STEPS + 1))  # rank 0 alone writes metrics
-    report = (tmp_path / "results" / "smoke" / "runs.csv").read_text()
-    assert report.count("completed") == 3 and report.count("interrupted") == 1
+    report = (runs / "results" / "smoke" / "runs.csv").read_text()
+    assert report.count("completed") == 2 and report.count("interrupted") == 1
 
 
 def submitit_tasks(controller_pid: int) -> list[int]:
@@ -146,15 +149,20 @@ def submitit_controller(sweep_pid: int) -> int | None:
     return controllers[0] if controllers else None
 
 
-def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or_repeated_step(tmp_path):
-    # No report (~hydra.callbacks.report): this test reads the runs, and the plots would double its time.
-    launcher = ["launcher=submitit_local", "launcher.nproc_per_node=2", "mlp_lr=c_fc_2x", "~hydra.callbacks.report"]
-    reference = subprocess.run(
-        train_command(tmp_path / "reference", *launcher), env=one_thread_env(), capture_output=True, text=True
-    )
-    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
-    (uninterrupted,) = find_run_dirs(tmp_path / "reference")
+def test_submitit_job_preempted_checkpoints_requeues_and_resumes_with_no_lost_or_repeated_step(
+    tmp_path, torchrun_sweep
+):
+    """The uninterrupted reference is the torchrun sweep's run of the same config: two ranks of one
+    thread under either launcher compute the same run, so the histories are equal bit for bit."""
+    torchrun_runs, victim, _, _ = torchrun_sweep
+    (uninterrupted,) = [
+        r
+        for r in find_run_dirs(torchrun_runs)
+        if r.read_config()["mlp_lr"]["name"] == "c_fc_2x" and r.path.name != victim
+    ]
     assert uninterrupted.status() == "completed"
+    # No report (~hydra.callbacks.report): this test reads the run, and the plots would double its time.
+    launcher = ["launcher=submitit_local", "launcher.nproc_per_node=2", "mlp_lr=c_fc_2x", "~hydra.callbacks.report"]
 
     runs = tmp_path / "preempted"
     process = subprocess.Popen(

@@ -93,9 +93,9 @@ def start_and_stop_at(runs, step: int, signum: int) -> subprocess.Popen:
     return process
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tmp_path, reference, seed):
-    kill_step = random.Random(seed).randint(2, STEPS - 2)
+def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tmp_path, reference):
+    # One seeded draw: the other resumes here start from steps 6 (SIGTERM), 8 (full disk) and 12 (corruption).
+    kill_step = random.Random(0).randint(2, STEPS - 2)
     killed = start_and_stop_at(tmp_path, kill_step, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     rundir = only_run(tmp_path)
@@ -283,23 +283,26 @@ def rewrite_manifest(rundir: RunDir, checkpoint) -> None:
     manifest_path.write_text(json.dumps(manifest))
 
 
+class Payload:
+    """Unpickling this runs `code`: what a malicious checkpoint would carry."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return (exec, (self.code,))
+
+
 def test_a_pickled_payload_in_a_checkpoint_is_not_executed_by_resume_or_evaluate(tmp_path, reference, reference_root):
     marker = tmp_path / "payload_ran"
     rundir = copy_of_reference(reference, reference_root, tmp_path / "runs")
     newest = rundir.checkpoint_path(STEPS)
-    script = (
-        "import sys, torch\n"
-        "class Payload:\n"
-        "    def __reduce__(self):\n"
-        "        return (exec, (f'open({sys.argv[2]!r}, \"w\").close()',))\n"
-        "state = torch.load(sys.argv[1], weights_only=True)\n"
-        "state['train_state']['core'] = Payload()\n"
-        "torch.save(state, sys.argv[1])\n"
-    )
-    subprocess.run([sys.executable, "-c", script, str(newest), str(marker)], check=True)
+    state = torch.load(newest, weights_only=True)
+    state["train_state"]["core"] = Payload(f"open({str(marker)!r}, 'w').close()")
+    torch.save(state, newest)
     rewrite_manifest(rundir, newest)
     # The payload is live: a plain torch.load would run it.
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(newest)!r}, weights_only=False)"], check=True)
+    torch.load(newest, weights_only=False)
     assert marker.exists()
     marker.unlink()
     before = snapshot(rundir)
