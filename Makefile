@@ -24,7 +24,7 @@ PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_PARALLEL)
 
-## test-fast: unit tests only (about 2 minutes on 2 cores)
+## test-fast: unit tests only (about 3 minutes on 2 cores)
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
