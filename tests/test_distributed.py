@@ -1,8 +1,5 @@
 """Data-parallel pieces against the single-process reference, with two CPU processes (gloo)."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,10 +15,10 @@ WORLD = 2
 STEPS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def join_group(rank: int, out_dir: str) -> None:
+    """A file rendezvous in the fixture's own folder: no port to pick, so nothing another test (or
+    another pytest worker) can take between choosing it and binding it."""
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=WORLD)
 
 
 def fresh_model(mlp_lr: str, depth: int, *extra: str):
@@ -44,10 +41,9 @@ VARIANTS = [(mlp_lr, depth) for mlp_lr in ("c_fc_2x", "c_proj_2x", "none", "pr49
 COMPILED = ("pr492_shape_rule", 3)
 
 
-def _distributed_worker(rank, port, out_dir):
+def _distributed_worker(rank, out_dir):
     """Every variant in one process group: starting processes is the slow part on CPU."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    join_group(rank, out_dir)
     for mlp_lr, depth, *extra in [*VARIANTS, (*COMPILED, "optim.compile=true")]:
         model, cfg = fresh_model(mlp_lr, depth, *extra)
         opt, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu", WORLD, rank)
@@ -67,7 +63,7 @@ def _distributed_worker(rank, port, out_dir):
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("dist")
-    mp.spawn(_distributed_worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
+    mp.spawn(_distributed_worker, args=(str(out_dir),), nprocs=WORLD)
     return out_dir
 
 

@@ -1,7 +1,6 @@
 """The July recipe's optimizer (MuonEq, Muon+, per-group AdamW, the smear group) sharded over two CPU
 processes equals the single-process step on the averaged gradients, as the January one does."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from harness.optim import DistMuonAdamW, MuonAdamW, build_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_distributed as distributed  # noqa: E402  (the January test's ports, models and gradients)
-from test_distributed import free_port, rank_gradients  # noqa: E402
+from test_distributed import join_group, rank_gradients  # noqa: E402
 
 WORLD, STEPS = 2, 3
 DEPTHS = (4, 3)  # depth 3: stacks of odd length, padded across ranks
@@ -25,9 +24,8 @@ def fresh_model(depth: int):
     return distributed.fresh_model("pr492_shape_rule", depth, "recipe=nanochat_2026_07")
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank, out_dir):
+    join_group(rank, out_dir)
     for depth in DEPTHS:
         model, cfg = fresh_model(depth)
         opt, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu", WORLD, rank)
@@ -45,7 +43,7 @@ def _worker(rank, port, out_dir):
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("dist07")
-    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
+    mp.spawn(_worker, args=(str(out_dir),), nprocs=WORLD)
     return out_dir
 
 
