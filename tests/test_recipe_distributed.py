@@ -13,7 +13,7 @@ from harness.config import lr_placement, optim_config
 from harness.optim import DistMuonAdamW, MuonAdamW, build_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_distributed as distributed  # noqa: E402  (the January test's ports, models and gradients)
+import test_distributed as distributed  # noqa: E402  (the January test's rendezvous, models and gradients)
 from test_distributed import join_group, rank_gradients  # noqa: E402
 
 WORLD, STEPS = 2, 3
