@@ -70,7 +70,7 @@ def plan_run(
     from harness.train import plan_run as plan_training
 
     cfg = compose(list(job))
-    gpus = launcher_world_size(cfg) or 1
+    gpus = launcher_world_size(cfg, submitting=False) or 1
     run = plan_training(cfg, check_inputs=False, world_size=gpus)
     counts, fpt, steps = run.param_counts, float(run.flops_per_token), run.num_iterations
     tokens = steps * run.train.total_batch_tokens
