@@ -66,12 +66,17 @@ def launcher_world_size(cfg: DictConfig, submitting: bool = True) -> int | None:
     return nodes * nproc
 
 
+def slurm_client() -> str | None:
+    """Where sbatch is, or None where SLURM is not installed."""
+    return shutil.which("sbatch")
+
+
 def check_slurm_client() -> None:
     """launcher=slurm submits with sbatch: without it, hydra-submitit-launcher would fail after making
     the sweep folder, with a traceback. A task already inside a SLURM job is not submitting."""
     from harness.launch.slurm import in_submitit_task
 
-    if shutil.which("sbatch") is None and not in_submitit_task():
+    if slurm_client() is None and not in_submitit_task():
         raise ConfigError(
             "launcher=slurm submits every run with sbatch, which is not on this machine's PATH (no SLURM here); "
             "run the command on a SLURM login node, or try the SLURM path on this machine with launcher=submitit_local"
