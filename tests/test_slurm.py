@@ -41,12 +41,16 @@ def slurm_unavailable() -> str | None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return "no SLURM here (sinfo/sbatch not on PATH); as root, `bash .ci/slurm-up.sh` starts a one-node cluster"
     try:
-        nodes = subprocess.run(
-            ["sinfo", "--noheader", "--Node", "--format=%t"], capture_output=True, text=True, timeout=30
-        )
+        # scontrol ping answers at once where the controller is down (sinfo retries for 9 s)
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+        if ping.returncode != 0:
+            said = (ping.stdout.strip().splitlines() or ping.stderr.strip().splitlines() or ["no answer"])[0]
+            return f"no SLURM answers (scontrol ping: {said}); `bash .ci/slurm-up.sh` starts a one-node cluster"
+        sinfo = ["sinfo", "--noheader", "--Node", "--format=%t"]
+        nodes = subprocess.run(sinfo, capture_output=True, text=True, timeout=30)
         config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        return "no SLURM answers (sinfo took over 30 s); `bash .ci/slurm-up.sh` starts a one-node cluster"
+    except subprocess.TimeoutExpired as e:
+        return f"no SLURM answers ({e.cmd[0]} took over 30 s); `bash .ci/slurm-up.sh` starts a one-node cluster"
     if nodes.returncode != 0:
         said = (nodes.stderr.strip().splitlines() or ["no output"])[0]
         return f"no SLURM answers (sinfo: {said}); `bash .ci/slurm-up.sh` starts a one-node cluster"
