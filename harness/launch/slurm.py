@@ -16,6 +16,9 @@ step boundary, writes status "interrupted", and only then hands the signal to su
 runs the same Hydra job in the same run directory, which resumes from that checkpoint.
 SIGTERM (scancel; preemption on clusters with PreemptMode=REQUEUE, where SLURM requeues the job
 itself) also checkpoints and stops; submitit only logs it.
+
+The sweep's side (`WatchSlurmJobs`, a Hydra callback): how the submitting process learns its jobs'
+states, on clusters with accounting (sacct, submitit's way) and without (squeue).
 """
 
 from __future__ import annotations
