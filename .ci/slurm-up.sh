@@ -24,10 +24,12 @@ fail() {
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sinfo >/dev/null \
     || ! command -v munged >/dev/null; then
     command -v apt-get >/dev/null || fail "slurm-wlm and munge are not installed and there is no apt-get to install them"
-    echo "slurm-up: installing slurm-wlm and munge"
+    echo "slurm-up: installing slurm-wlm and munge (apt's output: $LOGS/apt.log)"
+    mkdir -p "$LOGS"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null || fail "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null || fail "apt-get install slurm-wlm munge failed"
+    apt-get update -qq >"$LOGS/apt.log" 2>&1 || fail "apt-get update failed: $(tail -n 1 "$LOGS/apt.log")"
+    apt-get install -y -qq --no-install-recommends slurm-wlm munge >>"$LOGS/apt.log" 2>&1 \
+        || fail "apt-get install slurm-wlm munge failed: $(tail -n 1 "$LOGS/apt.log")"
 fi
 
 if [ -e "$CONF" ] && ! head -n 1 "$CONF" | grep -qF "$MARKER"; then
