@@ -58,7 +58,7 @@ SEED_KEY = "seed"
 DATA_SEED_KEY = "data.seed"
 FOLLOWS_SEED = "${seed}"  # data.seed's value as an axis, for a run whose data order follows its seed
 NAME_KEY = "name"
-NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.")
+NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.", "stats.")
 # Where data and bundles live is not an axis either: sweeps on two machines compare as one.
 NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume", "optimized_metric", *LOCATION_KEYS)
 
