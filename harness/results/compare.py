@@ -356,24 +356,18 @@ def _speed_difference(
 
 
 def speed_pairs(measured: pd.DataFrame, base: pd.DataFrame) -> tuple[list, list, dict]:
-    """(seed, tok/s) of each side as the speed test should see them, and what timing decided.
-    Times known: confounded when the start orders do not mix; else paired by seed only when every
-    shared seed's two runs shared a time window (else the seeds are relabelled apart: Welch on
-    every run). Times unknown: paired by seed, as stats.ratio_compare does."""
+    """(seed, tok/s) of each side as the speed test should see them, and what timing decided
+    (timing.speed_design): confounded; paired by seed; or Welch on every run, the seeds relabelled
+    apart so that nothing pairs. Times unknown: paired by seed, as stats.ratio_compare does."""
     pairs, base_pairs = _pairs(measured, SPEED), _pairs(base, SPEED)
     v_times, b_times = timing.times(measured), timing.times(base)
     if v_times is None or b_times is None:
         return pairs, base_pairs, {"unknown": True}
-    mixing = timing.start_mixing(v_times[0], b_times[0])
-    if not timing.interleaved(v_times[0], b_times[0]):
-        disjoint = v_times[1].max() <= b_times[0].min() or b_times[1].max() <= v_times[0].min()
+    design, mixing, disjoint = timing.speed_design((list(measured["seed"]), *v_times), (list(base["seed"]), *b_times))
+    if design == timing.CONFOUNDED:
         note = timing.confounded_note(mixing, disjoint)
         return pairs, base_pairs, {"confounded": True, "mixing": mixing, "text": note}
-    shared = shared_seeds(pairs, base_pairs)
-    v_window = {s: (a, b) for s, a, b in zip(measured["seed"], *v_times, strict=True)}
-    b_window = {s: (a, b) for s, a, b in zip(base["seed"], *b_times, strict=True)}
-    together = all(timing.share_window(v_window[s], b_window[s]) for s in shared)
-    if together:
+    if design == timing.PAIRED:
         return pairs, base_pairs, {"mixing": mixing}
     return [(("variant", s), v) for s, v in pairs], [(("baseline", s), v) for s, v in base_pairs], {"mixing": mixing}
 

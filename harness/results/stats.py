@@ -140,10 +140,18 @@ def seeds_needed(
     """
     if not (math.isfinite(sd) and difference > 0):
         return None
-    for n in range(2, limit + 1):
-        if design_min_detectable(sd, n, paired, alpha, power) <= difference:
-            return n
-    return None
+    if design_min_detectable(sd, limit, paired, alpha, power) > difference:
+        return None
+    # The detectable difference falls as seeds are added (smaller standard error, more degrees of
+    # freedom): bisect for the first count that reaches `difference`.
+    low, high = 1, limit  # low never suffices (or is below 2), high does
+    while high - low > 1:
+        middle = (low + high) // 2
+        if middle >= 2 and design_min_detectable(sd, middle, paired, alpha, power) <= difference:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def design_min_detectable(sd: float, seeds: int, paired: bool, alpha: float = ALPHA, power: float = POWER) -> float:

@@ -32,6 +32,7 @@ import pandas as pd
 MIXED_LOW = 0.25
 OVERLAP_SHARE = 0.5
 CONFOUNDED = "confounded"
+PAIRED, WELCH = "paired", "welch"
 
 
 def times(runs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
@@ -78,3 +79,30 @@ def confounded_note(mixing: float, disjoint: bool) -> str:
         f"{mixing:.2f}; needs {MIXED_LOW:g}-{1 - MIXED_LOW:g}), so machine drift is not cancelled "
         "(harness.bench ab interleaves)"
     )
+
+
+def speed_design(
+    variant: tuple[Sequence, Sequence, Sequence], baseline: tuple[Sequence, Sequence, Sequence]
+) -> tuple[str, float, bool]:
+    """How to test speed between two arms, each (seeds, starts, ends): CONFOUNDED when the start
+    orders do not mix, PAIRED when every seed both ran shared a time window (at least 2 such seeds),
+    else WELCH. Also the start-order mixing and whether the two arms' windows are disjoint."""
+    (v_seeds, v_starts, v_ends), (b_seeds, b_starts, b_ends) = variant, baseline
+    mixing = start_mixing(v_starts, b_starts)
+    disjoint = max(v_ends) <= min(b_starts) or max(b_ends) <= min(v_starts)
+    if not MIXED_LOW <= mixing <= 1 - MIXED_LOW:
+        return CONFOUNDED, mixing, disjoint
+    v_window = _once(v_seeds, v_starts, v_ends)
+    b_window = _once(b_seeds, b_starts, b_ends)
+    shared = [s for s in v_window if s in b_window]
+    if len(shared) >= 2 and all(share_window(v_window[s], b_window[s]) for s in shared):
+        return PAIRED, mixing, disjoint
+    return WELCH, mixing, disjoint
+
+
+def _once(seeds: Sequence, starts: Sequence, ends: Sequence) -> dict:
+    """seed -> (start, end) for the seeds that ran once in this arm."""
+    counts: dict = {}
+    for seed in seeds:
+        counts[seed] = counts.get(seed, 0) + 1
+    return {s: (a, b) for s, a, b in zip(seeds, starts, ends, strict=True) if counts[s] == 1}
