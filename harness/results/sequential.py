@@ -55,8 +55,9 @@ class Design:
         return bool(self.looks)
 
     def looks_at(self, n: int) -> tuple[int, ...]:
-        """The looks made by the time there are `n` seeds: the planned ones up to n, and n itself."""
-        return tuple(sorted({*(k for k in self.looks if k <= n), n}))
+        """The looks the design accounts for at a look with `n` seeds: every planned one (the later
+        ones too: a boundary that tightened only as looks were made would let the error grow), and n."""
+        return tuple(sorted({*self.looks, n}))
 
     def p_value(self, p: float, n: int, pivotal: bool) -> float:
         """The p-value at a look with `n` seeds, given the test's nominal p. `pivotal`: a paired t-test."""
