@@ -465,3 +465,20 @@ def test_the_report_writes_interactions_in_one_holm_family_with_the_comparisons(
     assert "## Interactions" in text and "depends on mlp_lr.name" in text
     assert "Noise the seeds varied: initialisation and data order (data.seed follows seed)." in text
     assert "Equivalence margins: bpb ±0.01, CORE ±0.02, speed ±5%" in text
+
+
+def test_sequential_power_at_one_look_is_statsmodels_power_and_the_plan_prints_rounds(grid, capsys):
+    """power_by_look simulates the design; with a single look it is the plain t-test's power."""
+    from statsmodels.stats.power import TTestPower
+
+    from harness import plan
+    from harness.results.sequential import power_by_look
+
+    (simulated,) = power_by_look(1.1, (8,), 0.01, simulations=40_000)
+    assert simulated == pytest.approx(TTestPower().power(1.1, 8, 0.01), abs=0.01)
+    several = power_by_look(1.1, (3, 6, 9), 0.01)
+    assert several == sorted(several)  # the chance of having stopped only grows with the looks
+    overrides = ["experiment=smoke", "rope=slice", "stats.sequential=true", "stats.looks=[3,6,9]"]
+    assert plan.main([*overrides, "--spread-from", str(grid), "--detect", "0.004"]) == 0
+    out = capsys.readouterr().out
+    assert "| by 3 seeds | by 6 seeds | by 9 seeds | 80% reached at |" in out
