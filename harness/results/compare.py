@@ -169,6 +169,13 @@ def comparison_table(
             for row in rows[-len(order) :]:
                 row["mixed_launch"] = True
     table = pd.DataFrame(rows)
+    if margins.any:
+        notes.append(f"equivalence margins (TOST): {margins.text()}")
+    if design.sequential:
+        notes.append(
+            f"{design.text()}: every p is the design's p at this look and every interval a repeated confidence "
+            "interval, so looking again after adding seeds keeps the chance of any false verdict at α"
+        )
     if not table.empty:
         judge(table, margins=margins)
     return table, notes
