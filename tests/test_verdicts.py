@@ -237,14 +237,19 @@ def test_the_report_command_refuses_a_bad_margin_with_one_line(grid, capsys, tmp
 
 
 # item 5: speed confounded with time -------------------------------------------------------
-def _launch(scenario: int, arms: int, seeds: int, rng) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Job order and start times: 0 arm after arm, 1 seed after seed, 2 random order (one at a
-    time), 3 arm after arm on two workers, 4 seed after seed on two workers (a seed's runs side by side)."""
+def _launch(scenario: int, arms: int, seeds: int, rng) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """Job order, start and end times: 0 arm after arm, 1 seed after seed, 2 random order (one at a
+    time), 3 arm after arm on two workers, 4 seed after seed on two workers (a seed's runs side by
+    side), 5 a cluster that starts every run within a few seconds, arm after arm, each for an hour."""
     by_arm = [(a, s) for a in range(arms) for s in range(seeds)]
     by_seed = [(a, s) for s in range(seeds) for a in range(arms)]
-    jobs = [by_arm, by_seed, [by_arm[i] for i in rng.permutation(len(by_arm))], by_arm, by_seed][scenario]
+    jobs = [by_arm, by_seed, [by_arm[i] for i in rng.permutation(len(by_arm))], by_arm, by_seed, by_arm][scenario]
+    if scenario == 5:
+        start = np.arange(len(jobs)) * 2.0
+        return jobs, start, start + 3600.0
     workers = 2 if scenario >= 3 else 1
-    return jobs, np.array([p // workers for p in range(len(jobs))], dtype=float)
+    start = np.array([p // workers for p in range(len(jobs))], dtype=float) * 600
+    return jobs, start, start + 600.0
 
 
 def _p_paired(x, y):
@@ -259,17 +264,18 @@ def _p_welch(x, y):
 
 
 def _false_speed_verdicts(rule: str, sweeps: int = 1000, arms: int = 4, seeds: int = 4) -> float:
-    """Null sweeps (no config changes speed) whose tok/s drifts with launch time by up to ±30% over the
-    sweep, 1% noise, five launch orders in turn; Holm over each sweep's speed tests. The share of
+    """Null sweeps (no config changes speed) whose tok/s drifts with time by up to ±30% over the sweep
+    (so with launch order), 1% noise, six launch orders in turn; Holm over each sweep's speed tests. The share of
     comparisons called faster or slower."""
     from harness.results import timing
 
     rng = np.random.default_rng(23)
     false = comparisons = 0
     for i in range(sweeps):
-        jobs, start = _launch(i % 5, arms, seeds, rng)
-        end = start + 1.0
-        speed = 1000 * (1 + rng.uniform(-0.3, 0.3) * start / start.max()) * (1 + rng.normal(0, 0.01, len(jobs)))
+        jobs, start, end = _launch(i % 6, arms, seeds, rng)
+        middle = (start + end) / 2 - start.min()  # a run's tok/s: the machine's state over its window
+        drift = 1 + rng.uniform(-0.3, 0.3) * middle / (end.max() - start.min())
+        speed = 1000 * drift * (1 + rng.normal(0, 0.01, len(jobs)))
         arm, seed = np.array([a for a, _ in jobs]), np.array([s for _, s in jobs])
         p_values = []
         for k in range(1, arms):
@@ -482,3 +488,12 @@ def test_sequential_power_at_one_look_is_statsmodels_power_and_the_plan_prints_r
     assert plan.main([*overrides, "--spread-from", str(grid), "--detect", "0.004"]) == 0
     out = capsys.readouterr().out
     assert "| by 3 seeds | by 6 seeds | by 9 seeds | 80% reached at |" in out
+
+
+def test_runs_launched_together_on_a_cluster_are_not_confounded(tmp_path):
+    """Arm after arm, but every run started within two minutes and ran for an hour: side by side."""
+    for seed in range(3):
+        write_run(tmp_path, "slice", "c_fc_2x", seed, 0.85, tok_per_s=1000.0 + seed, times=(seed, 59))
+        write_run(tmp_path, "chunk", "c_fc_2x", seed, 0.85, tok_per_s=990.0 - seed, times=(3 + seed, 59))
+    row = _table(tmp_path)[0].loc[("chunk", "c_fc_2x")]
+    assert row["tok_per_s_verdict"] != "confounded" and row["tok_per_s_test"] == "paired"

@@ -650,7 +650,8 @@ def _legend(table: pd.DataFrame, has_core: bool) -> str:
     )
     speed_time = (
         f"speed is `{CONFOUNDED}` (not tested) when the variant's runs and the baseline's did not interleave in "
-        "time (start-order mixing outside 0.25-0.75), since machine drift is then not cancelled; `harness.bench ab` "
+        "time (start-order mixing outside 0.25-0.75, and not side by side), since machine drift is then not "
+        "cancelled; `harness.bench ab` "
         "interleaves. tok/s pairs by seed only when each seed's two runs shared a time window, else Welch. "
     )
     metrics = "val bpb: lower is better; CORE: higher is better" if has_core else "val bpb: lower is better"

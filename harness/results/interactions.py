@@ -139,7 +139,7 @@ def _speed_comparable(cells: dict) -> bool:
     plus_times, minus_times = timing.times(plus), timing.times(minus)
     if plus_times is None or minus_times is None:
         return True
-    return timing.interleaved(plus_times[0], minus_times[0])
+    return timing.interleaved(plus_times, minus_times)
 
 
 def difference_of_differences(values: dict, column: str, margin: float | None):

@@ -8,9 +8,11 @@ cancels it. So before speed is tested, the runs' start times decide:
   the start times, as the probability that a variant run started after a baseline run (ties count
   half): 0 or 1 when one arm ran entirely before the other, 1/2 when perfectly mixed. The arms
   interleave when it lies in [MIXED_LOW, 1 - MIXED_LOW], i.e. at least a quarter of the
-  (variant run, baseline run) pairs started in each order. Otherwise the speed verdict is
-  `confounded`, with no faster/slower word, and the note points to `harness.bench ab`, which
-  interleaves by design.
+  (variant run, baseline run) pairs started in each order; or when they ran side by side, the
+  span of each arm (first start to last end) overlapping the other's by at least OVERLAP_SHARE of
+  the shorter span (a cluster that launched every run at once, in whatever order). Otherwise the
+  speed verdict is `confounded`, with no faster/slower word, and the note points to
+  `harness.bench ab`, which interleaves by design.
 - **paired by seed** only where the seed's two runs shared a time window (their windows overlap
   by at least half the shorter one: side by side on one machine, or launched together on a cluster),
   for every shared seed. Runs that ran at different times gain nothing from being paired by seed
@@ -56,9 +58,12 @@ def start_mixing(variant_starts: Sequence[float], baseline_starts: Sequence[floa
     return float(later / (len(v) * len(b)))
 
 
-def interleaved(variant_starts: Sequence[float], baseline_starts: Sequence[float]) -> bool:
-    mixing = start_mixing(variant_starts, baseline_starts)
-    return MIXED_LOW <= mixing <= 1 - MIXED_LOW
+def interleaved(variant: tuple[Sequence, Sequence], baseline: tuple[Sequence, Sequence]) -> bool:
+    """Each arm as (starts, ends): their start orders mix, or they ran side by side."""
+    (v_starts, v_ends), (b_starts, b_ends) = variant, baseline
+    mixing = start_mixing(v_starts, b_starts)
+    side_by_side = share_window((min(v_starts), max(v_ends)), (min(b_starts), max(b_ends)))
+    return MIXED_LOW <= mixing <= 1 - MIXED_LOW or side_by_side
 
 
 def share_window(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -90,7 +95,7 @@ def speed_design(
     (v_seeds, v_starts, v_ends), (b_seeds, b_starts, b_ends) = variant, baseline
     mixing = start_mixing(v_starts, b_starts)
     disjoint = max(v_ends) <= min(b_starts) or max(b_ends) <= min(v_starts)
-    if not MIXED_LOW <= mixing <= 1 - MIXED_LOW:
+    if not interleaved((v_starts, v_ends), (b_starts, b_ends)):
         return CONFOUNDED, mixing, disjoint
     v_window = _once(v_seeds, v_starts, v_ends)
     b_window = _once(b_seeds, b_starts, b_ends)
