@@ -177,7 +177,7 @@ def comparison_table(
             "interval, so looking again after adding seeds keeps the chance of any false verdict at α"
         )
     if not table.empty:
-        judge(table, margins=margins)
+        judge(table, margins=margins, design=design)
     return table, notes
 
 
@@ -426,11 +426,16 @@ def family_columns(frame: pd.DataFrame, keys: Sequence[str] = TESTED, suffixes: 
     return [f"{key}_{suffix}" for key in keys for suffix in suffixes if f"{key}_{suffix}" in frame]
 
 
-def judge(table: pd.DataFrame, interactions: pd.DataFrame | None = None, margins: Margins = NO_MARGINS) -> int:
+def judge(
+    table: pd.DataFrame,
+    interactions: pd.DataFrame | None = None,
+    margins: Margins = NO_MARGINS,
+    design: Design = FIXED,
+) -> int:
     """Holm over every p-value of the table (and of the interactions) at once, then every verdict
     from the adjusted values, and the detectable differences at the level the verdicts use: alpha / m,
-    Holm's first step over the m tests (a true difference that size is found at least that often).
-    Returns m."""
+    Holm's first step over the m tests (a true difference that size is found at least that often;
+    under a sequential design, at the nominal level of this look). Returns m."""
     frames = [(table, family_columns(table))]
     if interactions is not None and not interactions.empty:
         from harness.results.interactions import INTERACTION_FAMILY
@@ -451,8 +456,12 @@ def judge(table: pd.DataFrame, interactions: pd.DataFrame | None = None, margins
     for metric in METRICS:
         prefix = metric.key
         table[f"{prefix}_mdd"] = [
-            min_detectable_difference(se, dof, power_alpha) if math.isfinite(se) else math.nan
-            for se, dof in zip(table[f"{prefix}_se"], table[f"{prefix}_dof"], strict=True)
+            min_detectable_difference(
+                r[f"{prefix}_se"], r[f"{prefix}_dof"], _power_level(r, prefix, power_alpha, design)
+            )
+            if math.isfinite(r[f"{prefix}_se"])
+            else math.nan
+            for _, r in table.iterrows()
         ]
         pending = _revisable(table[f"{prefix}_verdict"]) & (table[f"{prefix}_test"] != "")
         margin = margins.for_key(prefix)
@@ -483,6 +492,15 @@ def judge(table: pd.DataFrame, interactions: pd.DataFrame | None = None, margins
 
         judge_interactions(interactions, margins)
     return tests
+
+
+def _power_level(row: pd.Series, prefix: str, alpha: float, design: Design) -> float:
+    """The nominal level at which this row's test rejects at overall level `alpha`."""
+    if not design.sequential:
+        return alpha
+    paired = row[f"{prefix}_test"] == PAIRED
+    n = int(row[f"{prefix}_n_paired"]) if paired else int(row["n_seeds"])
+    return design.level(alpha, n, pivotal=paired)
 
 
 def _revisable(verdicts: pd.Series) -> pd.Series:

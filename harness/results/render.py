@@ -101,7 +101,7 @@ def build_report(
         baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
         interactions = interaction_table(collection, baselines, margins)
         if not interactions.empty:
-            judge(table, interactions, margins)  # one Holm family with the comparison table
+            judge(table, interactions, margins, design)  # one Holm family with the comparison table
     markdown = comparison_markdown(table, collection.variant_keys, [*notes, *design_notes])
     spread = spread_table(collection, table)
     save_tables(collection, out_dir)
