@@ -33,6 +33,7 @@ from scipy import stats
 from harness.results import timing
 from harness.results.collect import Collection
 from harness.results.equivalence import NO_MARGINS, Margins
+from harness.results.sequential import FIXED, Design
 from harness.results.stats import ALPHA
 
 METRIC_COLUMNS = {"val_bpb": "final_val_bpb", "core": "core", "tok_per_s": "tok_per_s"}
@@ -42,7 +43,10 @@ LOG_SPEED = "tok_per_s"
 
 
 def interaction_table(
-    collection: Collection, baselines: Mapping[int, str], margins: Margins = NO_MARGINS
+    collection: Collection,
+    baselines: Mapping[int, str],
+    margins: Margins = NO_MARGINS,
+    design: Design = FIXED,
 ) -> pd.DataFrame:
     """Every 2x2 sub-grid with the baseline in a corner, at each depth with a baseline."""
     keys = list(collection.variant_keys)
@@ -82,7 +86,7 @@ def interaction_table(
                     "by_change": f"{base_levels[axis_b]} → {b1}",
                 }
                 for key, column in METRIC_COLUMNS.items():
-                    row.update(_metric(key, column, cells, margins.for_key(key)))
+                    row.update(_metric(key, column, cells, margins.for_key(key), design))
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -91,7 +95,7 @@ def _levels(runs: pd.DataFrame, key: str) -> list:
     return list(dict.fromkeys(runs[key].tolist()))
 
 
-def _metric(key: str, column: str, cells: dict, margin: float | None) -> dict:
+def _metric(key: str, column: str, cells: dict, margin: float | None, design: Design = FIXED) -> dict:
     names = ("", "_ci_low", "_ci_high", "_p", "_tost_p")
     out = {f"{key}_interaction{n}": math.nan for n in names}
     out.update({f"{key}_interaction_test": "", f"{key}_interaction_n_paired": 0, f"{key}_interaction_verdict": ""})
@@ -103,7 +107,7 @@ def _metric(key: str, column: str, cells: dict, margin: float | None) -> dict:
         values = {c: v.assign(**{column: np.log(v[column].astype(float))}) for c, v in values.items()}
     if any(v.empty for v in values.values()):
         return out
-    result = difference_of_differences(values, column, margin if key != LOG_SPEED else _log_margin(margin))
+    result = difference_of_differences(values, column, margin if key != LOG_SPEED else _log_margin(margin), design)
     if result is None:
         return out
     estimate, low, high, p, tost_p, test, n_paired = result
@@ -142,7 +146,7 @@ def _speed_comparable(cells: dict) -> bool:
     return timing.interleaved(plus_times, minus_times)
 
 
-def difference_of_differences(values: dict, column: str, margin: float | None):
+def difference_of_differences(values: dict, column: str, margin: float | None, design: Design = FIXED):
     """(estimate, ci low, ci high, p, TOST p, test, seeds paired) or None when nothing can be tested."""
     by_seed = {c: v.groupby("seed")[column].agg(["count", "first"]) for c, v in values.items()}
     shared = set.intersection(*({s for s, r in frame.iterrows() if r["count"] == 1} for frame in by_seed.values()))
@@ -152,7 +156,7 @@ def difference_of_differences(values: dict, column: str, margin: float | None):
         dd = cell[(1, 1)] - cell[(0, 1)] - cell[(1, 0)] + cell[(0, 0)]
         n = len(dd)
         estimate, sd = float(dd.mean()), float(dd.std(ddof=1))
-        return _t_result(estimate, sd / math.sqrt(n), n - 1, margin, "paired", n)
+        return _t_result(estimate, sd / math.sqrt(n), n - 1, margin, "paired", n, design.sequential and (design, n))
     means = {c: float(v[column].astype(float).mean()) for c, v in values.items()}
     counts = {c: len(v) for c, v in values.items()}
     dof = sum(counts.values()) - 4
@@ -162,18 +166,25 @@ def difference_of_differences(values: dict, column: str, margin: float | None):
     pooled = squares / dof
     se = math.sqrt(pooled * sum(1 / n for n in counts.values()))
     estimate = means[(1, 1)] - means[(0, 1)] - means[(1, 0)] + means[(0, 0)]
-    return _t_result(estimate, se, dof, margin, "two-way", 0)
+    return _t_result(estimate, se, dof, margin, "two-way", 0, design.sequential and (design, min(counts.values())))
 
 
-def _t_result(estimate: float, se: float, dof: float, margin: float | None, test: str, n_paired: int):
+def _t_result(estimate: float, se: float, dof: float, margin: float | None, test: str, n_paired: int, look=None):
+    """The t-test of the interaction, its interval and TOST; `look` (design, seeds): a sequential
+    design's p at this look and its repeated confidence interval (sequential.py)."""
     if not se > 0:
         return None
-    crit = stats.t.ppf(1 - ALPHA / 2, dof)
+    level = look[0].level(ALPHA, look[1], pivotal=test == "paired") if look else ALPHA
+    crit = stats.t.ppf(1 - level / 2, dof)
     t = estimate / se
     p = float(2 * stats.t.sf(abs(t), dof))
     tost_p = math.nan
     if margin is not None:
         tost_p = float(max(stats.t.sf((estimate + margin) / se, dof), stats.t.cdf((estimate - margin) / se, dof)))
+    if look:
+        design, n = look
+        p = design.p_value(p, n, pivotal=test == "paired")
+        tost_p = design.one_sided_p_value(tost_p, n, pivotal=test == "paired")
     return estimate, estimate - crit * se, estimate + crit * se, p, tost_p, test, n_paired
 
 

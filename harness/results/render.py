@@ -99,7 +99,7 @@ def build_report(
     interactions = pd.DataFrame()
     if not table.empty:
         baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
-        interactions = interaction_table(collection, baselines, margins)
+        interactions = interaction_table(collection, baselines, margins, design)
         if not interactions.empty:
             judge(table, interactions, margins, design)  # one Holm family with the comparison table
     markdown = comparison_markdown(table, collection.variant_keys, [*notes, *design_notes])
