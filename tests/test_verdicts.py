@@ -497,3 +497,21 @@ def test_runs_launched_together_on_a_cluster_are_not_confounded(tmp_path):
         write_run(tmp_path, "chunk", "c_fc_2x", seed, 0.85, tok_per_s=990.0 - seed, times=(3 + seed, 59))
     row = _table(tmp_path)[0].loc[("chunk", "c_fc_2x")]
     assert row["tok_per_s_verdict"] != "confounded" and row["tok_per_s_test"] == "paired"
+
+
+def test_a_smoke_report_shows_the_new_columns_and_the_noise_sources(tmp_path):
+    """What a fresh clone's `make demo` report carries: the columns exist (NaN without a margin)."""
+    from harness.results.callback import ReportCallback
+    from harness.results.render import build_report
+    from harness.results.synthetic import write_sweep
+
+    write_sweep(tmp_path / "smoke", seeds=(0, 1))
+    build_report([tmp_path / "smoke"], tmp_path / "out")
+    comparison = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    for column in ("val_bpb_tost_p", "val_bpb_tost_p_adjusted", "core_tost_p", "tok_per_s_tost_p", "mdd_alpha"):
+        assert column in comparison
+    assert (tmp_path / "out" / "interactions.csv").exists()  # rope x mlp_lr
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "Noise the seeds varied: initialisation and data order (data.seed follows seed)." in text
+    assert ReportCallback(equivalence_margin=["bpb=0.01"]).margins == Margins(bpb=0.01, core=0.005, speed=1.0)
+    assert ReportCallback().margins == Margins()
