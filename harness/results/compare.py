@@ -672,6 +672,9 @@ def _legend(table: pd.DataFrame, has_core: bool) -> str:
         "cancelled; `harness.bench ab` "
         "interleaves. tok/s pairs by seed only when each seed's two runs shared a time window, else Welch. "
     )
+    tested = table[f"{SPEED}_test"].isin([PAIRED, "welch"])
+    if f"{SPEED}_mixing" in table and (tested & table[f"{SPEED}_mixing"].isna()).any():
+        speed_time += "Some speed rows' runs did not record start and end, so their interleaving was not checked. "
     metrics = "val bpb: lower is better; CORE: higher is better" if has_core else "val bpb: lower is better"
     family = (
         f"Holm p: adjusted over all {tests} tests of this table ({parts}), which keeps the chance of any "
