@@ -67,11 +67,11 @@ def plan_run(
     """One job, checked as the training preflight checks it (batch arithmetic for the world size
     the launcher starts, horizon, LR placement), without needing its data to be prepared yet."""
     from harness.launch import launcher_world_size
-    from harness.train import plan_run as plan_training
+    from harness.run.spec import resolve_run  # torch and the model: imported once a job is planned, not for --help
 
     cfg = compose(list(job))
     gpus = launcher_world_size(cfg) or 1
-    run = plan_training(cfg, check_inputs=False, world_size=gpus)
+    run = resolve_run(cfg, check_inputs=False, world_size=gpus)
     counts, fpt, steps = run.param_counts, float(run.flops_per_token), run.num_iterations
     tokens = steps * run.train.total_batch_tokens
     depth, pattern, seq = run.model.n_layer, run.model.window_pattern, run.model.sequence_len

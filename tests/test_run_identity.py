@@ -13,12 +13,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.cli import CONFIG_DIR, compose
-from harness.identity import LOCATION_KEYS
-from harness.lifecycle import config_differences, location_keys, resolved_config
+from harness.identity import LOCATION_KEYS, location_keys
 from harness.results.collect import collect_dirs
 from harness.results.compare import comparison_table, parse_baseline
 from harness.results.rundir import RunDir
 from harness.results.synthetic import write_sweep
+from harness.run.decision import config_differences, resolved_config
 
 REPO = Path(__file__).resolve().parents[1]
 
