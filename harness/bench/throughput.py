@@ -29,7 +29,7 @@ def run_throughput(args: argparse.Namespace, argv: list[str]) -> dict:
     overrides = [*defaults, *args.overrides, f"train.device={device.type}"]
     matmul = matmul_rate(device)
     timed = measure_steps(overrides, device, args.steps, args.warmup, args.profile)
-    plan, cfg = timed.plan, timed.plan.cfg
+    plan, cfg = timed.spec, timed.spec.cfg
     tok_per_s = plan.train.total_batch_tokens / timed.median
     fpt = plan.flops_per_token
     achieved = fpt * tok_per_s
