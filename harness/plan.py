@@ -66,8 +66,9 @@ def plan_run(
 ) -> PlannedRun:
     """One job, checked as the training preflight checks it (batch arithmetic for the world size
     the launcher starts, horizon, LR placement), without needing its data to be prepared yet."""
+    # torch and the model: imported once a job is planned, not for --help.
     from harness.launch import launcher_world_size
-    from harness.run.spec import resolve_run  # torch and the model: imported once a job is planned, not for --help
+    from harness.run.spec import resolve_run
 
     cfg = compose(list(job))
     gpus = launcher_world_size(cfg) or 1
@@ -128,6 +129,7 @@ def seeds_table(
     sweep_dirs: Sequence[Path], baseline: Sequence[str] | None, detect: float | None, detect_core: float | None
 ) -> list[dict]:
     """Per depth and metric of the earlier sweep: its spread and the seeds a chosen difference needs."""
+    # pandas and scipy: only for --spread-from.
     from harness.results.collect import collect_dirs
     from harness.results.compare import comparison_table, parse_baseline, spread_table
     from harness.results.stats import seeds_needed

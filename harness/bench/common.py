@@ -19,6 +19,7 @@ import torch
 
 from harness.cli import compose
 from harness.errors import ConfigError
+from harness.provenance import provenance
 from harness.run.build import TrainingStep
 from harness.run.build import build_training_step as build_run_step
 from harness.run.spec import RunSpec, resolve_run
@@ -116,8 +117,6 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def provenance_fields(argv: list[str]) -> dict:
-    from harness.provenance import provenance
-
     info = provenance()
     return {
         "command": shlex.join(["python", "-m", "harness.bench", *argv]),
@@ -226,7 +225,7 @@ def measure_steps(
 def profile_steps(step: Callable, device: torch.device, path: Path, count: int = 2) -> None:
     """Run `count` steps under torch.profiler; write a Chrome trace (chrome://tracing, Perfetto) and
     print the kernels that take the most device time."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile  # only with --profile: the profiler is large
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -19,7 +19,11 @@ from harness.bench.common import (
     time_ms,
 )
 from harness.cli import compose
+from harness.config import model_config
 from harness.errors import ConfigError
+from harness.results.stats import ratio_compare
+from models.gpt import config_from_depth
+from models.rotary import SPLITS, fused_unavailable_reason, rotary_tables, rotate_and_normalize
 
 
 # rope ------------------------------------------------------------------------------------
@@ -40,7 +44,6 @@ ROPE_KINDS = ("forward", "backward", "forward_backward")
 
 def rope_case(split: str, q: torch.Tensor, k: torch.Tensor, cos, sin, compiled: bool) -> dict[str, tuple]:
     """For one split, per measurement kind: (run, prepare) for `time_ms`."""
-    from models.rotary import rotate_and_normalize
 
     def apply(qk):
         return rotate_and_normalize(qk[0], cos, sin, split), rotate_and_normalize(qk[1], cos, sin, split)
@@ -78,8 +81,6 @@ def time_interleaved(cases: dict[str, dict[str, tuple]], device, blocks: int, it
 
 def rope_comparisons(times: dict, reference: str, confidence: float) -> dict[str, dict]:
     """Each split's mean time per kind relative to the reference split: percent, interval, p (paired by block)."""
-    from harness.results.stats import ratio_compare
-
     out = {}
     for split, kinds in times.items():
         if split == reference:
@@ -98,9 +99,6 @@ def rope_comparisons(times: dict, reference: str, confidence: float) -> dict[str
 
 
 def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
-    from harness.config import model_config
-    from models.gpt import config_from_depth
-    from models.rotary import SPLITS, fused_unavailable_reason, rotary_tables
 
     device = resolve_bench_device(args.device)
     cfg = compose([*args.overrides, f"train.device={device.type}"])

@@ -17,11 +17,10 @@ from harness.bench.common import (
     provenance_fields,
     resolve_bench_device,
 )
+from harness.hardware import peak_flops
 
 
 def run_throughput(args: argparse.Namespace, argv: list[str]) -> dict:
-    from harness.hardware import peak_flops
-
     device = resolve_bench_device(args.device)
     defaults = cpu_defaults(args.overrides, device)
     if defaults:

@@ -51,6 +51,7 @@ class WorkerFailed(RuntimeError):
 
 def run_on_workers(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     """Train the run in `run_dir` as launcher.nproc_per_node processes; rank 0's summary."""
+    # torch's elastic agent: loaded only when a job uses launcher=torchrun.
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -85,6 +86,7 @@ def elastic_run(
     starts them; returns each local rank's return value. Raises ChildFailedError if any fails."""
     import multiprocessing
 
+    # torch's elastic agent: loaded only when a job uses launcher=torchrun.
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
