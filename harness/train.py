@@ -30,10 +30,9 @@ from harness.launch.slurm import join_submitit_job
 from harness.launch.torchrun import run_on_workers
 from harness.objective import chooses_trials, sweep_return
 from harness.results.rundir import RunDir
-from harness.run.decision import resolved_config
 from harness.run.outcome import record_config_failure
 from harness.run.session import run_training
-from harness.run.spec import resolve_run
+from harness.run.spec import resolve_run, resolved_config
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

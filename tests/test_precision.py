@@ -23,7 +23,8 @@ from harness.precision import (
 )
 from harness.results.rundir import RunDir
 from harness.run.build import materialize
-from harness.run.decision import config_differences, resolved_config
+from harness.run.decision import config_differences
+from harness.run.spec import resolved_config
 from models.gpt import GPT
 
 E4M3_MAX = 448.0  # the largest float8_e4m3fn, what the forward casts scale into

@@ -18,7 +18,8 @@ from harness.results.collect import collect_dirs
 from harness.results.compare import comparison_table, parse_baseline
 from harness.results.rundir import RunDir
 from harness.results.synthetic import write_sweep
-from harness.run.decision import config_differences, resolved_config
+from harness.run.decision import config_differences
+from harness.run.spec import resolved_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,8 +29,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from omegaconf import DictConfig, OmegaConf
-
 from harness.distributed import broadcast, dist_info_from_env
 from harness.errors import ConfigError, RunStopped
 from harness.identity import flatten, is_bookkeeping
@@ -59,11 +57,6 @@ class Decision:
 
 
 # the config the run directory holds ---------------------------------------------------------
-def resolved_config(cfg: DictConfig) -> dict:
-    """The config as config.yaml holds it: every interpolation resolved."""
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 def config_differences(saved: dict, current: dict, ignored: set[str] = frozenset()) -> list[str]:
     """Flattened keys whose values differ, leaving out bookkeeping keys (harness.identity) and `ignored`."""
     flat_saved, flat_current = flatten(saved), flatten(current)

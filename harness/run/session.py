@@ -23,11 +23,11 @@ from harness.optim import format_parameter_table
 from harness.results.rundir import RunDir
 from harness.run.build import RunData
 from harness.run.checkpoint import LoadedCheckpoint, load_for_resume
-from harness.run.decision import Decision, broadcast_decision, decide, prepare, resolved_config
+from harness.run.decision import Decision, broadcast_decision, decide, prepare
 from harness.run.lock import RunBusy, claimed
 from harness.run.outcome import ended_by, is_environment_fault, now, started_summary, write_summary
 from harness.run.signals import hand_over_signal, stop_on_signals
-from harness.run.spec import RunSpec, resolve_run
+from harness.run.spec import RunSpec, resolve_run, resolved_config
 from harness.run.trainer import Trainer, describe_spec
 
 log = logging.getLogger("ablate.train")

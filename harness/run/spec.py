@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import (
     EvalConfig,
@@ -110,6 +110,12 @@ def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | No
         if evals.core.get("enabled", False):
             check_bundle(cfg)
     return RunSpec(cfg, model_cfg, train, optim, placement, evals, dist, device, grad_accum, steps, fpt, counts)
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The config as the run directory's config.yaml (and every checkpoint) holds it: every
+    interpolation resolved."""
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def check_writable(key: str, path: Path) -> None:

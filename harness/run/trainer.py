@@ -35,9 +35,8 @@ from harness.run.checkpoint import (
     trim_metrics,
     write_checkpoint,
 )
-from harness.run.decision import resolved_config
 from harness.run.outcome import Summary, started_summary
-from harness.run.spec import RunSpec
+from harness.run.spec import RunSpec, resolved_config
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
 
 log = logging.getLogger("ablate.train")
