@@ -31,10 +31,10 @@ LOCATION_KEYS = (
     "logger.dir",
 )
 
-# Whole config sections of bookkeeping: where files live, how the run is launched and logged, and
-# what a re-invoked sweep does. `hydra` is Hydra's own (never in a saved config.yaml; the report
-# sees it in the overrides of a multirun).
-BOOKKEEPING_SECTIONS = ("paths", "logger", "launcher", "sweep", "hydra")
+# Whole config sections of bookkeeping: where files live, how the run is launched and logged, what
+# a re-invoked sweep does, and how the report will test the sweep (configs/config.yaml's `stats`).
+# `hydra` is Hydra's own (never in a saved config.yaml; the report sees it in a multirun's overrides).
+BOOKKEEPING_SECTIONS = ("paths", "logger", "launcher", "sweep", "stats", "hydra")
 # Single keys of bookkeeping: the sweep's name and experiment file (the folder already says them),
 # how a re-invocation treats the run (train.resume), what a study optimizes, and where data lives.
 BOOKKEEPING_KEYS = ("name", "experiment", "train.resume", "optimized_metric", *LOCATION_KEYS)
