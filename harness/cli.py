@@ -273,7 +273,7 @@ REQUIRED_GROUPS = ("model", "rope", "mlp_lr", "optim", "data", "train", "eval", 
 # without a word; train, optim, mlp_lr and eval refuse unknown keys when they are converted.
 FREE_SECTIONS = ("model", "rope", "data", "paths", "sweep", "logger")
 # Keys the code reads with a default, so a run may add them although no YAML file sets them.
-OPTIONAL_KEYS = ("model.rotary_cache_len", "ve_gate_channels")
+OPTIONAL_KEYS = ("model.rotary_cache_len",)
 
 
 def check_overrides(overrides: list[str]) -> None:

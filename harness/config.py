@@ -4,6 +4,12 @@ Hydra composes YAML groups into an OmegaConf tree; the harness converts each sec
 here, into a frozen dataclass, and the rest of the code (and models/) sees plain Python values.
 Checks that need only the config (batch arithmetic, horizon, shapes) live here too, so that they
 run before any model is built or any GPU time is spent.
+
+Owns: every section's schema (the dataclasses below, and the key check `unknown_keys`), the section
+readers and the config-only arithmetic. Must not: read files, touch a device, or be called below
+harness.run.spec, which calls each reader once per run and hands on the typed values. The values'
+defaults live in configs/ (one place); the recipe facts they encode are in
+/work/shared/reference/nanochat-recipe.md (348fbb3) and nanochat-recipe-2026-07.md (92d63d4).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +33,16 @@ from models.rotary import SPLITS
 
 @dataclass(frozen=True)
 class MuonConfig:
-    lr: float
-    momentum: float
-    warmup_momentum: float
-    momentum_warmup_steps: int
-    ns_steps: int
-    beta2: float
-    weight_decay: float
-    dtype: str
+    """configs/optim/recipe.yaml's `muon`: the block matrices' optimizer (nanochat-recipe.md section 4)."""
+
+    lr: float  # 0.02 in both recipes, then x the LR placement's multiplier per matrix
+    momentum: float  # Nesterov momentum: 0.95 (348fbb3), 0.97 (92d63d4)
+    warmup_momentum: float  # 0.85: where the momentum warm-up starts (harness.schedules)
+    momentum_warmup_steps: int  # 300 (348fbb3), 400 (92d63d4)
+    ns_steps: int  # 5 Polar Express iterations (harness.optim.POLAR_EXPRESS_COEFFS)
+    beta2: float  # NorMuon's second-moment EMA: 0.95 (348fbb3), 0.9 (92d63d4)
+    weight_decay: float  # at the reference depth: 0.2 (348fbb3), 0.28 (92d63d4); cautious (same sign)
+    dtype: str  # of the orthogonalization: auto = bfloat16 on CUDA (as the reference runs it), float32 elsewhere
     # --- recipe pieces; the defaults are nanochat 348fbb3 (configs/recipe/ sets them) ---
     # Momentum falls linearly from `momentum` to this over the LR warmdown (92d63d4: 0.97 -> 0.90);
     # null keeps it constant.
@@ -56,14 +65,18 @@ class MuonConfig:
 
 @dataclass(frozen=True)
 class AdamWConfig:
+    """configs/optim/recipe.yaml's `adamw`: embeddings, lm_head and the per-layer scalars
+    (nanochat-recipe.md section 4; 92d63d4's changes in nanochat-recipe-2026-07.md section 4)."""
+
+    # lm_head and embedding LRs are x (model_dim / 768)^-0.5: d12's width is the reference.
     reference_model_dim: int
-    unembedding_lr: float
-    embedding_lr: float
-    scalar_lr: float
-    betas: tuple[float, float]
-    x0_betas: tuple[float, float]
-    eps: float
-    weight_decay: float
+    unembedding_lr: float  # lm_head: 0.004 (348fbb3), 0.008 (92d63d4)
+    embedding_lr: float  # wte and value embeddings: 0.3 (base_train's default, not the method's 0.2)
+    scalar_lr: float  # resid_lambdas train at scalar_lr x 0.01, x0_lambdas at scalar_lr (0.5)
+    betas: tuple[float, float]  # (0.8, 0.95)
+    x0_betas: tuple[float, float]  # (0.96, 0.95): x0_lambdas only
+    eps: float  # 1e-10
+    weight_decay: float  # 0 in 348fbb3: only Muon decays there
     # --- per-group values where 92d63d4 differs; null falls back to betas / weight_decay above ---
     unembedding_betas: tuple[float, float] | None = None
     embedding_betas: tuple[float, float] | None = None
@@ -99,6 +112,7 @@ class LRPlacement:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    # Every LR is x sqrt(total_batch_tokens / this) (nanochat-recipe.md section 4: 2^19 = 524,288).
     reference_batch_tokens: int
     muon: MuonConfig
     adamw: AdamWConfig
@@ -109,14 +123,19 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    total_batch_tokens: int
-    device_batch_size: int
+    """configs/train/: the batch, the horizon and the LR schedule (nanochat-recipe.md section 5),
+    and how the harness runs, saves and watches the loop."""
+
+    total_batch_tokens: int  # 524,288 in 348fbb3; -1 = the recipe's batch rule (92d63d4)
+    device_batch_size: int  # rows per micro-step: 32 x 2048 tokens (16 for d24 on 80 GB)
+    # The horizon, first that is set (> 0) wins: steps, a FLOPs budget, tokens per scaling parameter
+    # (10.5 is base_train's default; PR #492 and 92d63d4 ran 12).
     num_iterations: int
     target_flops: float
     target_param_data_ratio: float
-    warmup_ratio: float
-    warmdown_ratio: float
-    final_lr_frac: float
+    warmup_ratio: float  # 0 in 348fbb3
+    warmdown_ratio: float  # 0.5 (348fbb3), 0.65 (92d63d4)
+    final_lr_frac: float  # 0 (348fbb3), 0.05 (92d63d4)
     device: str
     dtype: str
     compile: bool
@@ -124,6 +143,8 @@ class TrainConfig:
     checkpoint_every: int
     keep_checkpoints: int
     resume: str
+    # Not the recipe's: the harness stops a run whose loss exceeds factor x its best smoothed value
+    # after this many steps (harness.run.trainer), so a diverged sweep point costs minutes, not hours.
     divergence_factor: float
     divergence_after_steps: int
     # --- recipe pieces; the defaults are nanochat 348fbb3 (configs/recipe/ sets them) ---
@@ -137,14 +158,162 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """configs/eval/ (nanochat-recipe.md section 5: val bpb every 250 steps on 20 x 524,288 tokens;
+    92d63d4: 80 x 524,288). `core` is harness.eval.core.CoreConfig's section, read there."""
+
     val_every: int
     val_tokens: int
     core: dict[str, Any] = field(default_factory=dict)
 
 
+# The sections below had no schema before issue 25: the code read them key by key, so a misspelt
+# key in an experiment YAML was ignored without a word. Each names every key its section may hold;
+# `unknown_keys` holds the composed tree to them (harness.run.spec.check_keys). A key added to a
+# YAML file of configs/<section>/ must be added here too, or every run that composes it is refused.
+@dataclass(frozen=True)
+class ModelShape:
+    """configs/model/: the network's shape. The recipe's architectural pieces (configs/recipe/)
+    are the rest of the model section: models.gpt.RECIPE_FEATURES, typed by GPTConfig."""
+
+    depth: int
+    aspect_ratio: int  # model_dim = depth x aspect_ratio, rounded up to whole heads (nanochat's rule)
+    head_dim: int
+    sequence_len: int
+    window_pattern: str  # S (short) and L (long) sliding windows, repeated over the layers
+    attention: str
+    rotary_cache_len: int = 0  # 0: the rotary table is sequence_len long (models.rotary)
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """configs/rope/: how the rotary embedding splits channels, and its base frequency."""
+
+    split: str
+    base: float  # 10,000 in nanochat 2026-01; 100,000 in 2026-07 (configs/recipe/nanochat_2026_07.yaml)
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    """configs/logger/: where metrics go beside metrics.jsonl (harness.loggers)."""
+
+    kind: str = "none"
+    project: str | None = None
+    entity: str | None = None
+    group: str | None = None  # null: the sweep's name
+    mode: str = "online"
+    tags: tuple[str, ...] = ()
+    dir: str | None = None
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """configs/launcher/: how many processes a run is and who starts them (harness.launch)."""
+
+    kind: str
+    nodes: int = 1
+    nproc_per_node: int = 1
+    start_method: str = "spawn"
+    shutdown_timeout_s: int = 30  # the torchrun launcher's grace before it kills a hung worker
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """configs/config.yaml's `paths`: where runs, reports and downloaded data live (bookkeeping:
+    harness.identity.LOCATION_KEYS)."""
+
+    runs_dir: str
+    results_dir: str
+    data_dir: str
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """configs/config.yaml's `sweep`: what a re-invoked sweep does with failed runs."""
+
+    retry_failed: bool = False
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """configs/config.yaml's `stats`: the report's sequential design (harness.results.sequential)."""
+
+    sequential: bool = False
+    looks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """configs/recipe/: which nanochat recipe set the architectural and optimizer keys."""
+
+    name: str
+
+
+# The top level of the composed tree: one key per config group of configs/config.yaml's defaults
+# list and its own plain keys (`hydra`, Hydra's own, is never a job's: harness.run.spec.check_keys).
+ROOT_KEYS = (
+    "name",
+    "seed",
+    "optimized_metric",
+    "paths",
+    "sweep",
+    "stats",
+    "model",
+    "rope",
+    "mlp_lr",
+    "optim",
+    "data",
+    "train",
+    "eval",
+    "logger",
+    "launcher",
+    "precision",
+    "recipe",
+)
+
+
+def model_keys() -> tuple[str, ...]:
+    """The keys the model section may hold: its shape and the recipe's architectural pieces."""
+    return (*(f.name for f in dataclasses.fields(ModelShape)), *RECIPE_FEATURES)
+
+
+def unknown_keys(tree: dict, schema: Any, key: str) -> None:
+    """Refuse the first key of `tree` that `schema` (a dataclass, or a tuple of allowed names) does
+    not name, as `unknown key <key>.<name>; allowed: ...`; nested dataclass sections are checked too."""
+    if not isinstance(tree, dict):
+        return  # not a mapping: the section's conversion names the key and what it must be
+    dataclass_schema = dataclasses.is_dataclass(schema)
+    names = tuple(f.name for f in dataclasses.fields(schema)) if dataclass_schema else schema
+    unknown = sorted(set(map(str, tree)) - set(names))
+    prefix = f"{key}." if key else ""
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; allowed: {', '.join(sorted(names))}")
+    if not dataclass_schema:
+        return
+    hints = typing.get_type_hints(schema)
+    for name, value in tree.items():
+        inner = _dataclass_in(hints[name])
+        if inner is not None:
+            unknown_keys(value, inner, f"{prefix}{name}")
+
+
+def _dataclass_in(hint: Any) -> Any:
+    """The dataclass a field holds (itself, or X in `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return inner[0] if inner else None
+    return None
+
+
+def _plain(node: Any) -> Any:
+    """A section as plain Python values: a composed (OmegaConf) node resolved, a plain one as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
 def to_dataclass(cls, node: Any, key: str):
     """Build dataclass `cls` from a config node, naming `key` in any error."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    data = _plain(node)
     if not isinstance(data, dict):
         raise ConfigError(f"{key} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -238,32 +407,35 @@ def check_logger(logger: Any) -> None:
 
 
 # sections --------------------------------------------------------------------------------
-def model_config(cfg: DictConfig) -> GPTConfig:
-    """The network's dataclass from the model, rope and data sections."""
-    m = cfg.model
+def model_config(cfg: Mapping[str, Any]) -> GPTConfig:
+    """The network's dataclass from the model, rope and data sections of the config (the resolved
+    tree harness.run.spec hands every section reader, or a composed one)."""
+    m, rope = cfg["model"], cfg["rope"]
     for key in ("depth", "aspect_ratio", "head_dim", "sequence_len"):
         if int(m[key]) <= 0:
             raise ConfigError(f"model.{key}={m[key]} must be positive")
-    model_dim = math.ceil(m.depth * m.aspect_ratio / m.head_dim) * m.head_dim
-    if model_dim < cfg.get("ve_gate_channels", 32):
+    # nanochat's rule: model_dim = depth x aspect_ratio, rounded up to a whole number of heads.
+    model_dim = math.ceil(m["depth"] * m["aspect_ratio"] / m["head_dim"]) * m["head_dim"]
+    # The value-embedding gate reads the first 32 channels (nanochat 2026-01's ve_gate_channels).
+    if model_dim < 32:
         raise ConfigError(f"model_dim={model_dim} (model.depth x model.aspect_ratio) must be at least 32")
-    _require_choice("rope.split", cfg.rope.split, SPLITS)
-    _require_choice("model.attention", m.attention, ATTENTION_BACKENDS)
+    _require_choice("rope.split", rope["split"], SPLITS)
+    _require_choice("model.attention", m["attention"], ATTENTION_BACKENDS)
     hints = typing.get_type_hints(GPTConfig)
-    plain = OmegaConf.to_container(m, resolve=True)
+    plain = _plain(m)
     features = {name: _convert(hints[name], plain[name], f"model.{name}") for name in RECIPE_FEATURES if name in plain}
     try:
         return config_from_depth(
-            int(m.depth),
-            int(m.aspect_ratio),
-            int(m.head_dim),
-            vocab_size=int(cfg.data.vocab_size),
-            sequence_len=int(m.sequence_len),
-            window_pattern=str(m.window_pattern),
-            rope_split=str(cfg.rope.split),
-            rope_base=float(cfg.rope.base),
+            int(m["depth"]),
+            int(m["aspect_ratio"]),
+            int(m["head_dim"]),
+            vocab_size=int(cfg["data"]["vocab_size"]),
+            sequence_len=int(m["sequence_len"]),
+            window_pattern=str(m["window_pattern"]),
+            rope_split=str(rope["split"]),
+            rope_base=float(rope["base"]),
             rotary_cache_len=int(m.get("rotary_cache_len", 0)),
-            attention=str(m.attention),
+            attention=str(m["attention"]),
             **features,
         )
     except ValueError as e:
@@ -273,16 +445,16 @@ def model_config(cfg: DictConfig) -> GPTConfig:
 SHAPE_RULES = ("none", "legacy", "pr492")
 
 
-def lr_placement(cfg: DictConfig) -> LRPlacement:
-    placement = to_dataclass(LRPlacement, cfg.mlp_lr, "mlp_lr")
+def lr_placement(cfg: Mapping[str, Any]) -> LRPlacement:
+    placement = to_dataclass(LRPlacement, cfg["mlp_lr"], "mlp_lr")
     _require_choice("mlp_lr.shape_rule", placement.shape_rule, SHAPE_RULES)
     for i, multiplier in enumerate(placement.multipliers):
         _require_at_least(f"mlp_lr.multipliers[{i}].value", multiplier.value, 0.0)
     return placement
 
 
-def optim_config(cfg: DictConfig) -> OptimConfig:
-    optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+def optim_config(cfg: Mapping[str, Any]) -> OptimConfig:
+    optim = to_dataclass(OptimConfig, cfg["optim"], "optim")
     _require_choice("optim.muon.dtype", optim.muon.dtype, ("auto", "float32", "bfloat16"))
     muon, adamw = optim.muon, optim.adamw
     for key in ("lr", "weight_decay"):
@@ -319,17 +491,18 @@ def optim_config(cfg: DictConfig) -> OptimConfig:
     return optim
 
 
-def _horizon_ratio(cfg: DictConfig, optim: OptimConfig, train: TrainConfig) -> float:
+def _horizon_ratio(cfg: Mapping[str, Any], optim: OptimConfig, train: TrainConfig) -> float:
     """D / D_ref: this model's horizon in tokens over the reference depth's (harness/recipe.py)."""
     model = model_config(cfg)
-    reference = recipe.at_depth(model, optim.reference_depth, int(cfg.model.aspect_ratio), int(cfg.model.head_dim))
+    shape = cfg["model"]
+    reference = recipe.at_depth(model, optim.reference_depth, int(shape["aspect_ratio"]), int(shape["head_dim"]))
     return recipe.token_ratio(
         train.target_param_data_ratio, recipe.scaling_params(model), recipe.scaling_params(reference)
     )
 
 
-def train_config(cfg: DictConfig) -> TrainConfig:
-    train = to_dataclass(TrainConfig, cfg.train, "train")
+def train_config(cfg: Mapping[str, Any]) -> TrainConfig:
+    train = to_dataclass(TrainConfig, cfg["train"], "train")
     _require_choice("train.device", train.device, ("auto", "cpu", "cuda"))
     _require_choice("train.dtype", train.dtype, ("auto", "float32", "bfloat16"))
     _require_choice("train.resume", train.resume, ("auto", "never", "force"))
@@ -353,7 +526,7 @@ def train_config(cfg: DictConfig) -> TrainConfig:
         )
     _require_at_least("train.divergence_after_steps", train.divergence_after_steps, 0)
     if train.total_batch_tokens == AUTO_BATCH:
-        optim = to_dataclass(OptimConfig, cfg.optim, "optim")
+        optim = to_dataclass(OptimConfig, cfg["optim"], "optim")
         batch = recipe.auto_total_batch(
             optim.reference_batch_tokens, train.batch_exponent, _horizon_ratio(cfg, optim, train)
         )
@@ -370,8 +543,8 @@ def train_config(cfg: DictConfig) -> TrainConfig:
 AUTO_BATCH = -1
 
 
-def eval_config(cfg: DictConfig) -> EvalConfig:
-    return to_dataclass(EvalConfig, cfg.eval, "eval")
+def eval_config(cfg: Mapping[str, Any]) -> EvalConfig:
+    return to_dataclass(EvalConfig, cfg["eval"], "eval")
 
 
 # arithmetic that must hold before a run starts -------------------------------------------

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.cli import compose, exit_on_config_error
 from harness.config import model_config, train_config
-from harness.data import build_tokenizer, val_batches
+from harness.data import build_tokenizer, data_config, val_batches
 from harness.distributed import destroy_process_group, dist_info_from_env, init_process_group
 from harness.errors import ConfigError, RunStopped
 from harness.eval.bpb import evaluate_bpb
@@ -32,7 +34,7 @@ from harness.run.checkpoint import check_tokenizer, checkpoint_for_evaluation
 from harness.run.decision import broadcast_decision
 from harness.run.lock import RunBusy, claimed
 from harness.run.outcome import Summary, now, read_summary, write_summary
-from models.gpt import GPT
+from models.gpt import GPT, GPTConfig
 
 DESCRIPTION = """\
 Score the latest checkpoint of a run directory again: validation bits per byte (eval.val_tokens
@@ -118,9 +120,9 @@ def locate_core_bundle(cfg: DictConfig, saved: dict, overrides: list[str]) -> No
     cfg.eval.core.bundle_dir = str(find_bundle(cfg.eval.core.bundle_dir, saved_data_dir, str(data_dir)))
 
 
-def load_model(cfg: DictConfig, state_dict: dict, device: torch.device) -> GPT:
+def load_model(config: GPTConfig, state_dict: dict, device: torch.device) -> GPT:
     """The run's network with the checkpoint's weights, laid out as training had it on `device`."""
-    model = materialize(model_config(cfg), device, seed=0)  # init only builds the rotary tables here
+    model = materialize(config, device, seed=0)  # init only builds the rotary tables here
     model.load_state_dict(state_dict)
     return model.eval()
 
@@ -136,9 +138,12 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
         raise ConfigError(f"run_dir={run_dir} has no checkpoint in {rundir.checkpoints_dir}")
     if options["core"]:
         locate_core_bundle(cfg, rundir.read_config(), overrides)
-        check_bundle(cfg)
+    # The one conversion of the run's config: plain, resolved values from here on.
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    if options["core"]:
+        check_bundle(tree)
     info = dist_info_from_env()
-    device = resolve_device(str(cfg.train.device))
+    device = resolve_device(str(tree["train"]["device"]))
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     init_process_group(info, device)
@@ -147,17 +152,17 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
         with claimed(rundir, "evaluated", info.is_main):
             checkpoint = Path(broadcast_decision(lambda: str(checkpoint_for_evaluation(rundir))))
             state = RunDir.load_checkpoint(checkpoint)  # weights-only: a checkpoint cannot run code
-            tokenizer = build_tokenizer(cfg)
+            tokenizer = build_tokenizer(data_config(tree))
             check_tokenizer(checkpoint, state["tokenizer"], tokenizer)
-            model = load_model(cfg, state["model"], device)
-            autocast = autocast_for(device, str(cfg.train.dtype))
+            model = load_model(model_config(tree), state["model"], device)
+            autocast = autocast_for(device, str(tree["train"]["dtype"]))
             values, evaluation = {}, {"step": state["step"], "checkpoint": checkpoint.name}
             for wanted, measure in ((options["bpb"], measure_bpb), (options["core"], measure_core)):
                 if wanted:
-                    measured, details = measure(cfg, model, tokenizer, device, autocast)
+                    measured, details = measure(tree, model, tokenizer, device, autocast)
                     values.update(measured)
                     evaluation.update(details)
-            record = metrics_record(cfg, state, values)
+            record = metrics_record(tree, state, values)
             if info.is_main:
                 rundir.append_metrics(record)
                 update_summary(rundir, evaluation, values)
@@ -166,22 +171,22 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
         destroy_process_group()
 
 
-def measure_bpb(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
+def measure_bpb(cfg: Mapping[str, Any], model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
     """Validation bits per byte on eval.val_tokens tokens: the metric, and how it was measured."""
 
     start = time.perf_counter()
     info = dist_info_from_env()
     batch_size, seq_len, num_tokens = (
-        int(cfg.train.device_batch_size),
+        int(cfg["train"]["device_batch_size"]),
         model.config.sequence_len,
-        int(cfg.eval.val_tokens),
+        int(cfg["eval"]["val_tokens"]),
     )
-    batches = val_batches(cfg, tokenizer, batch_size, seq_len, num_tokens, info.rank, info.world_size)
+    batches = val_batches(data_config(cfg), tokenizer, batch_size, seq_len, num_tokens, info.rank, info.world_size)
     bpb = evaluate_bpb(model, batches, tokenizer.token_bytes(), device, autocast)
     return {"val_bpb": bpb}, {"val_bpb": bpb, "val_tokens": num_tokens, "bpb_seconds": time.perf_counter() - start}
 
 
-def measure_core(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
+def measure_core(cfg: Mapping[str, Any], model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
     """CORE with eval.core's settings: the metrics-record entries, and how it was measured."""
 
     start = time.perf_counter()
@@ -199,7 +204,7 @@ def measure_core(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, a
     return result.to_record(), details
 
 
-def metrics_record(cfg: DictConfig, state: dict, values: dict) -> dict:
+def metrics_record(cfg: Mapping[str, Any], state: dict, values: dict) -> dict:
     """Stamped like training's records: step, tokens, flops and training time at the checkpoint."""
     step = int(state["step"])
     tokens = step * train_config(cfg).total_batch_tokens  # resolved: a recipe may choose the batch (-1)

@@ -14,6 +14,8 @@ different data apart. This module reads no files and builds nothing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,10 +47,12 @@ def is_bookkeeping(key: str) -> bool:
     return key in BOOKKEEPING_KEYS or key.split(".", 1)[0] in BOOKKEEPING_SECTIONS
 
 
-def location_keys(cfg: DictConfig) -> set[str]:
+def location_keys(cfg: Mapping[str, Any]) -> set[str]:
     """LOCATION_KEYS and whatever else takes its value from paths.* or the environment: keys that
-    say where files live in this config (an experiment may point a key of its own at paths.data_dir)."""
-    unresolved = flatten(OmegaConf.to_container(cfg, resolve=False))
+    say where files live in this config (an experiment may point a key of its own at paths.data_dir).
+    `cfg` with its interpolations unresolved: a composed config, or its plain form (resolve=False)."""
+    plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    unresolved = flatten(plain)
     derived = {k for k, v in unresolved.items() if isinstance(v, str) and ("${paths." in v or "${oc.env" in v)}
     return derived | set(LOCATION_KEYS)
 

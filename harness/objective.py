@@ -57,9 +57,9 @@ def check_objective(cfg: DictConfig, direction: Any = "minimize") -> str:
     return metric
 
 
-def objective_value(cfg: DictConfig, summary: dict | None, direction: Any = "minimize") -> float:
-    """The trial's value for the sweeper: the summary's `optimized_metric`, or the worst value."""
-    metric = str(cfg.get("optimized_metric"))
+def objective_value(metric: str, summary: dict | None, direction: Any = "minimize") -> float:
+    """The trial's value for the sweeper: the summary's `metric` (the config's optimized_metric), or
+    the worst value."""
     value = (summary or {}).get(metric)
     status = (summary or {}).get("status", "failed")
     if status != "completed" or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -70,13 +70,13 @@ def objective_value(cfg: DictConfig, summary: dict | None, direction: Any = "min
     return float(value)
 
 
-def sweep_return(cfg: DictConfig, summary: dict | None):
-    """What `harness.train`'s main returns to Hydra: the summary, or the trial's value for a
-    sweeper that chooses its trials (the Optuna sweeper requires a float)."""
+def sweep_return(metric: str, summary: dict | None):
+    """What `harness.train`'s main returns to Hydra: the summary, or the trial's value of `metric`
+    (optimized_metric) for a sweeper that chooses its trials (the Optuna sweeper requires a float)."""
     sweeper = _job_sweeper()
     if sweeper is None:
         return summary
-    return objective_value(cfg, summary, sweeper.get("direction", "minimize"))
+    return objective_value(metric, summary, sweeper.get("direction", "minimize"))
 
 
 def chooses_trials() -> bool:

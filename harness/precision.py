@@ -23,7 +23,9 @@ import dataclasses
 import logging
 import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -59,12 +61,13 @@ class PrecisionConfig:
         return device.type != "cuda" if self.emulate == "auto" else bool(self.emulate)
 
 
-def precision_config(cfg: DictConfig) -> PrecisionConfig:
-    """The `precision` section; a config saved before the axis existed trained in bf16."""
+def precision_config(cfg: Mapping[str, Any]) -> PrecisionConfig:
+    """The `precision` section of the config (resolved or composed); a config saved before the axis
+    existed trained in bf16."""
     node = cfg.get("precision")
     if node is None:
         return PrecisionConfig()
-    data = OmegaConf.to_container(node, resolve=True)
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     allowed = {f.name for f in dataclasses.fields(PrecisionConfig)}
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -79,9 +82,8 @@ def precision_config(cfg: DictConfig) -> PrecisionConfig:
     return precision
 
 
-def check_precision(cfg: DictConfig, device: torch.device) -> PrecisionConfig:
+def check_precision(precision: PrecisionConfig, device: torch.device) -> PrecisionConfig:
     """Preflight: fp8 needs torchao, and real (not emulated) float8 needs a GPU that has it."""
-    precision = precision_config(cfg)
     if not precision.fp8:
         return precision
     _import_torchao_float8()
@@ -163,10 +165,9 @@ def describe_float8(model: nn.Module, precision: PrecisionConfig, device_type: s
 
 
 # conversion --------------------------------------------------------------------------------
-def convert_for_training(model: nn.Module, cfg: DictConfig, device: torch.device) -> nn.Module:
+def convert_for_training(model: nn.Module, precision: PrecisionConfig, device: torch.device) -> nn.Module:
     """Under precision=fp8, swap the eligible Linear layers for torchao's Float8Linear in place (call
     before torch.compile, as the reference does) and log how many were converted and skipped."""
-    precision = precision_config(cfg)
     if not precision.fp8:
         return model
     float8, float8_linear = _import_torchao_float8()

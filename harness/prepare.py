@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from harness.cli import CONFIG_DIR, compose, exit_on_config_error
 from harness.data.builtin import BuiltinSource, select_files, stdlib_root
+from harness.data.config import DataConfig, data_config
 from harness.data.fineweb import DownloadError, FinewebSource
 from harness.data.sources import open_source
 
@@ -96,19 +97,19 @@ def prepare(cfg: DictConfig, components: set[str]) -> list[str]:
     """Prepare `components` (a subset of COMPONENTS) for `cfg`; return the summary lines."""
     lines = []
     if "data" in components:
-        lines += prepare_data(cfg)
+        lines += prepare_data(data_config(cfg))
     if "eval" in components:
         lines += prepare_eval(cfg)
     return lines
 
 
-def prepare_data(cfg: DictConfig) -> list[str]:
-    source = open_source(cfg)
+def prepare_data(data: DataConfig) -> list[str]:
+    source = open_source(data)
     if isinstance(source, FinewebSource):
         return source.prepare()
     source.check()
     tok = source.tokenizer()
-    lines = [f"{cfg.data.source}: tokenizer with {tok.vocab_size} tokens in {source.cache_dir}"]
+    lines = [f"{data.source}: tokenizer with {tok.vocab_size} tokens in {source.cache_dir}"]
     if isinstance(source, BuiltinSource):
         lines.append(builtin_summary(source, tok))
     return lines

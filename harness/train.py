@@ -41,14 +41,15 @@ def main(cfg: DictConfig) -> dict | float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = hydra_cfg.job.override_dirname
+    metric = str(cfg.get("optimized_metric"))  # what a sweeper that chooses trials is told (harness.objective)
     try:
         if chooses_trials():  # Optuna: this trial's values were not known to the preflight
             check_job(cfg)
         if cfg.launcher.kind == "torchrun" and not has_rank_env():
-            return sweep_return(cfg, run_on_workers(cfg, run_dir, run_name))  # each worker calls run_training
+            return sweep_return(metric, run_on_workers(cfg, run_dir, run_name))  # each worker calls run_training
         join_submitit_job(cfg)  # a SLURM task: its rank, the world size and the rendezvous
         quiet_other_ranks(dist_info_from_env().rank)
-        return sweep_return(cfg, run_training(cfg, run_dir, run_name))
+        return sweep_return(metric, run_training(cfg, run_dir, run_name))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
@@ -65,7 +66,7 @@ def main(cfg: DictConfig) -> dict | float | None:
         if not multirun:
             raise
     # In a sweep a failed run is recorded in its summary and the sweep goes on with the next one.
-    return sweep_return(cfg, None)
+    return sweep_return(metric, None)
 
 
 def remove_unstarted(run_dir: Path, runs_dir: Path, job_name: str) -> None:

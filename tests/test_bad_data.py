@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from harness.data.config import data_config
 from harness.data.tokenizer import Tokenizer
 from harness.train import cli_main
 
@@ -110,11 +111,11 @@ def test_a_clean_listing_is_read_once(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(local, "_READABLE", set())
     cfg = compose(["data=local", f"data.path={data}", *SMALL_LOCAL])
-    open_source(cfg).check()
+    open_source(data_config(cfg)).check()
     assert len([p for p in (tmp_path / "cache").rglob("readable-*") if p.is_dir()]) == 1
     (data / "good0.txt").write_bytes(b"\xff\xfe now broken\n")
     with pytest.raises(Exception, match="good0.txt:1 is not UTF-8 text"):
-        open_source(cfg).check()
+        open_source(data_config(cfg)).check()
 
 
 def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tmp_path, monkeypatch, capsys):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from harness.cli import CONFIG_DIR
+from harness.data.config import data_config
 from harness.train import cli_main
 
 SMOKE = "experiment=smoke"
@@ -170,7 +171,7 @@ CASES = [
         "seed=18446744073709551616 is outside what torch accepts: [-2**63, 2**64 - 1]",
     ),
     (f"{SMOKE} paths.runs_dir=", "paths.runs_dir='' is empty; give the folder runs are written to (default: runs)"),
-    (f"{SMOKE} +foo=1", f"unknown key foo; allowed: {config_keys('', 've_gate_channels')}"),
+    (f"{SMOKE} +foo=1", f"unknown key foo; allowed: {config_keys('')}"),
     (f"{SMOKE} +model.foo=1", f"unknown key model.foo; allowed: {config_keys('model', 'rotary_cache_len')}"),
     (f"{SMOKE} ~model", f"~model deletes the model group, which every run needs; choose one of: {options('model')}"),
     (f"{SMOKE} logger=wandb logger.mode=onlin", "logger.mode='onlin' is not one of: online, offline, disabled"),
@@ -225,7 +226,7 @@ def builtin_data(session_data_dir):
     from harness.data.sources import build_tokenizer
 
     cfg = compose([SMOKE])
-    check_val_rows(cfg, build_tokenizer(cfg), cfg.model.sequence_len, cfg.eval.val_tokens)
+    check_val_rows(data_config(cfg), build_tokenizer(data_config(cfg)), cfg.model.sequence_len, cfg.eval.val_tokens)
 
 
 @pytest.mark.parametrize("command,message", CASES, ids=[c for c, _ in CASES])
@@ -268,3 +269,43 @@ def test_rope_fused_without_cuda_is_refused_in_the_preflight(monkeypatch, capsys
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {reason}\n"
     assert not (tmp_path / "runs").exists()
+
+
+# The same typos the command line refuses (+model.window_patern=L), written in an experiment's YAML
+# file where no override names them: (what the file adds, the line the preflight prints).
+YAML_TYPOS = [
+    (
+        "model:\n  window_patern: L\n",
+        f"unknown key model.window_patern; allowed: {config_keys('model', 'rotary_cache_len')}",
+    ),
+    ("logger:\n  projet: x\n", "unknown key logger.projet; allowed: dir, entity, group, kind, mode, project, tags"),
+    (
+        "eval:\n  core:\n    evry: 10\n",
+        "unknown key eval.core.evry; allowed: batch_size, bundle_dir, bundle_url, enabled, every, max_per_task",
+    ),
+    ("optim:\n  muon:\n    momentun: 0.9\n", "unknown key optim.muon.momentun; allowed: "),
+    ("launcher:\n  nproc: 2\n", "unknown key launcher.nproc; allowed: kind, nodes, nproc_per_node, "),
+    ("sede: 1\n", f"unknown key sede; allowed: {config_keys('')}"),
+]
+
+
+@pytest.mark.parametrize("typo,message", YAML_TYPOS, ids=[t.split(":")[0] for t, _ in YAML_TYPOS])
+def test_a_misspelt_key_in_an_experiment_yaml_is_refused_by_the_preflight(
+    typo, message, monkeypatch, capsys, session_data_dir, builtin_data, tmp_path
+):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    experiment = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "experiment" / "smoke.yaml"), OmegaConf.create(typo))
+    (configs / "experiment" / "typo.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(experiment))
+    monkeypatch.setattr("harness.cli.CONFIG_DIR", configs)
+    monkeypatch.setattr(sys, "argv", ["harness.train", "experiment=typo", f"paths.runs_dir={tmp_path}/runs"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists(), "a run folder was made"

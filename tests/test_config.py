@@ -132,3 +132,15 @@ def test_a_fixed_value_on_the_command_line_replaces_the_experiments_sweep():
 def test_a_plain_command_line_sweep_expands_without_an_experiment():
     jobs = expand_sweep(["model=d12,d24", "seed=0,1"])
     assert sorted(map(tuple, jobs)) == sorted((f"model={m}", f"seed={s}") for m in ("d12", "d24") for s in ("0", "1"))
+
+
+@pytest.mark.parametrize("overrides", [["experiment=smoke"], ["recipe=nanochat_2026_07"], ["launcher=torchrun"]])
+def test_the_schemas_leave_the_saved_config_as_omegaconf_resolves_it(overrides):
+    """config.yaml (and the resume check) hold the composed tree as OmegaConf resolves it: a schema
+    adds, renames or fills in no key, so a run directory made before the schemas still matches."""
+    from omegaconf import OmegaConf
+
+    from harness.run.spec import resolve_run
+
+    cfg = compose(overrides)
+    assert resolve_run(cfg, check_inputs=False).config == OmegaConf.to_container(cfg, resolve=True)

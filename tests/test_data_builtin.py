@@ -13,6 +13,7 @@ from harness.cli import compose
 from harness.data import build_tokenizer, build_train_loader, check_data, val_batches
 from harness.data import builtin as builtin_module
 from harness.data.builtin import select_files, split_documents, stdlib_root
+from harness.data.config import data_config
 from harness.data.loader import (
     TrainLoader,
     check_stream_split,
@@ -43,7 +44,7 @@ def cfg(data_dir, monkeypatch):
 
 @pytest.fixture
 def tok(cfg):
-    return build_tokenizer(cfg)
+    return build_tokenizer(data_config(cfg))
 
 
 def test_corpus_is_this_pythons_standard_library():
@@ -58,7 +59,7 @@ def test_corpus_is_this_pythons_standard_library():
 
 
 def test_train_and_validation_splits_are_disjoint_files(cfg):
-    source = open_source(cfg)
+    source = open_source(data_config(cfg))
     train, val = source.files("train"), source.files("val")
     assert train and val
     assert not {f.path for f in train} & {f.path for f in val}
@@ -84,29 +85,29 @@ def test_builtin_needs_no_preparation(data_dir, monkeypatch):
 
 
 def test_tokenizer_and_documents_are_cached(cfg, tok, monkeypatch):
-    first = open_source(cfg).corpus("train", tok)
+    first = open_source(data_config(cfg)).corpus("train", tok)
 
     def rebuilt(*args, **kwargs):
         raise AssertionError("built again instead of read from the cache")
 
     monkeypatch.setattr(Tokenizer, "train", rebuilt)
     monkeypatch.setattr(builtin_module.TokenCorpus, "save", rebuilt)
-    again = build_tokenizer(cfg)
+    again = build_tokenizer(data_config(cfg))
     assert again.encode("def f(x): return x") == tok.encode("def f(x): return x")
-    cached = open_source(cfg).corpus("train", again)
+    cached = open_source(data_config(cfg)).corpus("train", again)
     assert cached.num_units == first.num_units
     assert list(cached.read(5)[0]) == list(first.read(5)[0])
 
 
 def test_cache_key_follows_vocab_size(cfg, data_dir, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(data_dir))
-    other = build_tokenizer(compose([*SMALL, "data.vocab_size=300"]))
+    other = build_tokenizer(data_config(compose([*SMALL, "data.vocab_size=300"])))
     assert other.vocab_size == 300
     assert len(list((data_dir / "builtin").glob("tokenizer-*/tokenizer.json"))) >= 2
 
 
 def test_rows_are_packed_and_shifted(cfg, tok):
-    loader = build_train_loader(cfg, tok, batch_size=4, seq_len=32, rank=0, world_size=1, rows_per_step=8)
+    loader = build_train_loader(data_config(cfg), tok, batch_size=4, seq_len=32, rank=0, world_size=1, rows_per_step=8)
     inputs, targets = next(loader)
     assert inputs.shape == targets.shape == (4, 32)
     assert str(inputs.dtype) == "torch.int64"
@@ -116,7 +117,7 @@ def test_rows_are_packed_and_shifted(cfg, tok):
 
 
 def test_streams_see_disjoint_documents_that_cover_the_split(cfg, tok):
-    corpus = open_source(cfg).corpus("train", tok)
+    corpus = open_source(data_config(cfg)).corpus("train", tok)
     per_stream = [set(epoch_units(corpus.num_units, 0, 3, stream, 3)) for stream in range(3)]
     assert per_stream[0].isdisjoint(per_stream[1]) and per_stream[1].isdisjoint(per_stream[2])
     assert per_stream[0].isdisjoint(per_stream[2])
@@ -126,7 +127,7 @@ def test_streams_see_disjoint_documents_that_cover_the_split(cfg, tok):
 def test_same_seed_same_batches_other_seed_other_batches(cfg, tok):
     # A buffer much smaller than the corpus, so that the order documents arrive in shows.
     seeded = [compose([*SMALL, "data.buffer_size=4", f"data.seed={seed}"]) for seed in (0, 0, 1)]
-    firsts = [next(build_train_loader(c, tok, 2, 32, 0, 1, rows_per_step=8))[0] for c in seeded]
+    firsts = [next(build_train_loader(data_config(c), tok, 2, 32, 0, 1, rows_per_step=8))[0] for c in seeded]
     assert firsts[0].equal(firsts[1])
     assert not firsts[0].equal(firsts[2])
 
@@ -135,11 +136,13 @@ def test_the_run_seed_sets_the_data_order_unless_data_seed_is_set(cfg, tok):
     """`seed` alone varies the data order (configs/data/ has data.seed: ${seed}); data.seed=N holds it."""
     composed = {seed: compose([*SMALL, "data.buffer_size=4", f"seed={seed}"]) for seed in (0, 3)}
     assert [composed[s].data.seed for s in (0, 3)] == [0, 3]
-    firsts = {s: next(build_train_loader(c, tok, 2, 32, 0, 1, rows_per_step=8))[0] for s, c in composed.items()}
+    firsts = {
+        s: next(build_train_loader(data_config(c), tok, 2, 32, 0, 1, rows_per_step=8))[0] for s, c in composed.items()
+    }
     assert not firsts[0].equal(firsts[3])
     held = compose([*SMALL, "data.buffer_size=4", "seed=3", "data.seed=0"])
     assert (held.seed, held.data.seed) == (3, 0)
-    assert next(build_train_loader(held, tok, 2, 32, 0, 1, rows_per_step=8))[0].equal(firsts[0])
+    assert next(build_train_loader(data_config(held), tok, 2, 32, 0, 1, rows_per_step=8))[0].equal(firsts[0])
 
 
 # one data order whatever the world size ----------------------------------------------------
@@ -167,14 +170,14 @@ def global_batches(loaders, accum: int, steps: int) -> list[np.ndarray]:
 
 def loaders_at(cfg, tok, world_size: int, batch_size: int, state=None) -> list:
     return [
-        build_train_loader(cfg, tok, batch_size, SEQ, rank, world_size, state=state, rows_per_step=ROWS)
+        build_train_loader(data_config(cfg), tok, batch_size, SEQ, rank, world_size, state=state, rows_per_step=ROWS)
         for rank in range(world_size)
     ]
 
 
 @pytest.mark.parametrize("world_size,batch_size", [(1, 16), (1, 2), (2, 8), (2, 1), (4, 4), (8, 2)])
 def test_global_batch_is_the_same_rows_whatever_the_world_size_and_split(cfg, tok, world_size, batch_size):
-    corpus = open_source(cfg).corpus("train", tok)
+    corpus = open_source(data_config(cfg)).corpus("train", tok)
     steps = 3
     per_stream = [stream_rows(corpus, s, steps * ROWS // STREAMS, 1000) for s in range(STREAMS)]
     k = ROWS // STREAMS
@@ -187,7 +190,7 @@ def test_global_batch_is_the_same_rows_whatever_the_world_size_and_split(cfg, to
 
 
 def test_a_rank_reads_only_its_own_streams_units(cfg, tok):
-    corpus = open_source(cfg).corpus("train", tok)
+    corpus = open_source(data_config(cfg)).corpus("train", tok)
     read = []
     original = corpus.read
 
@@ -221,7 +224,7 @@ def test_loader_resumes_exactly_on_every_world_size(cfg, tok, saved_world_size):
 
 
 def test_state_is_taken_between_steps_and_refused_with_another_seed(cfg, tok):
-    loader = build_train_loader(cfg, tok, 2, SEQ, 0, 2, rows_per_step=ROWS)  # 4 micro-batches per step
+    loader = build_train_loader(data_config(cfg), tok, 2, SEQ, 0, 2, rows_per_step=ROWS)  # 4 micro-batches per step
     next(loader)
     with pytest.raises(RuntimeError, match="between optimizer steps; 6 rows of this step are still unread"):
         loader.state_dict()
@@ -230,9 +233,9 @@ def test_state_is_taken_between_steps_and_refused_with_another_seed(cfg, tok):
     state = loader.state_dict()
     other_seed = compose([*SMALL, "data.seed=1"])
     with pytest.raises(ConfigError, match=r"resume with the same data.seed and data.streams"):
-        build_train_loader(other_seed, tok, 2, SEQ, 0, 2, state=state, rows_per_step=ROWS)
+        build_train_loader(data_config(other_seed), tok, 2, SEQ, 0, 2, state=state, rows_per_step=ROWS)
     with pytest.raises(ConfigError, match=r"no position for streams \[4, 5, 6, 7\]; pass every rank's state"):
-        build_train_loader(cfg, tok, 2, SEQ, 1, 2, state=state, rows_per_step=ROWS)
+        build_train_loader(data_config(cfg), tok, 2, SEQ, 1, 2, state=state, rows_per_step=ROWS)
 
 
 @pytest.mark.parametrize(
@@ -250,23 +253,25 @@ def test_streams_that_do_not_split_are_refused(streams, world_size, message):
 
 # one validation set whatever the world size --------------------------------------------------
 def test_validation_set_is_the_same_rows_whatever_the_world_size_and_batch(cfg, tok):
-    corpus = open_source(cfg).corpus("val", tok)
+    corpus = open_source(data_config(cfg)).corpus("val", tok)
     packer = BestFitPacker(validation_documents(corpus), 33, cfg.data.buffer_size)
     expected = np.stack([packer.next_row() for _ in range(400 // 32)])  # the first 12 rows, in order
     for world_size, batch_size in [(1, 4), (1, 5), (2, 2), (3, 4), (5, 1)]:
         rows = []
         for rank in range(world_size):
-            for inputs, targets in val_batches(cfg, tok, batch_size, 32, 400, rank, world_size):
+            for inputs, targets in val_batches(data_config(cfg), tok, batch_size, 32, 400, rank, world_size):
                 assert inputs.shape == targets.shape == (batch_size, 32)  # a short batch is filled up
                 real = targets[:, 0] >= 0
                 assert (targets[~real] == -1).all()
                 rows.append(np.concatenate([inputs[real].numpy(), targets[real].numpy()[:, -1:]], axis=1))
         np.testing.assert_array_equal(np.concatenate(rows), expected, err_msg=f"{world_size} ranks x {batch_size}")
     # At least one row even when the total asks for less.
-    ((inputs, targets),) = val_batches(cfg, tok, batch_size=2, seq_len=32, num_tokens=1, rank=0, world_size=1)
+    ((inputs, targets),) = val_batches(
+        data_config(cfg), tok, batch_size=2, seq_len=32, num_tokens=1, rank=0, world_size=1
+    )
     assert (targets[0] >= 0).all() and (targets[1] == -1).all()
 
 
 def test_validation_split_too_small_is_a_config_error(cfg, tok):
     with pytest.raises(ConfigError, match=r"^eval.val_tokens=100000000 needs 390625 rows of 256 tokens, but the"):
-        val_batches(cfg, tok, batch_size=8, seq_len=256, num_tokens=100_000_000, rank=0, world_size=1)
+        val_batches(data_config(cfg), tok, batch_size=8, seq_len=256, num_tokens=100_000_000, rank=0, world_size=1)

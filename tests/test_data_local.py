@@ -15,6 +15,7 @@ import torch
 
 from harness.cli import compose
 from harness.data import build_tokenizer, build_train_loader, check_data, val_batches
+from harness.data.config import data_config
 from harness.data.corpus import held_out
 from harness.data.loader import open_corpus, training_documents, validation_documents
 from harness.data.packing import row_pieces
@@ -55,8 +56,8 @@ def texts_of(documents, tok):
 def test_every_format_is_read_and_the_splits_partition_the_documents(folder):
     cfg = local(folder)
     check_data(cfg)
-    tok = build_tokenizer(cfg)
-    source = open_source(cfg)
+    tok = build_tokenizer(data_config(cfg))
+    source = open_source(data_config(cfg))
     train, val = source.corpus("train", tok), source.corpus("val", tok)
     # Units: 4 .txt files + 1 .jsonl file + 5 parquet row groups of 8 rows.
     assert train.num_units == val.num_units == 10
@@ -68,15 +69,17 @@ def test_every_format_is_read_and_the_splits_partition_the_documents(folder):
 
 def test_local_loader_trains_and_resumes(folder):
     cfg = local(folder)
-    tok = build_tokenizer(cfg)
+    tok = build_tokenizer(data_config(cfg))
     # 8 rows per step: one from each of the 8 streams (10 units: every stream has one), 4 micro-batches
-    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, rows_per_step=8)
+    loader = build_train_loader(data_config(cfg), tok, batch_size=2, seq_len=24, rank=0, world_size=1, rows_per_step=8)
     for _ in range(4):
         inputs, _ = next(loader)
         assert (inputs[:, 0] == tok.bos_id).all()
     state = loader.state_dict()
     expected = [next(loader) for _ in range(12)]
-    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=24, rank=0, world_size=1, state=state, rows_per_step=8)
+    resumed = build_train_loader(
+        data_config(cfg), tok, batch_size=2, seq_len=24, rank=0, world_size=1, state=state, rows_per_step=8
+    )
     assert all(x.equal(next(resumed)[0]) for x, _ in expected)
 
 
@@ -85,17 +88,17 @@ def test_val_path_is_the_validation_split(folder, tmp_path):
     held.mkdir()
     (held / "v.txt").write_text("a held out document about mats and cats " * 20)
     cfg = local(folder, f"data.val_path={held}")
-    tok = build_tokenizer(cfg)
-    source = open_source(cfg)
+    tok = build_tokenizer(data_config(cfg))
+    source = open_source(data_config(cfg))
     assert texts_of(validation_documents(source.corpus("val", tok)), tok) == [(held / "v.txt").read_text()]
     assert texts_of(validation_documents(source.corpus("train", tok)), tok) == ALL_TEXTS
-    assert len(val_batches(cfg, tok, batch_size=1, seq_len=16, num_tokens=16, rank=0, world_size=1)) == 1
+    assert len(val_batches(data_config(cfg), tok, batch_size=1, seq_len=16, num_tokens=16, rank=0, world_size=1)) == 1
 
 
 def test_ranks_split_local_units(folder):
     cfg = local(folder)
-    tok = build_tokenizer(cfg)
-    corpus = open_source(cfg).corpus("train", tok)
+    tok = build_tokenizer(data_config(cfg))
+    corpus = open_source(data_config(cfg)).corpus("train", tok)
 
     seen = [texts_of(_first_epoch(training_documents(corpus, 0, rank, 2, (0, 0, 0))), tok) for rank in range(2)]
     assert not set(seen[0]) & set(seen[1])
@@ -131,7 +134,7 @@ def test_jsonl_without_the_text_field_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "cache"))
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "hi"}) + "\n")
     with pytest.raises(ConfigError, match=r"d.jsonl:1 has no string field 'text'; set data.text_field"):
-        build_tokenizer(compose(["data=local", f"data.path={tmp_path}", "data.vocab_size=300"]))
+        build_tokenizer(data_config(compose(["data=local", f"data.path={tmp_path}", "data.vocab_size=300"])))
 
 
 # long documents ------------------------------------------------------------------------------
@@ -170,12 +173,12 @@ def test_a_long_document_is_validated_on_all_of_its_text_in_row_sized_pieces(lon
     held.mkdir()
     shutil.copy(long_texts / "chapter_000.txt", held / "chapter.txt")
     cfg = local(long_texts, f"data.val_path={held}", "data.vocab_size=512")
-    tok = build_tokenizer(cfg)
+    tok = build_tokenizer(data_config(cfg))
     document = tok.encode((held / "chapter.txt").read_text())
     seq_len = 32
     rows_available = len(document) // seq_len  # pieces of BOS + 32 tokens: whole ones only fill a row alone
     batches = val_batches(
-        cfg, tok, batch_size=1, seq_len=seq_len, num_tokens=rows_available * seq_len, rank=0, world_size=1
+        data_config(cfg), tok, batch_size=1, seq_len=seq_len, num_tokens=rows_available * seq_len, rank=0, world_size=1
     )
     rows = [torch.cat([inputs[0], targets[0, -1:]]) for inputs, targets in batches]
     assert len(rows) == rows_available > 50
@@ -196,10 +199,10 @@ def test_training_reads_every_token_of_a_long_file_in_one_epoch(long_texts, tmp_
     """Before, best-fit packing kept one row's crop of each file: a few percent of the text per epoch."""
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "cache"))
     cfg = local(long_texts, "data.vocab_size=512", "data.val_fraction=0.1")
-    tok = build_tokenizer(cfg)
-    source = open_source(cfg)
+    tok = build_tokenizer(data_config(cfg))
+    source = open_source(data_config(cfg))
     whole = source.corpus("train", tok)
-    pieces = open_corpus(cfg, "train", tok, seq_len=32)
+    pieces = open_corpus(data_config(cfg), "train", tok, seq_len=32)
     assert pieces.num_units == whole.num_units
     for unit in range(0, whole.num_units, 17):
         documents = whole.read(unit)

@@ -56,9 +56,8 @@ class GlobalBatchLoader:
         return {"served": self.served}
 
 
-def global_batch_loader(cfg, tok, batch_size, seq_len, rank, world_size, state=None):
-    total_rows = cfg.train.total_batch_tokens // seq_len
-    return GlobalBatchLoader(cfg.data.vocab_size, batch_size, seq_len, rank, world_size, total_rows)
+def global_batch_loader(data, tok, batch_size, seq_len, rank, world_size, state=None, *, rows_per_step):
+    return GlobalBatchLoader(data.vocab_size, batch_size, seq_len, rank, world_size, rows_per_step)
 
 
 def config(runs_dir, mlp_lr: str):

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from harness.cli import compose
 from harness.config import model_config
+from harness.data.config import data_config
 from harness.errors import USAGE_EXIT_CODE
 from harness.evaluate import main
 from harness.results.rundir import RunDir
@@ -71,7 +72,7 @@ def make_run(path: Path, config: dict, seed: int = 0, **checkpoint_extra) -> Run
         "step": STEP,
         "model": trained_weights(config, seed),
         "train_state": {"train_time_s": 12.5},
-        "tokenizer": build_tokenizer(OmegaConf.create(config)).digest(),  # as training records it
+        "tokenizer": build_tokenizer(data_config(OmegaConf.create(config))).digest(),  # as training records it
     }
     rundir.save_checkpoint(STEP, {**state, **checkpoint_extra}, keep_last=2)
     rundir.write_summary({"status": "completed", "step": STEP, "num_iterations": STEP, "core": None})
@@ -89,8 +90,8 @@ def reference_scores(rundir: RunDir) -> tuple[float, object]:
     model.init_weights()
     model.load_state_dict(RunDir.load_checkpoint(rundir.latest_checkpoint())["model"])
     model.eval()
-    tok = build_tokenizer(cfg)
-    batches = val_batches(cfg, tok, cfg.train.device_batch_size, cfg.model.sequence_len, 4096, 0, 1)
+    tok = build_tokenizer(data_config(cfg))
+    batches = val_batches(data_config(cfg), tok, cfg.train.device_batch_size, cfg.model.sequence_len, 4096, 0, 1)
     cpu = torch.device("cpu")
     import contextlib
 
@@ -177,7 +178,7 @@ def test_a_run_without_checkpoint_or_with_another_tokenizer_is_refused(tmp_path,
 def test_matching_tokenizer_hash_is_accepted(tmp_path, config):
     from harness.data import build_tokenizer
 
-    tok = build_tokenizer(OmegaConf.create(config))
+    tok = build_tokenizer(data_config(OmegaConf.create(config)))
     rundir = make_run(tmp_path / "run", config, tokenizer=tok.digest())
     main([f"run_dir={rundir.path}", "core=false"])
     assert "val_bpb" in rundir.read_metrics()[-1]

@@ -63,7 +63,7 @@ def test_d12_converts_the_block_matrices_and_lm_head_as_the_reference():
 def test_a_float8_layer_computes_the_quantized_matmul(recipe):
     cfg, model = smoke_model("precision=fp8", f"precision.recipe={recipe}")
     weight = model.transformer.h[0].mlp.c_fc.weight.detach().clone()
-    convert_for_training(model, cfg, CPU)
+    convert_for_training(model, precision_config(cfg), CPU)
     layer = model.transformer.h[0].mlp.c_fc
     assert is_float8(layer) and layer.weight is model.transformer.h[0].mlp.c_fc.weight
     x = torch.randn(16, weight.shape[1])
@@ -85,7 +85,7 @@ def test_evaluation_switches_float8_off_and_back_on(recipe):
     linear_class = type(model.transformer.h[0].mlp.c_fc)
     plain = materialize(model_config(cfg), CPU, seed=0)
     plain.load_state_dict(model.state_dict())
-    convert_for_training(model, cfg, CPU)
+    convert_for_training(model, precision_config(cfg), CPU)
     assert model.state_dict().keys() == plain.state_dict().keys()  # checkpoints are interchangeable
     idx = torch.randint(0, model.config.vocab_size, (2, 32))
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_evaluation_switches_float8_off_and_back_on(recipe):
 def test_bf16_changes_no_module_and_old_configs_read_as_bf16():
     cfg, model = smoke_model()
     before = [type(m) for m in model.modules()]
-    convert_for_training(model, cfg, CPU)
+    convert_for_training(model, precision_config(cfg), CPU)
     assert [type(m) for m in model.modules()] == before
     old = OmegaConf.create({k: v for k, v in resolved_config(cfg).items() if k != "precision"})
     assert precision_config(old).name == "bf16"
@@ -185,7 +185,7 @@ def test_real_float8_matmuls_on_cuda_compute_the_quantized_matmul(recipe):
     with torch.no_grad():
         layer.weight.normal_(0, 0.1)
     weight = layer.weight.detach().clone()
-    convert_for_training(model, cfg, cuda)
+    convert_for_training(model, precision_config(cfg), cuda)
     assert not model.transformer.h[0].mlp.c_fc.config.emulate
     x = torch.randn(64, weight.shape[1], device=cuda)
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -24,6 +24,7 @@ from test_prepare_fineweb import overrides as fineweb_overrides  # noqa: E402
 from harness.cli import compose  # noqa: E402
 from harness.data import build_tokenizer, check_data, val_batches  # noqa: E402
 from harness.data import fineweb as fineweb_module  # noqa: E402
+from harness.data.config import data_config
 from harness.data.fineweb import DownloadError  # noqa: E402
 from harness.data.sources import open_source  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
@@ -62,7 +63,7 @@ def test_prepare_downloads_into_its_own_dir_and_trains_its_own_tokenizer(server,
     assert f"climbmix: {data_dir / 'climbmix'} holds 3 shards" in summary
     check_data(compose(overrides(server.url)))
     # The tokenizer learned these shards' text: their most common word pieces are single tokens.
-    tok = build_tokenizer(compose(overrides(server.url)))
+    tok = build_tokenizer(data_config(compose(overrides(server.url))))
     words = Counter(w for i in range(NUM_SHARDS) for text in shard_texts(i) for w in text.split()[4:] if len(w) > 4)
     word = words.most_common(1)[0][0]
     assert len(tok.encode(word)) < len(word.encode())
@@ -72,7 +73,7 @@ def test_an_interrupted_download_resumes_from_its_partial_file(server, data_dir,
     monkeypatch.setattr(fineweb_module, "CHUNK_BYTES", 1024)
     server.plan["shard_00001.parquet"] = ["cut"]
     cfg = compose(overrides(server.url, **{"data.download_retries": 0}))
-    source = open_source(cfg)
+    source = open_source(data_config(cfg))
     with pytest.raises(DownloadError, match="shard_00001.parquet: failed 1 times"):
         source.download(source.missing_shards())
     partial = data_dir / "climbmix" / "shard_00001.parquet.partial"
@@ -102,8 +103,8 @@ def test_missing_data_names_the_climbmix_prepare_command(data_dir):
 
 def test_validation_reads_only_the_last_shard(server, data_dir):
     cfg = compose(overrides(server.url))
-    open_source(cfg).prepare()
-    tok = build_tokenizer(cfg)
-    ((inputs, _),) = val_batches(cfg, tok, batch_size=2, seq_len=32, num_tokens=64, rank=0, world_size=1)
+    open_source(data_config(cfg)).prepare()
+    tok = build_tokenizer(data_config(cfg))
+    ((inputs, _),) = val_batches(data_config(cfg), tok, batch_size=2, seq_len=32, num_tokens=64, rank=0, world_size=1)
     for row in inputs:
         assert f"shard {VAL_SHARD} doc" in tok.decode(row.tolist())

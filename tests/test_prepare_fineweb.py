@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from harness.cli import compose
 from harness.data import build_tokenizer, build_train_loader, check_data, val_batches
 from harness.data import fineweb as fineweb_module
+from harness.data.config import data_config
 from harness.data.fineweb import DownloadError, FinewebSource
 from harness.data.loader import training_documents
 from harness.data.sources import open_source
@@ -170,7 +171,7 @@ def test_interrupted_download_resumes_and_never_counts_a_partial_file(server, da
     monkeypatch.setattr(fineweb_module, "CHUNK_BYTES", 1024)
     server.plan["shard_00001.parquet"] = ["cut"]
     cfg = compose(overrides(server.url, **{"data.download_retries": 0}))
-    source = open_source(cfg)
+    source = open_source(data_config(cfg))
     with pytest.raises(DownloadError, match="shard_00001.parquet: failed 1 times"):
         source.download(source.missing_shards())
     assert not (fineweb_dir(data_dir) / "shard_00001.parquet").exists()
@@ -190,7 +191,7 @@ def test_interrupted_download_resumes_and_never_counts_a_partial_file(server, da
 
 def test_server_errors_are_retried(server, data_dir):
     server.plan["shard_00000.parquet"] = ["500", "500"]
-    source = open_source(compose(overrides(server.url)))
+    source = open_source(data_config(compose(overrides(server.url))))
     source.download([0])
     assert len(server.requests_for("shard_00000.parquet")) == 3
     assert (fineweb_dir(data_dir) / "shard_00000.parquet").read_bytes() == SHARDS["shard_00000.parquet"]
@@ -198,7 +199,7 @@ def test_server_errors_are_retried(server, data_dir):
 
 def test_persistent_server_error_gives_a_clear_error_after_retries(server, data_dir):
     server.plan["shard_00000.parquet"] = ["500"] * 10
-    source = open_source(compose(overrides(server.url)))
+    source = open_source(data_config(compose(overrides(server.url))))
     with pytest.raises(DownloadError, match=r"shard_00000.parquet: failed 3 times, last: HTTP 500; re-run"):
         source.download([0])
     assert len(server.requests_for("shard_00000.parquet")) == 3
@@ -207,7 +208,7 @@ def test_persistent_server_error_gives_a_clear_error_after_retries(server, data_
 
 def test_truncated_file_is_retried_then_a_clear_error(server, data_dir):
     server.plan["shard_00000.parquet"] = ["truncate"] * 10
-    source = open_source(compose(overrides(server.url)))
+    source = open_source(data_config(compose(overrides(server.url))))
     with pytest.raises(DownloadError, match="failed 3 times, last: not a readable parquet file"):
         source.download([0])
     assert len(server.requests_for("shard_00000.parquet")) == 3
@@ -216,7 +217,7 @@ def test_truncated_file_is_retried_then_a_clear_error(server, data_dir):
 
 def test_truncated_file_then_good_file_succeeds(server, data_dir):
     server.plan["shard_00000.parquet"] = ["truncate"]
-    source = open_source(compose(overrides(server.url)))
+    source = open_source(data_config(compose(overrides(server.url))))
     source.download([0])
     # The corrupt partial was thrown away, so the retry starts from byte 0 (no Range).
     assert server.requests_for("shard_00000.parquet") == [None, None]
@@ -224,7 +225,7 @@ def test_truncated_file_then_good_file_succeeds(server, data_dir):
 
 
 def test_wrong_base_url_is_a_config_error(server, data_dir):
-    source = open_source(compose(overrides(server.url + "/nope")))
+    source = open_source(data_config(compose(overrides(server.url + "/nope"))))
     with pytest.raises(
         ConfigError, match=r"^data.base_url=http://127.0.0.1:\d+/datasets/fineweb/nope answered HTTP 404"
     ):
@@ -263,7 +264,7 @@ def test_missing_fineweb_data_names_the_prepare_command(data_dir):
 
 
 def test_missing_tokenizer_alone(server, data_dir):
-    source = open_source(compose(overrides(server.url)))
+    source = open_source(data_config(compose(overrides(server.url))))
     source.download(source.missing_shards())
     with pytest.raises(
         ConfigError, match=r"is missing the tokenizer tokenizer_300 in .*; run: python -m harness.prepare"
@@ -280,8 +281,8 @@ def prepared(tmp_path_factory):
     os.environ["ABLATE_DATA_DIR"] = str(root)
     try:
         cfg = compose(overrides(s.url))
-        open_source(cfg).prepare()
-        yield cfg, build_tokenizer(cfg)
+        open_source(data_config(cfg)).prepare()
+        yield cfg, build_tokenizer(data_config(cfg))
     finally:
         s.close()
         if saved is None:
@@ -292,7 +293,7 @@ def prepared(tmp_path_factory):
 
 def test_ranks_read_disjoint_row_groups_that_cover_the_training_shards(prepared):
     cfg, tok = prepared
-    corpus = open_source(cfg).corpus("train", tok)
+    corpus = open_source(data_config(cfg)).corpus("train", tok)
     assert corpus.num_units == NUM_SHARDS * GROUPS
     seen = []
     for rank in range(2):
@@ -314,21 +315,25 @@ def test_fineweb_loader_resumes_exactly_across_epochs(prepared):
     cfg, tok = prepared
     cfg = OmegaConf.merge(cfg, {"data": {"streams": 2}})  # 6 row groups: 3 per stream
     # 4 rows per step, 2 per stream: rank 1 of 2 makes stream 1's, one micro-batch of 2 rows
-    loader = build_train_loader(cfg, tok, batch_size=2, seq_len=64, rank=1, world_size=2, rows_per_step=4)
+    loader = build_train_loader(data_config(cfg), tok, batch_size=2, seq_len=64, rank=1, world_size=2, rows_per_step=4)
     for _ in range(5):
         next(loader)
     state = loader.state_dict()
     expected = [next(loader) for _ in range(30)]
     # the 30 batches ran through more than one epoch
     assert loader.state_dict()["stream_states"][0]["next"][0] >= 2
-    resumed = build_train_loader(cfg, tok, batch_size=2, seq_len=64, rank=1, world_size=2, state=state, rows_per_step=4)
+    resumed = build_train_loader(
+        data_config(cfg), tok, batch_size=2, seq_len=64, rank=1, world_size=2, state=state, rows_per_step=4
+    )
     for (x, y), (rx, ry) in zip(expected, (next(resumed) for _ in range(30)), strict=True):
         assert x.equal(rx) and y.equal(ry)
 
 
 def test_fineweb_validation_uses_only_the_last_shard(prepared):
     cfg, tok = prepared
-    ((inputs, targets),) = val_batches(cfg, tok, batch_size=2, seq_len=32, num_tokens=64, rank=0, world_size=1)
+    ((inputs, targets),) = val_batches(
+        data_config(cfg), tok, batch_size=2, seq_len=32, num_tokens=64, rank=0, world_size=1
+    )
     val_text = " ".join(shard_texts(VAL_SHARD))
     for row in inputs:
         assert row[0] == tok.bos_id
@@ -385,5 +390,5 @@ def test_download_error_exits_1(server, data_dir, capsys):
 
 def test_fineweb_source_rejects_too_many_shards(data_dir):
     with pytest.raises(ConfigError, match=r"data.num_shards=1823 must be between 1 and 1822"):
-        open_source(compose(["data=fineweb", "data.num_shards=1823"]))
-    assert isinstance(open_source(compose(["data=fineweb"])), FinewebSource)
+        open_source(data_config(compose(["data=fineweb", "data.num_shards=1823"])))
+    assert isinstance(open_source(data_config(compose(["data=fineweb"]))), FinewebSource)

@@ -101,17 +101,17 @@ def test_every_searched_key_is_composed_up_front():
 
 def test_objective_value_is_the_metric_or_the_worst_for_the_direction():
     cfg = OmegaConf.create({"optimized_metric": "final_val_bpb"})
-    assert objective_value(cfg, {"status": "completed", "final_val_bpb": 1.25}) == 1.25
+    assert objective_value(cfg.optimized_metric, {"status": "completed", "final_val_bpb": 1.25}) == 1.25
     for summary in (
         None,  # the job failed before it had a summary
         {"status": "failed", "final_val_bpb": None},
         {"status": "diverged", "final_val_bpb": None, "last_val_bpb": 9.0},
         {"status": "completed", "final_val_bpb": float("nan")},
     ):
-        assert objective_value(cfg, summary, "minimize") == math.inf
+        assert objective_value(cfg.optimized_metric, summary, "minimize") == math.inf
     core = OmegaConf.create({"optimized_metric": "core"})
-    assert objective_value(core, {"status": "diverged", "core": 0.2}, "maximize") == -math.inf
-    assert objective_value(core, {"status": "completed", "core": 0.2}, "maximize") == 0.2
+    assert objective_value(core.optimized_metric, {"status": "diverged", "core": 0.2}, "maximize") == -math.inf
+    assert objective_value(core.optimized_metric, {"status": "completed", "core": 0.2}, "maximize") == 0.2
 
 
 def test_the_objective_names_a_summary_number_optimized_its_way():

@@ -11,7 +11,6 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from omegaconf import OmegaConf
 
 from harness.bench.common import (
     build_training_step,
@@ -117,14 +116,14 @@ def _ab_config(text: str, overrides: list[str], built: TrainingStep) -> dict:
     return {
         "argument": text,
         "overrides": overrides,
-        "model_depth": int(plan.cfg.model.depth),
+        "model_depth": plan.model.n_layer,
         "rope_split": plan.model.rope_split,
         "attention": plan.model.attention,
         "total_batch_tokens": plan.train.total_batch_tokens,
         "device_batch_size": plan.train.device_batch_size,
         "grad_accum_steps": plan.grad_accum,
         "compiled": built.compiled,
-        "resolved": OmegaConf.to_container(plan.cfg, resolve=True),
+        "resolved": plan.config,
     }
 
 

@@ -28,16 +28,16 @@ def run_throughput(args: argparse.Namespace, argv: list[str]) -> dict:
     overrides = [*defaults, *args.overrides, f"train.device={device.type}"]
     matmul = matmul_rate(device)
     timed = measure_steps(overrides, device, args.steps, args.warmup, args.profile)
-    plan, cfg = timed.spec, timed.spec.cfg
+    plan = timed.spec
     tok_per_s = plan.train.total_batch_tokens / timed.median
     fpt = plan.flops_per_token
     achieved = fpt * tok_per_s
     peak = peak_flops(device)
     record = {
         "benchmark": "throughput",
-        "model_depth": int(cfg.model.depth),
-        "window_pattern": str(cfg.model.window_pattern),
-        "sequence_len": int(cfg.model.sequence_len),
+        "model_depth": plan.model.n_layer,
+        "window_pattern": plan.model.window_pattern,
+        "sequence_len": plan.model.sequence_len,
         "attention": plan.model.attention,
         "rope_split": plan.model.rope_split,
         "device_batch_size": plan.train.device_batch_size,

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.cli import compose
-from harness.data import build_tokenizer, build_train_loader
+from harness.config import train_config
+from harness.data import DataConfig, build_tokenizer, build_train_loader, data_config
 from harness.data.builtin import select_files, split_documents, stdlib_root
 
 ROW_GROUP_DOCUMENTS = 200  # a unit of a few hundred documents, like a FineWeb row group's ~1000
@@ -36,11 +37,13 @@ def write_corpus(folder: Path, megabytes: float) -> int:
     return len(texts)
 
 
-def time_loader(cfg, tok, batch_size: int, seq_len: int, world_size: int, steps: int, accum: int) -> tuple:
+def time_loader(
+    data: DataConfig, tok, batch_size: int, seq_len: int, world_size: int, steps: int, accum: int, rows_per_step: int
+) -> tuple:
     """Seconds for rank 0 of `world_size` to build its loader and serve its first step of rows, and
     seconds for the next `steps` steps."""
     start = time.perf_counter()
-    loader = build_train_loader(cfg, tok, batch_size, seq_len, 0, world_size)
+    loader = build_train_loader(data, tok, batch_size, seq_len, 0, world_size, rows_per_step=rows_per_step)
     for _ in range(accum):
         next(loader)
     first = time.perf_counter()
@@ -80,13 +83,15 @@ def main(argv: list[str] | None = None) -> None:
                 *args.overrides,
             ]
         )
-        tok = build_tokenizer(cfg)
+        data = data_config(cfg)
+        rows_per_step = train_config(cfg).total_batch_tokens // args.seq_len  # the batch as resolved
+        tok = build_tokenizer(data)
         print(f"corpus: {args.mb} MB, {documents} documents; {os.cpu_count()} CPU cores; {' '.join(args.overrides)}")
         for world_size in args.world_sizes:
             accum = args.rows_per_step // (args.batch_size * world_size)
             tokens = args.steps * accum * args.batch_size * args.seq_len
             timings = [
-                time_loader(cfg, tok, args.batch_size, args.seq_len, world_size, args.steps, accum)
+                time_loader(data, tok, args.batch_size, args.seq_len, world_size, args.steps, accum, rows_per_step)
                 for _ in range(args.repeats)
             ]
             startup, seconds = min(t[0] for t in timings), min(t[1] for t in timings)

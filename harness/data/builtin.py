@@ -27,9 +27,13 @@ from harness.data.config import BuiltinData
 from harness.data.corpus import TokenCorpus, held_out, stable_hash
 from harness.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
 
+# Third-party packages and test suites are not this Python's standard library, or are generated
+# or duplicated code; the corpus is the library's own modules.
 SKIPPED_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib-dynload"}
 # Leaves out generated data such as pydoc_data/topics.py (one 750 kB string literal).
 MAX_FILE_BYTES = 256_000
+# A document ends at a blank line before a top-level or method definition (or its decorator): units of
+# one function or class, short like the web pages the recipe packs, rather than whole files.
 DOCUMENT_BREAK = re.compile(r"\n(?:[ \t]*\n)+(?=(?:    )?(?:async def |def |class |@))")
 
 

@@ -6,9 +6,9 @@ classes name the keys, their types and the checks that need nothing but the conf
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-
-from omegaconf import DictConfig
+from typing import Any
 
 from harness.config import to_dataclass
 from harness.data.tokenizer import MIN_VOCAB_SIZE
@@ -58,12 +58,13 @@ class LocalData(DataConfig):
 SOURCES = {"builtin": BuiltinData, "fineweb": FinewebData, "climbmix": FinewebData, "local": LocalData}
 
 
-def data_config(cfg: DictConfig) -> DataConfig:
-    """The `data` section of the full config as its source's dataclass, checked."""
-    source = cfg.data.get("source")
+def data_config(cfg: Mapping[str, Any]) -> DataConfig:
+    """The `data` section of the full config (resolved or composed) as its source's dataclass, checked."""
+    section = cfg["data"]
+    source = section.get("source")
     if source not in SOURCES:
         raise ConfigError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
-    data = to_dataclass(SOURCES[source], cfg.data, "data")
+    data = to_dataclass(SOURCES[source], section, "data")
     if data.vocab_size < MIN_VOCAB_SIZE:
         raise ConfigError(f"data.vocab_size={data.vocab_size} must be at least {MIN_VOCAB_SIZE} (bytes + specials)")
     for key in ("buffer_size", "streams", "tokenizer_max_chars", "tokenizer_doc_cap"):

@@ -34,9 +34,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
-from harness.data.config import data_config
+from harness.data.config import DataConfig
 from harness.data.corpus import Corpus, Document, RowPieceCorpus
 from harness.data.packing import BestFitPacker
 from harness.data.sources import open_source
@@ -48,6 +47,8 @@ from harness.errors import ConfigError
 STATE_VERSION = 2
 # Units read ahead of each stream's packer; a fineweb row group is ~1000 documents, so two is plenty.
 READ_AHEAD_UNITS = 2
+# Threads that re-read the documents saved in the streams' packing buffers on resume: the reads are
+# I/O and tokenization, and a d24 run's buffers span many row groups.
 RESTORE_THREADS = 8
 
 DocId = tuple[int, int, int]  # (epoch, unit position in its stream's epoch order, document index)
@@ -303,47 +304,37 @@ def split_rows(rows: np.ndarray) -> Batch:
     return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
 
-def open_corpus(cfg: DictConfig, split: str, tok: Tokenizer, seq_len: int) -> Corpus:
+def open_corpus(data: DataConfig, split: str, tok: Tokenizer, seq_len: int) -> Corpus:
     """The source's split; in row-sized pieces for a source of long documents (data=local)."""
-    source = open_source(cfg)
+    source = open_source(data)
     corpus = source.corpus(split, tok)
     return RowPieceCorpus(corpus, seq_len + 1) if getattr(source, "splits_long_documents", False) else corpus
 
 
 def build_train_loader(
-    cfg: DictConfig,
+    data: DataConfig,
     tok: Tokenizer,
     batch_size: int,
     seq_len: int,
     rank: int,
     world_size: int,
     state: dict | None = None,
-    rows_per_step: int | None = None,
+    *,
+    rows_per_step: int,
 ) -> TrainLoader:
-    """Rank `rank`'s loader; a global batch is `rows_per_step` rows (by default the run's total batch
-    in tokens / seq_len)."""
-    data = data_config(cfg)
-    if rows_per_step is None:
-        from harness.config import train_config  # the batch as resolved (a recipe may choose it: -1)
-
-        rows_per_step = train_config(cfg).total_batch_tokens // seq_len
-    corpus = open_corpus(cfg, "train", tok, seq_len)
+    """Rank `rank`'s loader; a global batch is `rows_per_step` rows (a run's: its total batch in
+    tokens / seq_len, as harness.run.spec resolved it)."""
+    corpus = open_corpus(data, "train", tok, seq_len)
     return TrainLoader(
         corpus, batch_size, seq_len, data.seed, rank, world_size, data.buffer_size, data.streams, rows_per_step, state
     )
 
 
-def check_streams(cfg: DictConfig, rows_per_step: int, world_size: int) -> None:
-    """The preflight's check of data.streams against the global batch and the world size."""
-    check_stream_split(data_config(cfg).streams, rows_per_step, world_size)
-
-
 # validation -------------------------------------------------------------------------------
-def val_rows(cfg: DictConfig, tok: Tokenizer, seq_len: int, num_rows: int) -> np.ndarray:
+def val_rows(data: DataConfig, tok: Tokenizer, seq_len: int, num_rows: int) -> np.ndarray:
     """The validation set: the first `num_rows` rows (fewer if the split runs out) that one packer
     makes from the validation documents in stored order."""
-    data = data_config(cfg)
-    corpus = open_corpus(cfg, "val", tok, seq_len)
+    corpus = open_corpus(data, "val", tok, seq_len)
     packer = BestFitPacker(validation_documents(corpus), seq_len + 1, data.buffer_size)
     rows = []
     while len(rows) < num_rows and (row := packer.next_row()) is not None:
@@ -352,7 +343,7 @@ def val_rows(cfg: DictConfig, tok: Tokenizer, seq_len: int, num_rows: int) -> np
 
 
 def val_batches(
-    cfg: DictConfig, tok: Tokenizer, batch_size: int, seq_len: int, num_tokens: int, rank: int, world_size: int
+    data: DataConfig, tok: Tokenizer, batch_size: int, seq_len: int, num_tokens: int, rank: int, world_size: int
 ) -> list[Batch]:
     """This rank's block of the validation set of max(1, num_tokens // seq_len) rows, in batches of
     `batch_size` rows; the last is filled up with rows whose targets are -1 (ignored, no bytes), so
@@ -362,10 +353,10 @@ def val_batches(
     tokenizes; without one, every caller packs them itself."""
     num_rows = max(1, num_tokens // seq_len)
     shared = world_size > 1 and process_group_ready()
-    rows = val_rows(cfg, tok, seq_len, num_rows) if rank == 0 or not shared else None
+    rows = val_rows(data, tok, seq_len, num_rows) if rank == 0 or not shared else None
     if shared:
         rows = broadcast_rows_from_main(rows, seq_len + 1)
-    _require_val_rows(cfg, num_tokens, seq_len, num_rows, len(rows))
+    require_val_rows(data.source, num_tokens, seq_len, num_rows, len(rows))
     mine = rows[rank * num_rows // world_size : (rank + 1) * num_rows // world_size]
     batches = []
     for first in range(0, len(mine), batch_size):
@@ -381,21 +372,21 @@ def val_batches(
 _VAL_ROWS_CHECKED: set[tuple] = set()  # (data config, tokenizer, seq_len, rows) found to fill
 
 
-def check_val_rows(cfg: DictConfig, tok: Tokenizer, seq_len: int, num_tokens: int) -> None:
+def check_val_rows(data: DataConfig, tok: Tokenizer, seq_len: int, num_tokens: int) -> None:
     """The preflight's exact form of val_batches' check (it packs the rows and counts them): for
     sources whose tokenizer and tokenized validation split are at hand. Once per sweep and shape."""
     num_rows = max(1, num_tokens // seq_len)
-    key = (data_config(cfg), tok.fingerprint(), seq_len, num_rows)
+    key = (data, tok.fingerprint(), seq_len, num_rows)
     if key not in _VAL_ROWS_CHECKED:
-        _require_val_rows(cfg, num_tokens, seq_len, num_rows, len(val_rows(cfg, tok, seq_len, num_rows)))
+        require_val_rows(data.source, num_tokens, seq_len, num_rows, len(val_rows(data, tok, seq_len, num_rows)))
         _VAL_ROWS_CHECKED.add(key)
 
 
-def _require_val_rows(cfg: DictConfig, num_tokens: int, seq_len: int, num_rows: int, found: int) -> None:
+def require_val_rows(source: str, num_tokens: int, seq_len: int, num_rows: int, found: int) -> None:
     if found < num_rows:
         raise ConfigError(
             f"eval.val_tokens={num_tokens} needs {num_rows} rows of {seq_len} tokens, but the validation split "
-            f"of data={data_config(cfg).source} fills only {found}; lower eval.val_tokens or add validation data"
+            f"of data={source} fills only {found}; lower eval.val_tokens or add validation data"
         )
 
 

@@ -23,10 +23,15 @@ from tqdm import tqdm
 
 from harness.errors import ConfigError
 
+# nanochat-recipe.md section 6: GPT-4's split pattern with numbers cut at 1-2 digits (GPT-4 allows 3),
+# which the reference chose so that small vocabularies spend fewer merges on numbers.
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
+# nanochat-recipe.md section 6: the 9 special tokens, inside the 32,768-token vocabulary. Only <|bos|>
+# occurs in pretraining (every document and every row starts with it); the others are chat markup
+# reserved so that a pretrained checkpoint keeps the reference's token ids.
 SPECIAL_TOKENS = (
     "<|bos|>",
     "<|user_start|>",
@@ -41,6 +46,8 @@ SPECIAL_TOKENS = (
 BOS = "<|bos|>"
 # Every byte is a token before any merge, so the smallest vocabulary is 256 + the special tokens.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+# The files of a saved tokenizer: the BPE itself, each token's length in UTF-8 bytes (bits per byte
+# divides by them; special tokens count 0 bytes, nanochat-recipe.md section 7) and what trained it.
 TOKENIZER_FILE = "tokenizer.json"
 TOKEN_BYTES_FILE = "token_bytes.pt"
 META_FILE = "meta.json"

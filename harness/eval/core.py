@@ -27,14 +27,14 @@ import json
 import math
 import random
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from tqdm import tqdm
 
 from harness.config import to_dataclass
@@ -77,8 +77,9 @@ class CoreConfig:
     bundle_url: str
 
 
-def core_config(cfg: DictConfig) -> CoreConfig:
-    core = to_dataclass(CoreConfig, cfg.eval.get("core"), "eval.core")
+def core_config(cfg: Mapping[str, Any]) -> CoreConfig:
+    """The eval.core section of the config (resolved or composed), checked."""
+    core = to_dataclass(CoreConfig, cfg["eval"].get("core"), "eval.core")
     for key in ("every", "batch_size"):
         if getattr(core, key) <= 0:
             raise ConfigError(f"eval.core.{key}={getattr(core, key)} must be positive")
@@ -87,7 +88,7 @@ def core_config(cfg: DictConfig) -> CoreConfig:
     return core
 
 
-def check_bundle(cfg: DictConfig) -> Bundle:
+def check_bundle(cfg: Mapping[str, Any]) -> Bundle:
     """Called before training when eval.core.enabled: the bundle must exist and be well formed."""
     core = core_config(cfg)
     if not Path(core.bundle_dir).exists():
@@ -98,7 +99,7 @@ def check_bundle(cfg: DictConfig) -> Bundle:
     return load_bundle(core.bundle_dir)
 
 
-def prepare_bundle(cfg: DictConfig, progress: bool = True) -> Path:
+def prepare_bundle(cfg: Mapping[str, Any], progress: bool = True) -> Path:
     """Download eval.core.bundle_url into eval.core.bundle_dir unless a valid bundle is there."""
     core = core_config(cfg)
     return download_bundle(core.bundle_url, core.bundle_dir, progress=progress)

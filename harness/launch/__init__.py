@@ -62,7 +62,7 @@ def launcher_world_size(cfg: DictConfig, submitting: bool = True) -> int | None:
     if kind == "slurm" and submitting:
         check_slurm_client()
     if kind == "torchrun":
-        check_local_devices(cfg, nproc)
+        check_local_devices(str(cfg.train.device), nproc)
     return nodes * nproc
 
 
@@ -83,13 +83,13 @@ def check_slurm_client() -> None:
         )
 
 
-def check_local_devices(cfg: DictConfig, nproc: int) -> None:
+def check_local_devices(train_device: str, nproc: int) -> None:
     """On CUDA each rank needs its own GPU on this node (gloo on CPU takes any number of processes)."""
     import torch
 
     from harness.hardware import resolve_device
 
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(train_device)
     if device.type == "cuda" and torch.cuda.device_count() < nproc:
         raise ConfigError(
             f"launcher.nproc_per_node={nproc} but this node has {torch.cuda.device_count()} CUDA devices; "

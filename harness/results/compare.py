@@ -38,8 +38,9 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.results import timing
-from harness.results.collect import COMPLETED, SPEED_CONTEXT, UNREADABLE, Collection
+from harness.results.collect import COMPLETED, UNREADABLE, Collection
 from harness.results.equivalence import NO_MARGINS, Margins, tost_difference, tost_ratio
+from harness.results.interactions import INTERACTION_FAMILY, judge_interactions
 from harness.results.sequential import FIXED, Design
 from harness.results.stats import (
     ALPHA,
@@ -54,6 +55,7 @@ from harness.results.stats import (
     ratio_compare,
     shared_seeds,
 )
+from harness.results.timing import speed_context_difference
 
 # The recipe's own setting: rotary halves by slicing, 2x Muon LR on the MLP input matrix.
 DEFAULT_BASELINE = ("rope.split=slice", "mlp_lr.name=c_fc_2x")
@@ -379,25 +381,6 @@ def speed_pairs(measured: pd.DataFrame, base: pd.DataFrame) -> tuple[list, list,
     return [(("variant", s), v) for s, v in pairs], [(("baseline", s), v) for s, v in base_pairs], {"mixing": mixing}
 
 
-def speed_context_difference(runs: pd.DataFrame) -> str:
-    """Which of device, world size and batch sizes differ among these runs ('' when none does).
-    A value a run did not record (older runs, wandb imports) is unknown, not a difference."""
-    differing = []
-    for column in SPEED_CONTEXT:
-        if column not in runs:
-            continue
-        known = sorted({str(v) for v in runs[column] if _known(v)})
-        if len(known) > 1:
-            differing.append(f"{column.replace('_', ' ')} differs ({' / '.join(known)})")
-    return "; ".join(differing)
-
-
-def _known(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return value is not None and str(value) not in ("", "nan", "None")
-
-
 def _pairing_note(row: dict, done: pd.DataFrame, base: pd.DataFrame, variant: str, reference: str | None) -> dict:
     """Say when a paired test used only the shared seeds, or Welch ran because too few were shared."""
     if reference is None or variant == reference or row["val_bpb_test"] in ("", NO_TEST):
@@ -438,8 +421,6 @@ def judge(
     under a sequential design, at the nominal level of this look). Returns m."""
     frames = [(table, family_columns(table))]
     if interactions is not None and not interactions.empty:
-        from harness.results.interactions import INTERACTION_FAMILY
-
         frames.append((interactions, [c for c in INTERACTION_FAMILY if c in interactions]))
     raw = np.concatenate([frame[columns].to_numpy(dtype=float).ravel() for frame, columns in frames])
     adjusted = holm(raw)
@@ -488,8 +469,6 @@ def judge(
         for _, r in table[pending].iterrows()
     ]
     if interactions is not None and not interactions.empty:
-        from harness.results.interactions import judge_interactions
-
         judge_interactions(interactions, margins)
     return tests
 

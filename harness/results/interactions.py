@@ -133,10 +133,8 @@ def _log_margin(margin_pct: float | None) -> float | None:
 
 def _speed_comparable(cells: dict) -> bool:
     """The four cells ran interleaved: the + cells (a1b1, a0b0) mix with the - cells (a1b0, a0b1)."""
-    from harness.results.compare import speed_context_difference
-
     every = pd.concat(list(cells.values()))
-    if speed_context_difference(every):
+    if timing.speed_context_difference(every):
         return False
     plus = pd.concat([cells[(1, 1)], cells[(0, 0)]])
     minus = pd.concat([cells[(1, 0)], cells[(0, 1)]])

@@ -26,10 +26,14 @@ The rule's false-verdict rate under drift is shown by simulation in tests/test_v
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from harness.results.collect import SPEED_CONTEXT
 
 MIXED_LOW = 0.25
 OVERLAP_SHARE = 0.5
@@ -111,3 +115,24 @@ def _once(seeds: Sequence, starts: Sequence, ends: Sequence) -> dict:
     for seed in seeds:
         counts[seed] = counts.get(seed, 0) + 1
     return {s: (a, b) for s, a, b in zip(seeds, starts, ends, strict=True) if counts[s] == 1}
+
+
+# Shared by the report's speed comparisons (compare) and the interaction table (interactions): here,
+# below both, so that neither imports the other.
+def speed_context_difference(runs: pd.DataFrame) -> str:
+    """Which of device, world size and batch sizes differ among these runs ('' when none does).
+    A value a run did not record (older runs, wandb imports) is unknown, not a difference."""
+    differing = []
+    for column in SPEED_CONTEXT:
+        if column not in runs:
+            continue
+        known = sorted({str(v) for v in runs[column] if _known(v)})
+        if len(known) > 1:
+            differing.append(f"{column.replace('_', ' ')} differs ({' / '.join(known)})")
+    return "; ".join(differing)
+
+
+def _known(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is not None and str(value) not in ("", "nan", "None")

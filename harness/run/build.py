@@ -45,8 +45,8 @@ def materialize(config: GPTConfig, device: torch.device, seed: int) -> GPT:
 
 
 def build_model(spec: RunSpec) -> GPT:
-    model = materialize(spec.model, spec.device, spec.cfg.seed)
-    convert_for_training(model, spec.cfg, spec.device)  # precision=fp8: float8 Linear layers, before compile
+    model = materialize(spec.model, spec.device, spec.seed)
+    convert_for_training(model, spec.precision, spec.device)  # precision=fp8: float8 Linear layers, before compile
     broadcast_parameters(model)  # every rank starts from rank 0's weights, whatever its RNG did
     return model
 
@@ -129,9 +129,9 @@ class RunData:
 
     @classmethod
     def load(cls, spec: RunSpec) -> RunData:
-        tokenizer = build_tokenizer(spec.cfg)
+        tokenizer = spec.tokenizer or build_tokenizer(spec.data)  # the preflight's, when it loaded one
         batches = val_batches(
-            spec.cfg,
+            spec.data,
             tokenizer,
             spec.train.device_batch_size,
             spec.model.sequence_len,

@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 
 from harness.distributed import broadcast, destroy_process_group, init_process_group
 from harness.errors import ConfigError, RunStopped
-from harness.identity import location_keys
 from harness.loggers import build_logger
 from harness.optim import format_parameter_table
 from harness.results.rundir import RunDir
@@ -27,7 +26,7 @@ from harness.run.decision import Decision, broadcast_decision, decide, prepare
 from harness.run.lock import RunBusy, claimed
 from harness.run.outcome import ended_by, is_environment_fault, now, started_summary, write_summary
 from harness.run.signals import hand_over_signal, stop_on_signals
-from harness.run.spec import RunSpec, resolve_run, resolved_config
+from harness.run.spec import RunSpec, resolve_run
 from harness.run.trainer import Trainer, describe_spec
 
 log = logging.getLogger("ablate.train")
@@ -38,7 +37,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
     What this invocation does with an existing run directory is harness.run.decision's."""
     spec = resolve_run(cfg)
     rundir = RunDir(run_dir)
-    config = resolved_config(cfg)
+    config = spec.config
     init_process_group(spec.dist, spec.device)
     try:
         # A new run's data is loaded before its directory is made: a mistake found only now (a split
@@ -47,7 +46,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
         data = RunData.load(spec) if new_run else None
         with claimed(rundir, "trained", spec.dist.is_main):
             decision = broadcast_decision(
-                lambda: decide(rundir, config, spec.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
+                lambda: decide(rundir, config, spec.train.resume, spec.retry_failed, set(spec.location_keys))
             )
             if decision.action == "skip":
                 log.info(f"{rundir.path}: {decision.reason}")
@@ -73,7 +72,6 @@ def train_claimed(
     data: RunData | None,
 ) -> dict:
     """The run, its directory claimed: prepare it as decided, build, loop, record how it ended."""
-    cfg = spec.cfg
     started_at = now()
     trainer, logger, status, error = None, None, "failed", None
     try:
@@ -81,10 +79,10 @@ def train_claimed(
             log.info(f"{rundir.path}: {decision.reason}")
             prepare(rundir, decision, config, started_summary(spec, "running", started_at=started_at))
         logger = build_logger(
-            cfg.logger,
+            config["logger"],
             run_dir=rundir.path,
             run_name=run_name or rundir.path.name,
-            group=str(cfg.name),
+            group=spec.name,
             config=config,
             rank=spec.dist.rank,
         )

@@ -1,26 +1,39 @@
 """The run's spec: the composed config checked and turned into one frozen `RunSpec`.
 
-`resolve_run(cfg)` is where a run's config is validated (batch arithmetic, horizon, LR placement,
-precision, seed, logger, and with `check_inputs` the output folder, data and CORE bundle) and
-where the numbers derived from it are computed, once: gradient accumulation, the horizon in steps,
-FLOPs per token and the parameter counts. It raises ConfigError for user mistakes and must not
-build a model on a real device, load data or write anything but the probe file of
-`check_writable`. Sections not yet typed here are still read from `RunSpec.cfg` (issue 25 phase 2).
+`resolve_run(cfg)` is the only place a run's Hydra tree becomes typed values: it refuses keys no
+schema names (`check_keys`, every section's schema is in harness.config, harness.data.config,
+harness.eval.core and harness.precision), resolves the tree once into plain values (`tree`, what
+config.yaml holds), reads every section from that (model, train, optim, LR placement, eval and
+CORE, data, precision, logger, launcher, paths, seed) and computes the numbers derived from them,
+once: gradient accumulation, the horizon in steps, FLOPs per token and the parameter counts.
+Everything below it (session, trainer, build, checkpoint, outcome) takes the spec's fields.
+
+It raises ConfigError for user mistakes and must not build a model on a real device or write
+anything but the probe file of `check_writable`; with `check_inputs` it reads the data (the
+tokenizer, which the run then reuses, and for data=builtin the validation split) and the CORE bundle.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import (
+    ROOT_KEYS,
     EvalConfig,
+    LauncherConfig,
+    LoggerConfig,
     LRPlacement,
     OptimConfig,
+    PathsConfig,
+    RecipeConfig,
+    RopeConfig,
+    StatsConfig,
+    SweepConfig,
     TrainConfig,
     check_logger,
     check_rope,
@@ -29,45 +42,60 @@ from harness.config import (
     grad_accum_steps,
     lr_placement,
     model_config,
+    model_keys,
     num_iterations,
     optim_config,
     train_config,
+    unknown_keys,
 )
-from harness.data import check_data
-from harness.data.loader import check_streams
+from harness.data.checks import check_inputs as check_data_inputs
+from harness.data.config import SOURCES, DataConfig, data_config
+from harness.data.loader import check_stream_split
+from harness.data.tokenizer import Tokenizer
 from harness.distributed import DistInfo, dist_info_from_env
 from harness.errors import ConfigError
-from harness.eval.core import check_bundle
+from harness.eval.core import CoreConfig, check_bundle, core_config
 from harness.hardware import resolve_device
+from harness.identity import location_keys
 from harness.optim import parameter_table
-from harness.precision import check_precision
+from harness.precision import PrecisionConfig, check_precision, precision_config
 from models.gpt import GPT, GPTConfig
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything derived from the config alone, checked before any model is built."""
+    """Everything derived from the config alone, checked before any model is built. Below this
+    module nothing reads the Hydra tree: each consumer takes the field it needs."""
 
-    cfg: DictConfig
+    config: dict  # the resolved tree, as config.yaml and every checkpoint hold it (the resume check's)
     model: GPTConfig
     train: TrainConfig
     optim: OptimConfig
     placement: LRPlacement
     evals: EvalConfig
+    core: CoreConfig | None  # None unless eval.core.enabled (a disabled section's values are not checked)
+    data: DataConfig | None  # None with check_inputs=False: nothing reads data
+    precision: PrecisionConfig
+    seed: int
+    name: str  # the sweep's name: the logger's group
+    launcher_kind: str
+    runs_dir: Path
+    retry_failed: bool  # sweep.retry_failed: whether a re-invocation retries a failed run
+    location_keys: frozenset[str]  # keys that say where files live in this config (harness.identity)
     dist: DistInfo
     device: torch.device
     grad_accum: int
     num_iterations: int
     flops_per_token: float
     param_counts: dict
+    # The tokenizer the data check loaded (None where it loads none: data=local, or check_inputs=False);
+    # the run reuses it rather than loading it again (harness.run.build.RunData).
+    tokenizer: Tokenizer | None = field(default=None, compare=False, repr=False)
 
     @property
-    def core_enabled(self) -> bool:
-        return bool(self.evals.core.get("enabled", False))
-
-    @property
-    def seed(self) -> int:
-        return int(self.cfg.seed)
+    def rows_per_step(self) -> int:
+        """The global batch in rows of model.sequence_len tokens (what the data loader serves per step)."""
+        return self.train.total_batch_tokens // self.model.sequence_len
 
 
 def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | None = None) -> RunSpec:
@@ -76,21 +104,26 @@ def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | No
     random tokens, planning).
     `world_size` plans for that many ranks (the preflight, before a launcher starts them); by
     default this process's rank and world size come from the environment."""
-    model_cfg = model_config(cfg)
-    train, optim, placement, evals = train_config(cfg), optim_config(cfg), lr_placement(cfg), eval_config(cfg)
+    unresolved = OmegaConf.to_container(cfg, resolve=False)  # interpolations as written: ${paths.data_dir}
+    check_keys(unresolved)
+    # The one conversion of the Hydra tree: plain, resolved values (also what config.yaml holds);
+    # every section reader below takes this tree, and nothing after this function sees either.
+    tree = resolved_config(cfg)
+    model_cfg = model_config(tree)
+    train, optim, placement, evals = train_config(tree), optim_config(tree), lr_placement(tree), eval_config(tree)
     dist = dist_info_from_env() if world_size is None else DistInfo(world_size=world_size)
     device = resolve_device(train.device)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     grad_accum = grad_accum_steps(train, model_cfg.sequence_len, dist.world_size)
-    check_precision(cfg, device)
+    precision = check_precision(precision_config(tree), device)
     meta_model = GPT.on_meta(model_cfg)
     counts = meta_model.parameter_counts()
     fpt = meta_model.flops_per_token()
     parameter_table(meta_model, optim, placement, train.total_batch_tokens)  # rejects LR-placement typos
     steps = num_iterations(train, counts["scaling"], fpt)
-    check_seed(cfg.seed)
-    check_logger(cfg.logger)
+    seed = check_seed(tree["seed"])
+    check_logger(tree["logger"])
     if evals.val_every <= 0:
         raise ConfigError(f"eval.val_every={evals.val_every} must be positive")
     one_batch_per_rank = train.device_batch_size * model_cfg.sequence_len * dist.world_size
@@ -99,17 +132,86 @@ def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | No
             f"eval.val_tokens={evals.val_tokens} is less than one validation batch per rank "
             f"(train.device_batch_size x model.sequence_len x world_size = {one_batch_per_rank})"
         )
+    # Data and CORE settings matter only to a run that reads data: benchmarks on random tokens and
+    # plans (check_inputs=False) neither read nor check them.
+    data = data_config(tree) if check_inputs else None
+    core = core_config(tree) if check_inputs and evals.core.get("enabled", False) else None
+    launcher_kind, runs_dir = str(tree["launcher"].get("kind")), Path(str(tree["paths"]["runs_dir"]))
+    tokenizer = None
     if check_inputs:
-        check_streams(cfg, train.total_batch_tokens // model_cfg.sequence_len, dist.world_size)
-        if not str(cfg.paths.runs_dir).strip():
+        check_stream_split(data.streams, train.total_batch_tokens // model_cfg.sequence_len, dist.world_size)
+        if not str(tree["paths"]["runs_dir"]).strip():
             raise ConfigError("paths.runs_dir='' is empty; give the folder runs are written to (default: runs)")
-        if cfg.launcher.get("kind") in ("local", "torchrun"):  # runs on this machine (SLURM jobs run elsewhere)
+        if launcher_kind in ("local", "torchrun"):  # runs on this machine (SLURM jobs run elsewhere)
             check_rope(model_cfg, device)
-        check_writable("paths.runs_dir", Path(cfg.paths.runs_dir))
-        check_data(cfg, dist.world_size)
-        if evals.core.get("enabled", False):
-            check_bundle(cfg)
-    return RunSpec(cfg, model_cfg, train, optim, placement, evals, dist, device, grad_accum, steps, fpt, counts)
+        check_writable("paths.runs_dir", runs_dir)
+        tokenizer = check_data_inputs(data, model_cfg.sequence_len, evals.val_tokens)
+        if core is not None:
+            check_bundle(tree)
+    return RunSpec(
+        config=tree,
+        model=model_cfg,
+        train=train,
+        optim=optim,
+        placement=placement,
+        evals=evals,
+        core=core,
+        data=data,
+        precision=precision,
+        seed=seed,
+        name=str(tree["name"]),
+        launcher_kind=launcher_kind,
+        runs_dir=runs_dir,
+        retry_failed=bool(tree["sweep"]["retry_failed"]),
+        location_keys=frozenset(location_keys(unresolved)),
+        dist=dist,
+        device=device,
+        grad_accum=grad_accum,
+        num_iterations=steps,
+        flops_per_token=fpt,
+        param_counts=counts,
+        tokenizer=tokenizer,
+    )
+
+
+# Each section's schema: a dataclass (nested dataclass sections are checked with it) or the tuple
+# of its allowed keys. `data` has one schema per source and `eval.core` one of its own (below).
+SECTION_SCHEMAS = {
+    "model": model_keys(),
+    "rope": RopeConfig,
+    "mlp_lr": LRPlacement,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "precision": PrecisionConfig,
+    "logger": LoggerConfig,
+    "launcher": LauncherConfig,
+    "paths": PathsConfig,
+    "sweep": SweepConfig,
+    "stats": StatsConfig,
+    "recipe": RecipeConfig,
+}
+
+
+def check_keys(unresolved: dict) -> None:
+    """Refuse a key no schema names, wherever it was written: on the command line (where
+    harness.cli.check_overrides names it first) or in a YAML file of configs/ (an experiment's
+    `model: {window_patern: L}`), as one `unknown key ...; allowed: ...` line. Only names are
+    checked here; each section's conversion checks the values. `unresolved`: the composed config as
+    plain values, interpolations unresolved."""
+    tree = {
+        key: value for key, value in unresolved.items() if key != "hydra"
+    }  # Hydra's and its plugins' (submitit, Optuna) settings, not the job's
+    unknown_keys(tree, ROOT_KEYS, "")
+    for section, schema in SECTION_SCHEMAS.items():
+        if tree.get(section) is not None:
+            unknown_keys(tree[section], schema, section)
+    core = (tree.get("eval") or {}).get("core")
+    if core is not None:
+        unknown_keys(core, CoreConfig, "eval.core")
+    data = tree.get("data") or {}
+    if isinstance(data, dict) and data.get("source") in SOURCES:  # another source: data_config names it
+        unknown_keys(data, SOURCES[data["source"]], "data")
 
 
 def resolved_config(cfg: DictConfig) -> dict:

@@ -20,7 +20,7 @@ import torch
 from harness.data import build_train_loader
 from harness.distributed import all_reduce_mean, any_rank
 from harness.eval.bpb import evaluate_bpb
-from harness.eval.core import core_config, run_core_eval
+from harness.eval.core import run_core_eval
 from harness.hardware import peak_flops
 from harness.optim import summarize_parameter_table
 from harness.precision import full_precision_linears
@@ -36,7 +36,7 @@ from harness.run.checkpoint import (
     write_checkpoint,
 )
 from harness.run.outcome import Summary, started_summary
-from harness.run.spec import RunSpec, resolved_config
+from harness.run.spec import RunSpec
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
 
 log = logging.getLogger("ablate.train")
@@ -157,7 +157,7 @@ class Trainer:
             "train_state": asdict(self.state),
             "metrics_records": self.metrics_records,
             "tokenizer": self.tokenizer_hash,
-            "config": resolved_config(self.spec.cfg),
+            "config": self.spec.config,
         }
 
     def restore(self, loaded: LoadedCheckpoint) -> None:
@@ -178,13 +178,14 @@ class Trainer:
 
     def _open_loader(self, state: dict | None) -> None:
         self.loader = build_train_loader(
-            self.spec.cfg,
+            self.spec.data,
             self.tokenizer,
             self.spec.train.device_batch_size,
             self.spec.model.sequence_len,
             self.spec.dist.rank,
             self.spec.dist.world_size,
             state=state,
+            rows_per_step=self.spec.rows_per_step,
         )
         self.batches = iter(self.loader)
 
@@ -254,7 +255,7 @@ class Trainer:
             self.state.min_val_bpb = min(self.state.min_val_bpb, bpb)
             self.record({"val_bpb": bpb})
             log.info(f"step {step:5d} | val bpb {bpb:.4f}")
-        if self.spec.core_enabled and self.due(int(self.spec.evals.core["every"]), step):
+        if self.spec.core is not None and self.due(self.spec.core.every, step):
             self.evaluate_core()
 
     def evaluate_core(self) -> None:
@@ -262,7 +263,7 @@ class Trainer:
         result = run_core_eval(
             self.model,
             self.tokenizer,
-            core_config(self.spec.cfg),
+            self.spec.core,
             device=self.device,
             autocast=self.autocast,
             progress=self.spec.dist.is_main,
