@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("results") / name
     command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the report (report.md, tables and plots)")
         report = build_report(args.sweep_dirs, out, args.baseline, args.wandb, title=args.title, command=command)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
