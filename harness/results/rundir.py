@@ -388,7 +388,11 @@ def _walk_runs(roots) -> tuple[set[Path], set[Path]]:
     for root in roots:
         for folder, subfolders, files in os.walk(Path(root), followlinks=True):
             here = Path(folder)
-            stat = here.stat()
+            try:
+                stat = here.stat()
+            except OSError:  # removed while walking (a run being started over, a temporary folder)
+                subfolders.clear()
+                continue
             if (stat.st_dev, stat.st_ino) in visited:
                 subfolders.clear()
                 continue
