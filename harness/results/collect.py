@@ -430,8 +430,9 @@ class MetricsDigest:
     all, training records thinned (see MAX_TRAIN_POINTS) by doubling the step stride whenever
     twice the limit has gathered."""
 
-    def __init__(self, run: str):
+    def __init__(self, run: str, numbers: bool = True):
         self.run = run
+        self.keeps_numbers = numbers  # only a run without a final summary needs them (8 bytes a record)
         self.evals: list[tuple] = []
         self.train: list[tuple] = []
         self.stride = 1
@@ -443,7 +444,7 @@ class MetricsDigest:
 
     def add(self, position: int, record: dict) -> None:
         self.last = record
-        for key, seen in self.speeds.items():
+        for key, seen in self.speeds.items() if self.keeps_numbers else ():
             if key in record:
                 seen.append(_number(record[key]))
         if "val_bpb" in record:
@@ -502,7 +503,7 @@ def _curve_point(position: int, record: dict) -> tuple:
 
 def _digest(record: RunRecord) -> MetricsDigest:
     """Read the record's metrics once; a corrupt line leaves the run without curves, with a note."""
-    digest = MetricsDigest(record.run)
+    digest = MetricsDigest(record.run, numbers=(record.summary or {}).get("status", "running") == "running")
     try:
         for position, entry in enumerate(record.metrics):
             digest.add(position, entry)
