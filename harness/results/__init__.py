@@ -2,6 +2,7 @@
 
 rundir.py (the run directory, read and written), collect.py (runs and curves tables from run
 directories or wandb), stats.py (intervals, tests, power), compare.py (comparison tables),
-plots.py, render.py (a report folder), callback.py (the report at the end of a multirun),
-wandb_import.py, synthetic.py (sweeps with known numbers, for tests and previews).
+plots.py, render.py (a report folder), publish.py (its files replaced all at once), callback.py
+(the report at the end of a multirun), wandb_import.py, synthetic.py (sweeps with known numbers,
+for tests and previews).
 """
