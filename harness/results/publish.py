@@ -27,10 +27,10 @@ def staged_folder(out_dir: Path) -> Iterator[Path]:
     those of `out_dir`. On an error (or a kill) `out_dir` keeps the previous report, untouched."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     except OSError as e:
-        raise ConfigError(f"report folder {out_dir} cannot be created ({e.strerror})") from None
+        raise ConfigError(f"report folder {out_dir} is not writable ({e.strerror})") from None
     _remove_abandoned(out_dir)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     try:
         yield staging
         publish(staging, out_dir)
