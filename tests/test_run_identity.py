@@ -131,3 +131,16 @@ def test_each_location_key_alone_is_never_an_axis(tmp_path, key):
     from harness.results.collect import ablation_axes
 
     assert ablation_axes([{key: "/a", "rope.split": "slice"}, {key: "/b", "rope.split": "chunk"}]) == ["rope.split"]
+
+
+def test_no_override_value_can_name_a_run_folder_outside_the_runs_dir():
+    """Issue 26 item 10: every value Hydra writes into a run's folder name is checked for a `..`
+    component (a key the config validates later would give a less direct message); location keys,
+    which stay out of folder names, may hold relative paths."""
+    from harness.cli import check_run_location
+    from harness.errors import ConfigError
+
+    for override in ("+note=a/../../../x", "name=..", "seed=../1"):
+        with pytest.raises(ConfigError, match="would put the run folder outside paths.runs_dir"):
+            check_run_location([override])
+    check_run_location(["data.path=../data", "paths.runs_dir=../runs", "name=team/sweep", "+note=a..b"])
