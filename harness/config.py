@@ -456,6 +456,8 @@ SHAPE_RULES = ("none", "legacy", "pr492")
 
 
 def lr_placement(cfg: Mapping[str, Any]) -> LRPlacement:
+    """configs/mlp_lr/: the ablation axis (nanochat-recipe.md section 4: 348fbb3 boosts tall matrices,
+    c_fc 2x; PR #492's flip boosts wide ones, c_proj 2x and ve_gate too)."""
     placement = to_dataclass(LRPlacement, cfg["mlp_lr"], "mlp_lr")
     _require_choice("mlp_lr.shape_rule", placement.shape_rule, SHAPE_RULES)
     for i, multiplier in enumerate(placement.multipliers):
@@ -464,6 +466,8 @@ def lr_placement(cfg: Mapping[str, Any]) -> LRPlacement:
 
 
 def optim_config(cfg: Mapping[str, Any]) -> OptimConfig:
+    """The optim section, checked; under the horizon weight-decay rule (92d63d4) with its scale for
+    this model and batch filled in."""
     optim = to_dataclass(OptimConfig, cfg["optim"], "optim")
     _require_choice("optim.muon.dtype", optim.muon.dtype, ("auto", "float32", "bfloat16"))
     muon, adamw = optim.muon, optim.adamw
@@ -490,6 +494,8 @@ def optim_config(cfg: Mapping[str, Any]) -> OptimConfig:
     _require_choice("optim.muon.weight_decay_schedule", optim.muon.weight_decay_schedule, ("linear", "cosine"))
     if optim.reference_depth <= 0:
         raise ConfigError(f"optim.reference_depth={optim.reference_depth} must be positive")
+    # 92d63d4's rule needs the batch and the horizon (nanochat-recipe-2026-07.md section 4), so the
+    # train section is read here too; 348fbb3's depth_squared rule is applied in harness.optim.
     if optim.muon.weight_decay_rule == "horizon":
         train = train_config(cfg)
         scale = recipe.horizon_weight_decay_scale(
@@ -512,6 +518,7 @@ def _horizon_ratio(cfg: Mapping[str, Any], optim: OptimConfig, train: TrainConfi
 
 
 def train_config(cfg: Mapping[str, Any]) -> TrainConfig:
+    """The train section, checked; with total_batch_tokens=-1, the batch the recipe's rule picks."""
     train = to_dataclass(TrainConfig, cfg["train"], "train")
     _require_choice("train.device", train.device, ("auto", "cpu", "cuda"))
     _require_choice("train.dtype", train.dtype, ("auto", "float32", "bfloat16"))
@@ -554,6 +561,7 @@ AUTO_BATCH = -1
 
 
 def eval_config(cfg: Mapping[str, Any]) -> EvalConfig:
+    """The eval section's own keys; eval.core is read by harness.eval.core.core_config."""
     return to_dataclass(EvalConfig, cfg["eval"], "eval")
 
 

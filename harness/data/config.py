@@ -1,7 +1,9 @@
 """The typed `data` section: one dataclass per source, converted once from the composed config.
 
 Every key lives in configs/data/<source>.yaml (the single place defaults are written); these
-classes name the keys, their types and the checks that need nothing but the config.
+classes name the keys, their types and the checks that need nothing but the config. They are also
+the data section's schema: a key none of them names is refused (harness.run.spec.check_keys).
+Nothing here reads a file; harness.data.checks does, before a run starts.
 """
 
 from __future__ import annotations
@@ -17,17 +19,25 @@ from harness.errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
+    """What every source has (nanochat-recipe.md section 6 for the recipe's values)."""
+
     source: str
-    vocab_size: int
-    seed: int
+    vocab_size: int  # 32,768 = 2^15 including the 9 special tokens (the smoke's builtin: 4,096)
+    seed: int  # the epochs' shuffle of units; the run's seed unless data.seed is set
+    # The best-fit packer's buffer: ~1000 documents, as the reference's loader keeps (about 35% of
+    # tokens are cropped at T = 2048 with it).
     buffer_size: int
+    # Virtual streams that ranks divide among themselves, so every world size that divides them sees
+    # the same global batches (harness.data.loader's docstring).
     streams: int
-    tokenizer_max_chars: int
-    tokenizer_doc_cap: int
+    tokenizer_max_chars: int  # the BPE trains on the first 2e9 characters of the training split
+    tokenizer_doc_cap: int  # and sees at most 10,000 characters of each document
 
 
 @dataclass(frozen=True)
 class BuiltinData(DataConfig):
+    """data=builtin: this Python's standard library as a corpus, for CPU smoke runs without downloads."""
+
     corpus_bytes: int
     val_fraction: float
     cache_dir: str
@@ -35,8 +45,11 @@ class BuiltinData(DataConfig):
 
 @dataclass(frozen=True)
 class FinewebData(DataConfig):
-    num_shards: int
-    val_shard: int
+    """data=fineweb (and climbmix): parquet shards downloaded from base_url (nanochat-recipe.md
+    section 6: Karpathy's reshuffled FineWeb-edu, shards 0..1822)."""
+
+    num_shards: int  # training shards 0..num_shards-1; PR #492's author had 100 and ran ~3 epochs
+    val_shard: int  # 1822: the last shard is the validation split, as in the reference
     base_url: str
     dir: str
     download_workers: int
@@ -47,6 +60,8 @@ class FinewebData(DataConfig):
 
 @dataclass(frozen=True)
 class LocalData(DataConfig):
+    """data=local: a file or folder of text, jsonl or parquet of one's own."""
+
     path: str | None
     val_path: str | None
     val_fraction: float

@@ -111,21 +111,28 @@ def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | No
     tree = resolved_config(cfg)
     model_cfg = model_config(tree)
     train, optim, placement, evals = train_config(tree), optim_config(tree), lr_placement(tree), eval_config(tree)
+    # The preflight plans for the launcher's world size before any rank exists; a rank reads its own.
     dist = dist_info_from_env() if world_size is None else DistInfo(world_size=world_size)
     device = resolve_device(train.device)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
+    # nanochat-recipe.md section 5: accumulation = total batch / (device batch x T x world size).
     grad_accum = grad_accum_steps(train, model_cfg.sequence_len, dist.world_size)
     precision = check_precision(precision_config(tree), device)
+    # Counts and FLOPs from a model on the meta device: its shapes without memory, so d24 costs nothing
+    # here (nanochat-recipe.md section 1 gives d12's 286,262,424 and d24's 1,384,124,976 parameters;
+    # section 5 the FLOPs per token, 6 x the non-embedding matrices + the attention term).
     meta_model = GPT.on_meta(model_cfg)
     counts = meta_model.parameter_counts()
     fpt = meta_model.flops_per_token()
     parameter_table(meta_model, optim, placement, train.total_batch_tokens)  # rejects LR-placement typos
+    # The horizon in steps from the scaling parameters (block matrices + lm_head, section 1).
     steps = num_iterations(train, counts["scaling"], fpt)
     seed = check_seed(tree["seed"])
     check_logger(tree["logger"])
     if evals.val_every <= 0:
         raise ConfigError(f"eval.val_every={evals.val_every} must be positive")
+    # Each rank's share of the validation rows fills at least one batch: no rank scores only padding.
     one_batch_per_rank = train.device_batch_size * model_cfg.sequence_len * dist.world_size
     if evals.val_tokens < one_batch_per_rank:
         raise ConfigError(
@@ -139,12 +146,14 @@ def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | No
     launcher_kind, runs_dir = str(tree["launcher"].get("kind")), Path(str(tree["paths"]["runs_dir"]))
     tokenizer = None
     if check_inputs:
+        # The streams split over the ranks and the global batch's rows (harness.data.loader).
         check_stream_split(data.streams, train.total_batch_tokens // model_cfg.sequence_len, dist.world_size)
         if not str(tree["paths"]["runs_dir"]).strip():
             raise ConfigError("paths.runs_dir='' is empty; give the folder runs are written to (default: runs)")
         if launcher_kind in ("local", "torchrun"):  # runs on this machine (SLURM jobs run elsewhere)
             check_rope(model_cfg, device)
         check_writable("paths.runs_dir", runs_dir)
+        # Last: the data check may build the builtin tokenizer, the slowest thing the preflight does.
         tokenizer = check_data_inputs(data, model_cfg.sequence_len, evals.val_tokens)
         if core is not None:
             check_bundle(tree)
