@@ -13,6 +13,7 @@ reading order); this module must not be imported by any other.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from harness.objective import chooses_trials, sweep_return
 from harness.results.rundir import RunDir
 from harness.run.outcome import record_config_failure
 from harness.run.session import run_training
-from harness.run.spec import resolve_run, resolved_config
+from harness.run.spec import RunSpec, resolve_run, resolved_config
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -49,7 +50,7 @@ def main(cfg: DictConfig) -> dict | float | None:
             return sweep_return(metric, run_on_workers(cfg, run_dir, run_name))  # each worker calls run_training
         join_submitit_job(cfg)  # a SLURM task: its rank, the world size and the rendezvous
         quiet_other_ranks(dist_info_from_env().rank)
-        return sweep_return(metric, run_training(cfg, run_dir, run_name))
+        return sweep_return(metric, run_training(cfg, run_dir, run_name, checked_spec(resolved_config(cfg))))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:
@@ -123,7 +124,25 @@ def preflight(argv: list[str]) -> None:
 
 def check_job(cfg: DictConfig) -> None:
     """The preflight of one job: its config checked for the world size its launcher will start."""
-    resolve_run(cfg, world_size=launcher_world_size(cfg))
+    world_size = launcher_world_size(cfg)
+    spec = resolve_run(cfg, world_size=world_size)
+    if world_size is None:  # this process's own ranks: the run that main starts here can reuse it
+        _CHECKED[_config_key(spec.config)] = spec
+
+
+# The specs the preflight resolved in this process for runs that main will train in it, by their
+# resolved config: the run reuses its spec and the tokenizer it loaded, rather than resolving again.
+_CHECKED: dict[str, RunSpec] = {}
+
+
+def _config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def checked_spec(config: dict) -> RunSpec | None:
+    """The preflight's spec of the job whose resolved config is `config`, once (None when this
+    process did not check it: a launcher's worker, a SLURM task, or a config that changed since)."""
+    return _CHECKED.pop(_config_key(config), None)
 
 
 def cli_main() -> None:

@@ -32,10 +32,11 @@ from harness.run.trainer import Trainer, describe_spec
 log = logging.getLogger("ablate.train")
 
 
-def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
+def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "", spec: RunSpec | None = None) -> dict:
     """Train (or skip, or resume) the run in `run_dir`; returns its summary. Usable without Hydra.
-    What this invocation does with an existing run directory is harness.run.decision's."""
-    spec = resolve_run(cfg)
+    What this invocation does with an existing run directory is harness.run.decision's. `spec`: the
+    one the command's preflight resolved from this same config in this process, if any."""
+    spec = spec or resolve_run(cfg)
     rundir = RunDir(run_dir)
     config = spec.config
     init_process_group(spec.dist, spec.device)
