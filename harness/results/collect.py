@@ -72,6 +72,7 @@ SUMMARY_NUMBERS = (
     "core",
     "tok_per_s",
     "mfu",
+    "peak_memory_gib",
     "train_time_s",
     "wall_time_s",
     "params",
@@ -80,7 +81,7 @@ SUMMARY_NUMBERS = (
     "grad_accum_steps",
 )
 HEADLINE = 8  # SUMMARY_NUMBERS[:HEADLINE] come before the CORE task columns
-SUMMARY_TEXT = ("device", "git_commit", "error", "started_at", "ended_at")
+SUMMARY_TEXT = ("device", "git_commit", "error", "started_at", "ended_at", "tags", "notes")
 # What a run's tok/s depends on besides the model: runs that differ in one of these are not
 # compared for speed (compare.py). Missing values (older runs) are unknown, not different.
 SPEED_CONTEXT = ("device", "world_size", "device_batch_size", "total_batch_tokens", "grad_accum_steps")
@@ -412,6 +413,8 @@ def _headline_numbers(record: RunRecord) -> dict[str, Any]:
     for task, value in (summary.get("core_tasks") or {}).items():
         numbers[f"{CORE_PREFIX}{task}"] = _number(value)
     numbers.update({key: summary.get(key) for key in SUMMARY_TEXT})
+    if isinstance(numbers["tags"], list):  # logger.tags, one cell: "rope, first-try"
+        numbers["tags"] = ", ".join(str(tag) for tag in numbers["tags"])
     return numbers
 
 
@@ -429,6 +432,8 @@ def _numbers_from_metrics(metrics: list[dict]) -> dict[str, Any]:
     for key in ("tok_per_s", "mfu"):
         seen = [_number(r[key]) for r in metrics if key in r]
         numbers[key] = float(np.nanmedian(seen)) if np.isfinite(seen).any() else math.nan
+    peaks = [_number(r["peak_memory_gib"]) for r in metrics if "peak_memory_gib" in r]
+    numbers["peak_memory_gib"] = float(np.nanmax(peaks)) if np.isfinite(peaks).any() else math.nan
     core = [r for r in metrics if "core" in r]
     if core:
         numbers.update({k: _number(v) for k, v in core[-1].items() if k == "core" or k.startswith(CORE_PREFIX)})
