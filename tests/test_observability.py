@@ -178,6 +178,24 @@ def test_a_profile_window_outside_the_run_is_one_line(tmp_path):
             resolve_run(cfg, check_inputs=False)
 
 
+def test_runs_csv_takes_the_peak_from_the_summary_or_else_from_the_metrics_so_far(tmp_path):
+    from harness.results.compare import comparison_table
+    from harness.results.synthetic import run_config
+
+    for seed, summary in ((0, {"status": "completed", "peak_memory_gib": 1.5}), (1, None)):
+        run = RunDir(tmp_path / "sweep" / f"seed={seed}")
+        run.write_config(run_config(seed=seed))
+        for step, peak in ((1, 0.25), (2, 0.75), (3, 0.5)):  # the highest record, not the last
+            run.append_metrics({"step": step, "train_loss": 3.0, "peak_memory_gib": peak})
+        if summary:
+            run.write_summary(summary)
+    collection = collect_dirs(tmp_path / "sweep")
+    peaks = collection.runs.set_index("seed")["peak_memory_gib"].to_dict()
+    assert peaks == {0: 1.5, 1: 0.75}
+    table, _ = comparison_table(collection, {}, strict=False)
+    assert table["peak_memory_gib_mean"].tolist() == [1.5]  # completed runs only
+
+
 # real trainings ---------------------------------------------------------------------------------
 STEPS = 6
 TINY = [
