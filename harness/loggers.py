@@ -9,8 +9,9 @@ loop builds one per process and feeds it exactly what it writes to the run direc
     logger.finish(status)
 
 `logger=tensorboard` writes event files into `<run_dir>/tensorboard/` (torch.utils.tensorboard,
-as torchtitan does); `logger=many logger.loggers=[wandb,tensorboard]` feeds each listed logger the
-same records, as lightning-hydra-template's many_loggers does. `logger.tags` and `logger.notes` go
+as torchtitan does); `logger=many logger.loggers=[wandb,tensorboard]`, or Hydra's list
+`logger=[wandb,tensorboard]`, feeds each listed logger the same records, as
+lightning-hydra-template's many_loggers does. `logger.tags` and `logger.notes` go
 to wandb here and into summary.json (harness.run.outcome) whatever the logger.
 
 Only rank 0 logs; other ranks get a logger that does nothing. wandb is imported only when rank 0
@@ -35,6 +36,9 @@ LOGGER_KINDS = ("none", "wandb", "tensorboard", "many")
 MANY_KINDS = ("wandb", "tensorboard")
 WANDB_MODES = ("online", "offline", "disabled")
 TENSORBOARD_DIR = "tensorboard"  # below the run directory
+# Hydra's list syntax (`logger=[wandb,tensorboard]`) merges the options into one section whose `kind`
+# is the last one's; a key only one option's YAML has says that option was chosen too.
+OWN_KEYS = {"wandb": "project", "tensorboard": "flush_secs"}
 
 
 class Logger(Protocol):
@@ -83,15 +87,15 @@ class TensorBoardLogger:
     summary as text. The writer opens at the first record, purging what an earlier attempt logged
     at that step or later (a resumed run logs those steps again, as metrics.jsonl is trimmed)."""
 
-    def __init__(self, log_dir: Path):
-        self.log_dir = log_dir
+    def __init__(self, log_dir: Path, flush_secs: int = 120):
+        self.log_dir, self.flush_secs = log_dir, flush_secs
         self.writer = None
 
     def _writer(self, first_step: int | None):
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=first_step)
+            self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=first_step, flush_secs=self.flush_secs)
         return self.writer
 
     def log(self, record: dict) -> None:
@@ -130,12 +134,13 @@ class ManyLogger:
 
 
 def logger_kinds(cfg: Mapping[str, Any]) -> list[str]:
-    """The kinds `cfg` asks for: `logger.kind`, or with kind `many` the list `logger.loggers`.
-    Raises ConfigError naming the key on an unknown kind, mode, tag list or notes."""
+    """The kinds `cfg` asks for: `logger.kind` and any other option chosen with it in Hydra's list
+    syntax (OWN_KEYS), or with kind `many` the list `logger.loggers`. Raises ConfigError naming the
+    key on an unknown kind, mode, tag list or notes."""
     kind = cfg.get("kind", "none")
     if kind not in LOGGER_KINDS:
         raise ConfigError(f"logger.kind={kind!r} is not one of: {', '.join(LOGGER_KINDS)}")
-    kinds = [kind]
+    kinds = [k for k in MANY_KINDS if k == kind or OWN_KEYS[k] in cfg] if kind != "many" else [kind]
     if kind == "many":
         kinds = list(cfg.get("loggers") or [])
         if not kinds or any(k not in MANY_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
@@ -149,7 +154,7 @@ def logger_kinds(cfg: Mapping[str, Any]) -> list[str]:
         raise ConfigError(f"logger.tags={tags!r} must be a list of words, e.g. logger.tags=[rope,first-try]")
     if not isinstance(cfg.get("notes") or "", str):
         raise ConfigError(f"logger.notes={cfg.get('notes')!r} must be text, e.g. logger.notes='why this run'")
-    return [k for k in kinds if k != "none"]
+    return kinds
 
 
 def run_labels(cfg: Mapping[str, Any]) -> dict:
@@ -177,7 +182,9 @@ def _build_one(kind: str, cfg: Mapping[str, Any], run_dir: Path, run_name: str, 
                 "logger=tensorboard needs the tensorboard package (pip install 'ablate[tensorboard]'); "
                 "or run with logger=none"
             )
-        return TensorBoardLogger(run_dir / TENSORBOARD_DIR) if rank == 0 else NullLogger()
+        if rank != 0:
+            return NullLogger()
+        return TensorBoardLogger(run_dir / TENSORBOARD_DIR, int(cfg.get("flush_secs") or 120))
     mode = cfg.get("mode", "online")
     if mode == "disabled":
         return NullLogger()

@@ -13,7 +13,7 @@ from harness.cli import compose
 from harness.errors import ConfigError
 from harness.hardware import GIB, maxrss_bytes
 from harness.identity import is_bookkeeping
-from harness.loggers import ManyLogger, NullLogger, TensorBoardLogger, WandbLogger, build_logger
+from harness.loggers import ManyLogger, NullLogger, TensorBoardLogger, WandbLogger, build_logger, logger_kinds
 from harness.results.collect import collect_dirs
 from harness.results.render import runs_table_markdown
 from harness.results.rundir import RunDir, find_run_dirs
@@ -137,6 +137,12 @@ def test_logger_many_builds_each_listed_logger(tmp_path, monkeypatch):
     logger.finish("completed")
     assert_same_scalars(tensorboard_scalars(tmp_path / "tensorboard"), metrics_scalars(RECORDS))
     assert list((tmp_path / "wandb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    for choice in ("[wandb,tensorboard]", "[tensorboard,wandb]"):  # Hydra's list of options
+        listed = build(compose([f"logger={choice}", "logger.mode=disabled"]).logger, tmp_path / "listed")
+        assert isinstance(listed, TensorBoardLogger)  # wandb chosen too, but disabled
+        assert logger_kinds(compose([f"logger={choice}"]).logger) == ["wandb", "tensorboard"]
+    assert logger_kinds(compose(["logger=tensorboard"]).logger) == ["tensorboard"]
+    assert logger_kinds(compose(["logger=wandb"]).logger) == ["wandb"]
     only = compose(["logger=many", "logger.loggers=[tensorboard]"]).logger
     assert isinstance(build(only, tmp_path / "one"), TensorBoardLogger)
     assert isinstance(build(only, tmp_path / "one", rank=2), NullLogger)
