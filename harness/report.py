@@ -44,6 +44,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also import the runs of this wandb project (needs network; repeatable)",
     )
     parser.add_argument("--title", help="report title (default: the first sweep dir's name)")
+    parser.add_argument(
+        "--target-bpb",
+        type=float,
+        metavar="X",
+        help="val bpb whose time, tokens and FLOPs to reach are compared (default: the baseline's mean final "
+        "val bpb at each depth)",
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dirs and not args.wandb:
         parser.error("give at least one sweep directory or --wandb ENTITY/PROJECT")
@@ -58,7 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("results") / name
     command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
-        report = build_report(args.sweep_dirs, out, args.baseline, args.wandb, title=args.title, command=command)
+        report = build_report(
+            args.sweep_dirs,
+            out,
+            args.baseline,
+            args.wandb,
+            title=args.title,
+            command=command,
+            target_bpb=args.target_bpb,
+        )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT_CODE

@@ -7,7 +7,9 @@
       runs.md                    the per-run table: variant, seed, status, final/min val bpb, time, tok/s
       comparison.md, .csv        per depth and variant, against the baseline (compare.py)
       spread.csv                 seed-to-seed spread and detectable differences per depth
-      plots/*.png, *.svg         (plots.py)
+      target.csv                 per run: time, tokens and FLOPs to the target val bpb (target.py)
+      scale.csv, scale_trend.csv two depths or more: the effect across scale (scale.py)
+      plots/*.png, *.svg         (plots.py; scale_effect from scale.py)
 
 `python -m harness.report` and the multirun callback both call `build_report`.
 """
@@ -35,7 +37,9 @@ from harness.results.compare import (
     spread_table,
 )
 from harness.results.plots import all_plots, save_figure
+from harness.results.scale import effect_across_scale
 from harness.results.stats import ALPHA, POWER
+from harness.results.target import add_time_to_target, target_markdown
 
 
 @dataclass
@@ -63,6 +67,7 @@ def build_report(
     wandb_api: Any = None,
     title: str | None = None,
     command: str | None = None,
+    target_bpb: float | None = None,
 ) -> Report:
     """Collect the runs under `roots` (and wandb projects), write every table and plot, and report.md."""
     records: list[RunRecord] = load_run_dirs(*roots) if roots else []
@@ -77,6 +82,8 @@ def build_report(
     collection = collect(records)
     # The default baseline may not apply to foreign runs (a note); one the user named must (an error).
     table, notes = comparison_table(collection, parse_baseline(baseline), strict=baseline is not None)
+    baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()} if len(table) else {}
+    table, per_run_target = add_time_to_target(table, collection.runs, collection.curves, baselines, target_bpb)
     markdown = comparison_markdown(table, collection.variant_keys, notes)
     spread = spread_table(collection, table)
     save_tables(collection, out_dir)
@@ -84,13 +91,22 @@ def build_report(
     spread.to_csv(out_dir / "spread.csv", index=False)
     runs_markdown = runs_table_markdown(collection)
     (out_dir / "runs.md").write_text(runs_markdown + "\n")
-    baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
+    per_run_target.to_csv(out_dir / "target.csv", index=False)
     plots = []
     for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
         save_figure(plot.figure, out_dir / "plots", plot.stem)
         plots.append((plot.stem, plot.title))
+    sections = [("Time to target", target_markdown(table, target_bpb is not None))]
+    scale = effect_across_scale(collection.runs, baselines)
+    if scale is not None:
+        scale.scale.to_csv(out_dir / "scale.csv", index=False)
+        scale.trend.to_csv(out_dir / "scale_trend.csv", index=False)
+        sections.insert(0, ("The effect across scale", scale.markdown))
+        if scale.figure is not None:
+            save_figure(scale.figure, out_dir / "plots", "scale_effect")
+            plots.append(("scale_effect", "the effect across scale: Δ vs training FLOPs"))
     title = title or (Path(roots[0]).name if roots else "wandb")
-    text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command)
+    text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command, sections)
     report_path = out_dir / "report.md"
     report_path.write_text(text)
     return Report(out_dir, report_path, collection, table, markdown, spread, [stem for stem, _ in plots])
@@ -158,7 +174,9 @@ def _duration(seconds: Any) -> str:
 
 
 # report.md ---------------------------------------------------------------------------------
-def _report_text(title, sources, collection, comparison_md, spread, runs_md, plots, baseline, command) -> str:
+def _report_text(
+    title, sources, collection, comparison_md, spread, runs_md, plots, baseline, command, sections=()
+) -> str:
     runs = collection.runs
     counts = runs["status"].value_counts()
     status_line = ", ".join(f"{n} {status}" for status, n in counts.items())
@@ -189,6 +207,8 @@ def _report_text(title, sources, collection, comparison_md, spread, runs_md, plo
         lines.append("")
     lines += ["## Comparison with the baseline", "", comparison_md.strip(), ""]
     lines += ["## What this sweep could detect", "", *_power_text(spread), ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body, ""]
     lines += ["## Every run", "", runs_md, ""]
     lines += ["## Plots", ""]
     for stem, plot_title in plots:
@@ -207,6 +227,7 @@ def _report_text(title, sources, collection, comparison_md, spread, runs_md, plo
         "- [curves.csv](curves.csv) / curves.parquet: one row per (run, step, metric)",
         "- [comparison.csv](comparison.csv) / [comparison.md](comparison.md): the comparison tables",
         "- [runs.md](runs.md): the per-run table; [spread.csv](spread.csv): seed-to-seed spread",
+        "- [target.csv](target.csv): per run, time, tokens and FLOPs to the target val bpb",
         "",
     ]
     return "\n".join(lines)
