@@ -193,6 +193,7 @@ def test_the_multiplier_is_the_compute_the_baseline_needs_for_the_variants_loss(
     table = table.set_index("depth")
     for depth in (2, 3, 4, 5):
         assert table.loc[depth, "compute_multiplier"] == pytest.approx(truth[depth], rel=1e-3), depth
+        assert table.loc[depth, "compute_multiplier_replicates"] >= 180  # of 200: few refits fail
         assert (
             table.loc[depth, "compute_multiplier_ci_low"]
             <= truth[depth]

@@ -30,7 +30,8 @@ Pure functions on the `runs` table (collect.py) and the baseline variant at each
   outside what the fit spans over the ladder's FLOPs is `outside the fitted range`, never extrapolated.
   Its 95% interval is a percentile bootstrap: seeds resampled with replacement within each rung (the
   same draw for every variant, keeping the pairing), the baseline refitted, the multiplier recomputed;
-  a replicate whose loss falls outside its fit counts as beyond the range's edge (0 or infinity).
+  a replicate whose loss falls outside its fit counts as beyond the range's edge (0 or infinity); one
+  whose refit fails or changes kind is left out (`compute_multiplier_replicates` counts those kept).
 """
 
 from __future__ import annotations
@@ -308,11 +309,12 @@ def _fit_power_law(flops: np.ndarray, loss: np.ndarray, start: tuple[float, ...]
     def model(c, e, a, alpha):
         return e + a * (c / reference) ** -alpha
 
-    spread = max(float(loss.max() - loss.min()), 1e-6)
-    p0 = start or (float(loss.min()) - spread, 2 * spread, 0.5)
-    # E below the best loss seen, A > 0 (loss falls with compute), alpha in (0, 5].
-    bounds = ([-np.inf, 0.0, 1e-4], [float(loss.min()), np.inf, 5.0])
-    p0 = tuple(np.clip(p0, [b + 1e-9 if np.isfinite(b) else -1e9 for b in bounds[0]], [u - 1e-9 for u in bounds[1]]))
+    # E below the best loss seen (the fit saturates under the data), A > 0 (loss falls with compute),
+    # alpha in (0, 5]; the start is the point fit's parameters in the bootstrap, moved inside the bounds.
+    best, spread = float(loss.min()), max(float(loss.max() - loss.min()), 1e-6)
+    bounds = ([-np.inf, 0.0, 1e-4], [best, np.inf, 5.0])
+    e0, a0, alpha0 = start or (best - spread, 2 * spread, 0.5)
+    p0 = (min(e0, best - 1e-3 * spread), max(a0, 1e-9), min(max(alpha0, 2e-4), 5.0 - 1e-9))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -342,7 +344,7 @@ def compute_multipliers(
     valid = np.isfinite(flops) & (flops > 0) & np.isfinite(loss)
     fit = fit_loss(flops[valid], loss[valid])
     columns = ["variant", "depth", "compute_multiplier", "compute_multiplier_ci_low", "compute_multiplier_ci_high"]
-    columns += ["compute_multiplier_note"]
+    columns += ["compute_multiplier_note", "compute_multiplier_replicates"]
     if fit is None:
         return pd.DataFrame(columns=columns), None, "fewer than 2 rungs with a baseline: no fit, no multiplier"
     description = _describe_fit(fit, int(valid.sum()), len(flops))
@@ -364,7 +366,7 @@ def compute_multipliers(
             if len(samples) and math.isfinite(value)
             else (math.nan, math.nan)
         )
-        rows.append([variant, int(depth), value, low, high, note])
+        rows.append([variant, int(depth), value, low, high, note, len(samples)])
     return pd.DataFrame(rows, columns=columns), fit, description
 
 
@@ -438,7 +440,7 @@ def with_multipliers(scale: pd.DataFrame, multipliers: pd.DataFrame) -> pd.DataF
     """scale.csv: the per-depth differences with the compute multiplier columns beside them."""
     if multipliers.empty:
         extra = ["compute_multiplier", "compute_multiplier_ci_low", "compute_multiplier_ci_high"]
-        return scale.assign(**{c: math.nan for c in extra}, compute_multiplier_note="")
+        return scale.assign(**{c: math.nan for c in extra}, compute_multiplier_note="", compute_multiplier_replicates=0)
     return scale.merge(multipliers, on=["variant", "depth"], how="left")
 
 
