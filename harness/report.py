@@ -10,6 +10,7 @@ comparison table and the report's path.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -61,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from harness.results.render import build_report
 
+    if args.target_bpb is not None and not (math.isfinite(args.target_bpb) and args.target_bpb > 0):
+        print(f"error: --target-bpb={args.target_bpb} must be a positive number (a val bpb)", file=sys.stderr)
+        return USAGE_EXIT_CODE
     name = args.sweep_dirs[0].name if args.sweep_dirs else args.wandb[0].split("/")[-1]
     out = args.out or Path("results") / name
     command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

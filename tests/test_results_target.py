@@ -142,3 +142,14 @@ def test_the_columns_join_the_comparison_table():
     merged = with_time_to_target(comparison, target_comparison(time_to_target(runs, curves, {4: 1.5}), runs, {4: BASE}))
     assert list(merged["time_to_target_reached"]) == [4, 4] and len(merged) == 2
     assert merged["time_to_target_ratio"].iloc[1] < 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_target_that_is_not_a_val_bpb_is_one_error_line(tmp_path, capsys, value):
+    from harness import report as report_cli
+
+    assert report_cli.main([str(tmp_path), "--out", str(tmp_path / "out"), "--target-bpb", value]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"error: --target-bpb={float(value)} must be a positive number (a val bpb)"
+    )
+    assert not (tmp_path / "out").exists()  # refused before anything is written
