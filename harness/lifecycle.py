@@ -51,7 +51,16 @@ from harness.results.rundir import ATTEMPTS_DIR, CheckpointRefused, RunDir, atom
 log = logging.getLogger("ablate.lifecycle")
 
 # Config keys that may change between invocations of the same run without changing what it computes.
-RESUME_IGNORED_PREFIXES = ("paths.", "train.resume", "sweep.", "logger.", "launcher.", "name", "optimized_metric")
+RESUME_IGNORED_PREFIXES = (
+    "paths.",
+    "train.resume",
+    "sweep.",
+    "logger.",
+    "launcher.",
+    "name",
+    "optimized_metric",
+    "stats.",  # how the report tests (configs/config.yaml's stats), not what the run computes
+)
 # What a start-over moves into attempts/<n>/: everything the previous attempt wrote.
 ATTEMPT_FILES = ("config.yaml", "params.tsv", "metrics.jsonl", "summary.json", "checkpoints")
 LOCK_NAME, HOLDER_NAME = "run.lock", "run.lock.json"

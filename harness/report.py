@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.errors import USAGE_EXIT_CODE, ConfigError
 from harness.results.compare import DEFAULT_BASELINE
+from harness.results.equivalence import parse_margins
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -52,6 +53,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="val bpb whose time, tokens and FLOPs to reach are compared (default: the baseline's mean final "
         "val bpb at each depth)",
     )
+    parser.add_argument(
+        "--equivalence-margin",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="test equivalence (TOST) within these margins: bpb (absolute val bpb), core (absolute CORE), speed "
+        "(percent of tok/s); a name left out takes its default (bpb=0.002 core=0.005 speed=1); "
+        'without the flag a null result stays "not significant"',
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dirs and not args.wandb:
         parser.error("give at least one sweep directory or --wandb ENTITY/PROJECT")
@@ -69,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("results") / name
     command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
+        margins = parse_margins(args.equivalence_margin)
         report = build_report(
             args.sweep_dirs,
             out,
@@ -76,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.wandb,
             title=args.title,
             command=command,
+            margins=margins,
             target_bpb=args.target_bpb,
         )
     except ConfigError as e:

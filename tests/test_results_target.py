@@ -133,7 +133,16 @@ def test_time_is_not_compared_across_devices_and_separate_windows_are_said():
     runs["started_at"] = np.where(runs["variant"] == BASE, "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z")
     runs["ended_at"] = np.where(runs["variant"] == BASE, "2026-01-01T01:00:00Z", "2026-01-01T03:00:00Z")
     row = target_comparison(time_to_target(runs, curves, {4: 1.5}), runs, {4: BASE}).set_index("variant").loc[VARIANT]
-    assert math.isfinite(row["time_to_target_ratio"]) and "separate time windows" in row["time_to_target_note"]
+    assert math.isfinite(row["time_to_target_ratio"]) and row["time_to_target_confounded"]
+    assert (
+        "time to target (as for speed): this variant's runs and the baseline's ran in separate time windows"
+        in (row["time_to_target_note"])
+    )
+    # Interleaved (each seed's two runs side by side): not confounded, paired by seed.
+    starts = [f"2026-01-01T0{s}:00:00Z" for s in runs["seed"]]
+    runs["started_at"], runs["ended_at"] = starts, [t.replace(":00:00Z", ":50:00Z") for t in starts]
+    row = target_comparison(time_to_target(runs, curves, {4: 1.5}), runs, {4: BASE}).set_index("variant").loc[VARIANT]
+    assert not row["time_to_target_confounded"] and row["time_to_target_note"] == ""
 
 
 def test_the_columns_join_the_comparison_table():
@@ -153,3 +162,18 @@ def test_a_target_that_is_not_a_val_bpb_is_one_error_line(tmp_path, capsys, valu
         capsys.readouterr().err.strip() == f"error: --target-bpb={float(value)} must be a positive number (a val bpb)"
     )
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_seeds_whose_runs_did_not_share_a_time_window_are_not_paired():
+    runs, curves = sweep([1.2, 1.25, 1.22, 1.3], [1.0, 1.1, 1.05, 1.02], variant_speed=0.9)
+    hour = np.where(runs["variant"] == BASE, runs["seed"], 3 - runs["seed"])  # mixed order, never side by side
+    runs["started_at"] = [f"2026-01-01T0{h}:00:00Z" for h in hour]
+    runs["ended_at"] = [f"2026-01-01T0{h}:50:00Z" for h in hour]
+    per_run = time_to_target(runs, curves, {4: 1.5})
+    row = target_comparison(per_run, runs, {4: BASE}).set_index("variant").loc[VARIANT]
+    logs = {v: np.log(per_run.loc[per_run["variant"] == v, "restricted_time_s"].to_numpy()) for v in (BASE, VARIANT)}
+    welch = stats.ttest_ind(logs[VARIANT], logs[BASE], equal_var=False).confidence_interval(0.95)
+    assert not row["time_to_target_confounded"]
+    assert (row["time_to_target_ratio_ci_low"], row["time_to_target_ratio_ci_high"]) == pytest.approx(
+        (math.exp(welch.low), math.exp(welch.high))
+    )

@@ -81,8 +81,10 @@ def _group(group: str, choice: str) -> dict:
 def run_config(
     model: str = "tiny", rope: str = "slice", mlp_lr: str = "c_fc_2x", seed: int = 0, name: str = "smoke"
 ) -> dict:
-    """The resolved config a real run of these choices would write (smoke experiment otherwise)."""
-    config = {**_smoke_config(), "name": name, "seed": seed}
+    """The resolved config a real run of these choices would write (smoke experiment otherwise):
+    data.seed follows the seed, as configs/data/ has it."""
+    smoke = _smoke_config()
+    config = {**smoke, "name": name, "seed": seed, "data": {**smoke["data"], "seed": seed}}
     config.update(model=_group("model", model), rope=_group("rope", rope), mlp_lr=_group("mlp_lr", mlp_lr))
     return config
 

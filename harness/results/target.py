@@ -19,8 +19,9 @@ Pure functions on the `runs` and `curves` tables (collect.py):
   difference. `time_to_target_reached` and `time_to_target_censored` count the variant's runs, and the
   note says when either side had censored runs.
 - Time is speed: a ratio between runs on different devices, world sizes or batches is not computed, and
-  one between runs that ran in separate time windows (a sequential sweep on a shared machine) says so,
-  as compare.py does for tok/s.
+  timing.py's rule for speed decides the rest: arms that did not interleave in time (a sequential sweep
+  on a shared machine) keep their ratio, marked `time_to_target_confounded` with the note speed gets;
+  seeds whose two runs did not share a time window are not paired (Welch).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from harness.results import timing
 from harness.results.compare import speed_context_difference
 from harness.results.stats import compare
 
@@ -54,11 +56,8 @@ COMPARISON_COLUMNS = (
     "time_to_target_ratio_ci_high",
     "time_to_target_reached",
     "time_to_target_censored",
+    "time_to_target_confounded",
     "time_to_target_note",
-)
-SEPARATE_WINDOWS = (
-    "time: this variant's runs and the baseline's ran in separate time windows, so a change in machine "
-    "load between them is not cancelled"
 )
 
 
@@ -135,6 +134,7 @@ def target_comparison(per_run: pd.DataFrame, runs: pd.DataFrame, baselines: Mapp
             "time_to_target_ratio": math.nan,
             "time_to_target_ratio_ci_low": math.nan,
             "time_to_target_ratio_ci_high": math.nan,
+            "time_to_target_confounded": False,
             "time_to_target_note": "",
         }
         if reference is not None and variant != reference and len(base):
@@ -148,22 +148,42 @@ def _ratio(group: pd.DataFrame, base: pd.DataFrame, runs: pd.DataFrame) -> dict:
     differs = speed_context_difference(members)
     if differs:
         return {"time_to_target_note": f"not compared: {differs}"}
-    result = compare(_log_times(group), _log_times(base))
     notes = []
+    design = _time_design(runs, group, base, notes)
+    variant_times, base_times = _log_times(group), _log_times(base)
+    if design == timing.WELCH:  # the seed did not share a time window: pairing by it cancels nothing
+        base_times = [(("baseline", seed), value) for seed, value in base_times]
+    result = compare(variant_times, base_times)
     censored, base_censored = int((~group["reached"]).sum()), int((~base["reached"]).sum())
     if censored or base_censored:
-        notes.append(
+        notes.insert(
+            0,
             f"censored (never reached the target, counted at their training end): {censored} of {len(group)} "
-            f"variant runs, {base_censored} of {len(base)} baseline runs"
+            f"variant runs, {base_censored} of {len(base)} baseline runs",
         )
-    if _separate_windows(runs, group, base):
-        notes.append(SEPARATE_WINDOWS)
     return {
         "time_to_target_ratio": math.exp(result.difference),
         "time_to_target_ratio_ci_low": math.exp(result.low),
         "time_to_target_ratio_ci_high": math.exp(result.high),
+        "time_to_target_confounded": design == timing.CONFOUNDED,
         "time_to_target_note": "; ".join(notes),
     }
+
+
+def _time_design(runs: pd.DataFrame, group: pd.DataFrame, base: pd.DataFrame, notes: list[str]) -> str:
+    """timing.py's rule for speed, applied to time: confounded when the arms did not interleave (the
+    ratio is kept and marked), Welch when the seeds' runs did not share a time window, else paired."""
+    arms = []
+    for members in (group, base):
+        rows = runs[runs["run"].isin(set(members["run"]))]
+        window = timing.times(rows)
+        if window is None:
+            return timing.PAIRED  # unknown: paired by seed, as compare.py does for speed
+        arms.append((list(rows["seed"]), *window))
+    design, mixing, disjoint = timing.speed_design(arms[0], arms[1])
+    if design == timing.CONFOUNDED:
+        notes.append(timing.confounded_note(mixing, disjoint).replace("speed:", "time to target (as for speed):", 1))
+    return design
 
 
 def _log_times(group: pd.DataFrame) -> list[tuple[int, float]]:
@@ -173,28 +193,15 @@ def _log_times(group: pd.DataFrame) -> list[tuple[int, float]]:
     return list(zip(group["seed"], logs, strict=True))
 
 
-def _separate_windows(runs: pd.DataFrame, group: pd.DataFrame, base: pd.DataFrame) -> bool:
-    """The variant's runs all ended before the baseline's began, or began after they ended."""
-    if "started_at" not in runs or "ended_at" not in runs:
-        return False
-    spans = []
-    for members in (group, base):
-        rows = runs[runs["run"].isin(set(members["run"]))]
-        starts = pd.to_datetime(rows["started_at"], errors="coerce", utc=True)
-        ends = pd.to_datetime(rows["ended_at"], errors="coerce", utc=True)
-        if rows.empty or starts.isna().any() or ends.isna().any():
-            return False
-        spans.append((starts.min(), ends.max()))
-    (start, end), (base_start, base_end) = spans
-    return bool(end <= base_start or base_end <= start)
-
-
 def with_time_to_target(comparison: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
     """comparison.csv with the time-to-target columns merged in by (depth, variant)."""
     if comparison.empty:
         return comparison
     if targets.empty:
-        return comparison.assign(**{c: math.nan for c in COMPARISON_COLUMNS[:-1]}, time_to_target_note="")
+        empty = {
+            c: math.nan for c in COMPARISON_COLUMNS if c not in ("time_to_target_confounded", "time_to_target_note")
+        }
+        return comparison.assign(**empty, time_to_target_confounded=False, time_to_target_note="")
     return comparison.merge(targets, on=["depth", "variant"], how="left")
 
 
