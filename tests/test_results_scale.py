@@ -287,3 +287,11 @@ def test_a_report_of_one_depth_has_no_scale_files(tmp_path, monkeypatch):
     render.build_report([tmp_path / "one"], tmp_path / "out")
     assert not (tmp_path / "out" / "scale.csv").exists() and (tmp_path / "out" / "target.csv").exists()
     assert "## The effect across scale" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_variant_equal_to_the_baseline_is_1x_even_where_the_baseline_is_off_its_fit():
+    runs = seed_symmetric_ladder(dict.fromkeys(DEPTHS, 0.0))
+    runs.loc[runs["depth"] == 3, "final_val_bpb"] += 0.02  # both variants above the fitted curve at d3
+    table, fit, _ = compute_multipliers(runs, BASELINES, replicates=50)
+    assert fit.loss(FLOPS[3]) < runs.loc[runs["depth"] == 3, "final_val_bpb"].mean()  # the rung is off the fit
+    assert table.set_index("depth").loc[3, "compute_multiplier"] == pytest.approx(1.0, abs=1e-9)

@@ -25,9 +25,11 @@ Pure functions on the `runs` table (collect.py) and the baseline variant at each
 - `compute_multipliers`: the baseline's final val bpb against training FLOPs over the ladder, fitted
   as a saturating power law L(C) = E + A (C / C0)^-alpha (scipy curve_fit) with 4 rungs or more, or as a
   local log-linear L = a + b log10 C with 2-3 rungs (or when the power law does not converge); per
-  variant and rung, `compute_multiplier` = C* / C, where L(C*) is the variant's mean loss: how many
-  times the rung's FLOPs the baseline would need to match it (above 1: the variant is better). A loss
-  outside what the fit spans over the ladder's FLOPs is `outside the fitted range`, never extrapolated.
+  variant and rung, `compute_multiplier` = C* / C, where L(C*) = L(C) + delta, the fitted loss at the
+  rung plus the variant's mean difference to the baseline there: how many times the rung's FLOPs the
+  baseline would need to match the variant (above 1: the variant is better; a variant equal to the
+  baseline is exactly 1 whatever the fit's residual at that rung). A loss outside what the fit spans
+  over the ladder's FLOPs is `outside the fitted range`, never extrapolated.
   Its 95% interval is a percentile bootstrap: seeds resampled with replacement within each rung (the
   same draw for every variant, keeping the pairing), the baseline refitted, the multiplier recomputed;
   a replicate whose loss falls outside its fit counts as beyond the range's edge (0 or infinity); one
@@ -354,7 +356,10 @@ def compute_multipliers(
         for variant, group in sorted(done[done["depth"] == depth].groupby("variant"), key=lambda item: item[0])
         if variant != baselines[depth]
     ]
-    point = [_multiplier(fit, group) for _, _, group in cells]
+    point = [
+        _multiplier(fit, group, done[(done["depth"] == depth) & (done["variant"] == baselines[depth])])
+        for _, depth, group in cells
+    ]
     draws = _bootstrap(done, baselines, depths, cells, fit, replicates, seed)
     rows = []
     for (variant, depth, _), (value, note), samples in zip(cells, point, draws, strict=True):
@@ -386,14 +391,27 @@ def _describe_fit(fit: LossFit, rungs: int, rung_total: int) -> str:
     return text
 
 
-def _multiplier(fit: LossFit, group: pd.DataFrame) -> tuple[float, str]:
+def anchored_target(fit: LossFit, flops: float, variant_loss: float, baseline_loss: float) -> float:
+    """The loss the baseline's curve must reach: its fitted value at this rung plus the variant's
+    difference to the baseline there. Anchoring the difference on the curve (rather than inverting the
+    variant's raw loss) makes a variant equal to the baseline exactly 1x, whatever the fit's residual."""
+    return float(fit.loss(flops)) + (variant_loss - baseline_loss)
+
+
+def _multiplier(fit: LossFit, group: pd.DataFrame, base: pd.DataFrame) -> tuple[float, str]:
     if not fit.falls:
         return math.nan, "the baseline's fitted loss does not fall with compute: no multiplier"
-    target = float(group["final_val_bpb"].astype(float).mean())
+    flops = float(group["flops"].astype(float).mean())
+    target = anchored_target(
+        fit,
+        flops,
+        float(group["final_val_bpb"].astype(float).mean()),
+        float(base["final_val_bpb"].astype(float).mean()),
+    )
     needed = fit.flops_for(target)
     if not math.isfinite(needed):
         return math.nan, OUTSIDE
-    return needed / float(group["flops"].astype(float).mean()), ""
+    return needed / flops, ""
 
 
 def _bootstrap(done, baselines, depths, cells, fit: LossFit, replicates: int, seed: int) -> list[np.ndarray]:
@@ -424,7 +442,8 @@ def _bootstrap(done, baselines, depths, cells, fit: LossFit, replicates: int, se
             continue
         low, high = replicate.loss_range
         for i, (variant, depth, _) in enumerate(cells):
-            loss = mean(depth, variant)
+            flops = flops_of[(depth, variant)]
+            loss = anchored_target(replicate, flops, mean(depth, variant), mean(depth, baselines[depth]))
             if not math.isfinite(loss):
                 continue
             if loss < low:
@@ -432,7 +451,7 @@ def _bootstrap(done, baselines, depths, cells, fit: LossFit, replicates: int, se
             elif loss > high:
                 samples[i].append(0.0)
             else:
-                samples[i].append(replicate.flops_for(loss) / flops_of[(depth, variant)])
+                samples[i].append(replicate.flops_for(loss) / flops)
     return [np.array(s) for s in samples]
 
 
