@@ -131,6 +131,10 @@ def test_an_effect_that_shrinks_grows_or_reverses_is_called_so():
     assert trend_of(REVERSING)["heterogeneity_p"] < 0.001
 
 
+def test_an_effect_that_emerges_from_the_other_side_of_zero_grows():
+    assert trend_of({2: 0.001, 3: -0.003, 4: -0.015, 5: -0.03})["scale_verdict"] == GROWS
+
+
 def test_no_effect_anywhere_is_inconclusive():
     assert trend_of(dict.fromkeys(DEPTHS, 0.0))["scale_verdict"] == INCONCLUSIVE
 

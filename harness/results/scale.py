@@ -18,8 +18,8 @@ Pure functions on the `runs` table (collect.py) and the baseline variant at each
   variants), first that applies:
   `reverses`: one depth's interval is entirely below 0 and another's entirely above;
   `grows with scale`: the slope is significant and the fitted difference at the largest rung is
-  farther from 0 than at the smallest, on the same side;
-  `shrinks with scale`: the slope is significant and the fitted difference moves toward 0 (or past it);
+  farther from 0 than at the smallest (an effect that emerges with size, even from the other side of 0);
+  `shrinks with scale`: the slope is significant and the fitted difference at the largest rung is nearer 0;
   `holds at every depth`: every depth's interval excludes 0 on the same side (and no significant slope);
   `inconclusive`: anything else, and every variant with fewer than 3 depths (no trend is fitted).
 - `compute_multipliers`: the baseline's final val bpb against training FLOPs over the ladder, fitted
@@ -240,9 +240,7 @@ def judge_scale(ci_low: np.ndarray, ci_high: np.ndarray, slope_p: float, fitted_
         return REVERSES
     if slope_p < ALPHA:
         small, large = fitted_ends
-        if np.sign(small) == np.sign(large) and abs(large) > abs(small):
-            return GROWS
-        return SHRINKS
+        return GROWS if abs(large) > abs(small) else SHRINKS
     if (ci_high < 0).all() or (ci_low > 0).all():
         return HOLDS
     return INCONCLUSIVE
@@ -498,8 +496,8 @@ def scale_markdown(scale: pd.DataFrame, trend: pd.DataFrame, fit_description: st
         "depths scatter more than their seeds explain); with 3-4 depths it is wide on purpose. Heterogeneity: "
         "Cochran's Q of the depths around their weighted mean (does Δ change across depths at all). Verdicts, "
         f"α = {ALPHA} without adjustment across variants, first that applies: *{REVERSES}* (one depth's interval "
-        f"below 0, another's above); *{GROWS}* / *{SHRINKS}* (significant slope, the fitted Δ at the largest rung "
-        f"farther from / nearer to 0 than at the smallest); *{HOLDS}* (every depth's interval on the same side of "
+        f"below 0, another's above); *{GROWS}* / *{SHRINKS}* (significant slope, the fitted |Δ| at the largest rung "
+        f"larger / smaller than at the smallest); *{HOLDS}* (every depth's interval on the same side of "
         f"0); *{INCONCLUSIVE}* otherwise, and with fewer than {MIN_TREND_DEPTHS} depths (no trend is fitted).",
         "",
         f"Compute multiplier: the baseline's final val bpb against training FLOPs, {fit_description}. A loss the "
