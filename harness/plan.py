@@ -73,12 +73,13 @@ def plan_run(
 ) -> PlannedRun:
     """One job, checked as the training preflight checks it (batch arithmetic for the world size
     the launcher starts, horizon, LR placement), without needing its data to be prepared yet."""
+    # torch and the model: imported once a job is planned, not for --help.
     from harness.launch import launcher_world_size
-    from harness.train import plan_run as plan_training
+    from harness.run.spec import resolve_run
 
     cfg = compose(list(job))
-    gpus = launcher_world_size(cfg) or 1
-    run = plan_training(cfg, check_inputs=False, world_size=gpus)
+    gpus = launcher_world_size(cfg, submitting=False) or 1
+    run = resolve_run(cfg, check_inputs=False, world_size=gpus)
     counts, fpt, steps = run.param_counts, float(run.flops_per_token), run.num_iterations
     tokens = steps * run.train.total_batch_tokens
     depth, pattern, seq = run.model.n_layer, run.model.window_pattern, run.model.sequence_len
@@ -123,11 +124,27 @@ def load_throughputs(path: Path | None) -> list[dict]:
         raise ConfigError(f"--throughput {path}: {e}") from None
     entries = data.get("results", [data]) if isinstance(data, dict) else data
     required = ("model_depth", "window_pattern", "tok_per_s")
-    for entry in entries:
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if not isinstance(entry, dict):
+            raise ConfigError(f"--throughput {path}: an entry is {entry!r}, not an object with {', '.join(required)}")
         missing = [k for k in required if k not in entry]
         if missing:
             raise ConfigError(f"--throughput {path}: an entry lacks {', '.join(missing)}; needs {', '.join(required)}")
-    return entries
+        _check_throughput_entry(path, entry)
+    return entries if isinstance(entries, list) else [entries]
+
+
+def _check_throughput_entry(path: Path, entry: dict) -> None:
+    """The numbers an estimate divides by: an integer depth, a positive tok/s and world size."""
+    numbers = {"model_depth": int, "tok_per_s": float, "world_size": int}
+    for key, kind in numbers.items():
+        value = entry.get(key, 1)
+        try:
+            number = kind(value) if not isinstance(value, (bool, list, dict)) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 < number < math.inf or (kind is int and number != value):
+            raise ConfigError(f"--throughput {path}: {key}={value!r} must be a positive {kind.__name__}")
 
 
 # seeds needed ------------------------------------------------------------------------------
@@ -154,7 +171,7 @@ def planned_tests(jobs: Sequence[Sequence[str]]) -> tuple[int, str]:
 
 def sd_bounds(sd: float, dof: int) -> tuple[float, float, float]:
     """(low, high) of the sd's two-sided PLAUSIBLE chi-square interval and its one-sided UPPER_BOUND bound."""
-    from scipy import stats
+    from scipy import stats  # scipy: only for --spread-from
 
     if not (math.isfinite(sd) and dof >= 1):
         return math.nan, math.nan, math.nan
@@ -177,6 +194,7 @@ def seeds_table(
     of its per-seed differences; unpaired: pooled over its two arms) and the seeds a chosen difference
     needs at alpha / `tests`, with the range the spread's uncertainty allows. With `looks`, the
     sequential design's chance of having found the difference by each look."""
+    # numpy, pandas and scipy: only for --spread-from.
     import numpy as np
 
     from harness.results.collect import collect_dirs
@@ -459,6 +477,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if not 0 < args.peak_flops < math.inf:  # the MFU estimate divides by it
+            raise ConfigError(f"--peak-flops={args.peak_flops:g} must be a positive, finite FLOP/s per GPU")
         jobs, shared = jobs_and_shared(args.overrides)
         throughputs = load_throughputs(args.throughput)
         runs = check_jobs(jobs, lambda job: plan_run(job, shared, throughputs, args.mfu, args.peak_flops))

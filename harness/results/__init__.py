@@ -5,6 +5,6 @@ directories or wandb), stats.py (intervals, tests, power), compare.py (compariso
 equivalence.py (TOST against margins), timing.py (speed confounded with time), sequential.py
 (looks declared up front), interactions.py (difference of differences), scale.py (the effect across
 depths, the compute multiplier), target.py (time to a target val bpb), plots.py, render.py (a
-report folder), callback.py (the report at the end of a multirun), wandb_import.py, synthetic.py
-(sweeps with known numbers, for tests and previews).
+report folder), publish.py (its files replaced all at once), callback.py (the report at the end of
+a multirun), wandb_import.py, synthetic.py (sweeps with known numbers, for tests and previews).
 """

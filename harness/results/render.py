@@ -49,6 +49,7 @@ from harness.results.compare import (
 from harness.results.equivalence import NO_MARGINS, Margins
 from harness.results.interactions import interaction_table, interactions_legend, interactions_markdown
 from harness.results.plots import all_plots, save_figure
+from harness.results.publish import staged_folder
 from harness.results.scale import effect_across_scale
 from harness.results.sequential import Design, design_from_configs
 from harness.results.stats import ALPHA, POWER
@@ -110,32 +111,35 @@ def build_report(
     table, per_run_target = add_time_to_target(table, collection.runs, collection.curves, baselines, target_bpb)
     markdown = comparison_markdown(table, collection.variant_keys, [*notes, *design_notes])
     spread = spread_table(collection, table)
-    save_tables(collection, out_dir)
-    save_comparison(table, markdown, out_dir)
-    spread.to_csv(out_dir / "spread.csv", index=False)
-    if not interactions.empty:
-        interactions.to_csv(out_dir / "interactions.csv", index=False)
-    runs_markdown = runs_table_markdown(collection)
-    (out_dir / "runs.md").write_text(runs_markdown + "\n")
-    per_run_target.to_csv(out_dir / "target.csv", index=False)
-    plots = []
-    for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
-        save_figure(plot.figure, out_dir / "plots", plot.stem)
-        plots.append((plot.stem, plot.title))
-    sections = [("Time to target", target_markdown(table, target_bpb is not None))]
-    scale = effect_across_scale(collection.runs, baselines)
-    if scale is not None:
-        scale.scale.to_csv(out_dir / "scale.csv", index=False)
-        scale.trend.to_csv(out_dir / "scale_trend.csv", index=False)
-        sections.insert(0, ("The effect across scale", scale.markdown))
-        if scale.figure is not None:
-            save_figure(scale.figure, out_dir / "plots", "scale_effect")
-            plots.append(("scale_effect", "the effect across scale: Δ vs training FLOPs"))
-    title = title or (Path(roots[0]).name if roots else "wandb")
-    text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command, sections)
-    text = _with_design(text, collection, design, margins, interactions)
     report_path = out_dir / "report.md"
-    report_path.write_text(text)
+    with staged_folder(out_dir) as staging:  # every file replaced at once at the end (publish.py)
+        save_tables(collection, staging)
+        save_comparison(table, markdown, staging)
+        spread.to_csv(staging / "spread.csv", index=False)
+        if not interactions.empty:
+            interactions.to_csv(staging / "interactions.csv", index=False)
+        runs_markdown = runs_table_markdown(collection)
+        (staging / "runs.md").write_text(runs_markdown + "\n")
+        per_run_target.to_csv(staging / "target.csv", index=False)
+        plots = []
+        for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
+            save_figure(plot.figure, staging / "plots", plot.stem)
+            plots.append((plot.stem, plot.title))
+        sections = [("Time to target", target_markdown(table, target_bpb is not None))]
+        scale = effect_across_scale(collection.runs, baselines)
+        if scale is not None:
+            scale.scale.to_csv(staging / "scale.csv", index=False)
+            scale.trend.to_csv(staging / "scale_trend.csv", index=False)
+            sections.insert(0, ("The effect across scale", scale.markdown))
+            if scale.figure is not None:
+                save_figure(scale.figure, staging / "plots", "scale_effect")
+                plots.append(("scale_effect", "the effect across scale: Δ vs training FLOPs"))
+        title = title or (Path(roots[0]).name if roots else "wandb")
+        text = _report_text(
+            title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command, sections
+        )
+        text = _with_design(text, collection, design, margins, interactions)
+        (staging / "report.md").write_text(text)
     stems = [stem for stem, _ in plots]
     return Report(out_dir, report_path, collection, table, markdown, spread, stems, interactions)
 
