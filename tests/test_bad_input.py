@@ -32,7 +32,8 @@ def config_keys(section: str, *optional: str) -> str:
 TRAIN_KEYS = (
     "batch_exponent, checkpoint_every, compile, device, device_batch_size, divergence_after_steps, "
     "divergence_factor, dtype, final_lr_frac, horizon_rounding, keep_checkpoints, num_iterations, print_every, "
-    "resume, target_flops, target_param_data_ratio, total_batch_tokens, warmdown_ratio, warmup_ratio, warmup_steps"
+    "profile, resume, target_flops, target_param_data_ratio, total_batch_tokens, warmdown_ratio, warmup_ratio, "
+    "warmup_steps"
 )
 
 CASES = [
@@ -304,7 +305,10 @@ YAML_TYPOS = [
         "model:\n  window_patern: L\n",
         f"unknown key model.window_patern; allowed: {config_keys('model', 'rotary_cache_len')}",
     ),
-    ("logger:\n  projet: x\n", "unknown key logger.projet; allowed: dir, entity, group, kind, mode, project, tags"),
+    (
+        "logger:\n  projet: x\n",
+        "unknown key logger.projet; allowed: dir, entity, flush_secs, group, kind, loggers, mode, notes, project, tags",
+    ),
     (
         "eval:\n  core:\n    evry: 10\n",
         "unknown key eval.core.evry; allowed: batch_size, bundle_dir, bundle_url, enabled, every, max_per_task",

@@ -59,6 +59,7 @@ from harness.hardware import resolve_device
 from harness.identity import location_keys
 from harness.optim import parameter_table
 from harness.precision import PrecisionConfig, check_precision, precision_config
+from harness.run.profile import check_profile
 from models.gpt import GPT, GPTConfig
 
 
@@ -128,6 +129,7 @@ def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | No
     parameter_table(meta_model, optim, placement, train.total_batch_tokens)  # rejects LR-placement typos
     # The horizon in steps from the scaling parameters (block matrices + lm_head, section 1).
     steps = num_iterations(train, counts["scaling"], fpt)
+    check_profile(train.profile.steps, steps)
     seed = check_seed(tree["seed"])
     check_logger(tree["logger"])
     if evals.val_every <= 0:
