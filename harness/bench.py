@@ -229,7 +229,9 @@ def build_training_step(overrides: list[str], device: torch.device) -> TrainingS
         )
     model = build_model(plan)
     step_model = compile_for_training(model, plan)
-    optimizer, _ = build_optimizer(model, plan.optim, plan.placement, plan.train.total_batch_tokens, device.type)
+    optimizer, _ = build_optimizer(
+        model, plan.optim, plan.placement, plan.train.total_batch_tokens, device.type, model_compiled=plan.train.compile
+    )
     autocast = autocast_for(plan.device, plan.train.dtype)
     batches = random_batches(plan.model.vocab_size, plan.train.device_batch_size, plan.model.sequence_len, plan.device)
 

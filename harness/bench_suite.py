@@ -105,7 +105,12 @@ class Stepper:
         self.model = build_model(plan)
         self.step_model = compile_for_training(self.model, plan)
         self.optimizer, _ = build_optimizer(
-            self.model, plan.optim, plan.placement, plan.train.total_batch_tokens, device.type
+            self.model,
+            plan.optim,
+            plan.placement,
+            plan.train.total_batch_tokens,
+            device.type,
+            model_compiled=plan.train.compile,
         )
         self.autocast = autocast_for(plan.device, plan.train.dtype)
         self.batches = random_batches(

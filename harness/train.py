@@ -305,6 +305,7 @@ class Trainer:
             self.device.type,
             plan.dist.world_size,
             plan.dist.rank,
+            model_compiled=plan.train.compile,
         )
         self.val_batches = data.val_batches
         self.loader = None
