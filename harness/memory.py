@@ -65,7 +65,7 @@ class MemoryEstimate:
 
 # the state that lives through the step -------------------------------------------------------
 def stored_dtype(name: str, device_type: str) -> torch.dtype:
-    """The dtype `harness.train.materialize` stores a parameter in: embedding tables bf16 on CUDA."""
+    """The dtype `harness.run.build.materialize` stores a parameter in: embedding tables bf16 on CUDA."""
     if device_type == "cuda" and (name == "transformer.wte.weight" or name.startswith("value_embeds.")):
         return torch.bfloat16
     return torch.float32
@@ -128,7 +128,7 @@ def fake_model(config: GPTConfig, device_type: str) -> GPT:
     """The model with fake parameters in the run's storage dtypes; call inside a FakeTensorMode."""
     model = GPT(config)
     model.init_weights()  # fills the rotary tables; the (fake) values are never read
-    if device_type == "cuda":  # as `harness.train.materialize` stores them (Module.to cannot swap fakes)
+    if device_type == "cuda":  # as `harness.run.build.materialize` stores them (Module.to cannot swap fakes)
         for table in [model.transformer.wte, *model.value_embeds.values()]:
             table.weight = torch.nn.Parameter(table.weight.detach().to(torch.bfloat16))
     return model

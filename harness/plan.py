@@ -13,7 +13,14 @@ runs over --gpu-memory-gib (80) are flagged with the largest device batch that f
 
 With --spread-from SWEEP_DIR, it also reads the seed-to-seed spread of an earlier sweep and says
 how many seeds a chosen difference (--detect, in final val bpb; --detect-core, in CORE) needs
-to be found with 80% power at alpha 0.05, paired by seed and unpaired.
+to be found with 80% power, paired by seed and unpaired, for each comparison of that sweep from its
+own spread. Power is at the level the report's verdicts use: alpha / m, Holm's first step over the
+planned sweep's m tests (its comparisons with the baseline x val bpb, CORE when measured, and speed;
+--tests sets m). A spread estimated from a few seeds is uncertain, so each count comes with the
+counts at the ends of the spread's 95% chi-square interval ("44 (19-180 plausible)") and at its 80%
+upper confidence bound. With `stats.sequential=true` among the overrides, the chance that the
+design has found the difference by each of its looks (`stats.looks`) says how many rounds of seeds
+to plan for.
 """
 
 from __future__ import annotations
@@ -81,12 +88,13 @@ def plan_run(
 ) -> PlannedRun:
     """One job, checked as the training preflight checks it (batch arithmetic for the world size
     the launcher starts, horizon, LR placement), without needing its data to be prepared yet."""
+    # torch and the model: imported once a job is planned, not for --help.
     from harness.launch import launcher_world_size
-    from harness.train import plan_run as plan_training
+    from harness.run.spec import resolve_run
 
     cfg = compose(list(job))
-    gpus = launcher_world_size(cfg) or 1
-    run = plan_training(cfg, check_inputs=False, world_size=gpus)
+    gpus = launcher_world_size(cfg, submitting=False) or 1
+    run = resolve_run(cfg, check_inputs=False, world_size=gpus)
     counts, fpt, steps = run.param_counts, float(run.flops_per_token), run.num_iterations
     tokens = steps * run.train.total_batch_tokens
     depth, pattern, seq = run.model.n_layer, run.model.window_pattern, run.model.sequence_len
@@ -161,32 +169,115 @@ def load_throughputs(path: Path | None) -> list[dict]:
 
 
 # seeds needed ------------------------------------------------------------------------------
+# The spread's own uncertainty: a two-sided 95% chi-square interval ("plausible") and a one-sided
+# 80% upper confidence bound of the sd, each turned into a seed count.
+PLAUSIBLE, UPPER_BOUND = 0.95, 0.80
+
+
+def planned_tests(jobs: Sequence[Sequence[str]]) -> tuple[int, str]:
+    """m, the tests the planned sweep's report will adjust over, and how it was counted: per depth,
+    (variants - 1) comparisons x (val bpb, speed, and CORE when measured)."""
+    variants: dict[int, set] = {}
+    core = False
+    for job in jobs:
+        cfg = compose(list(job))
+        core = core or bool(cfg.eval.core.enabled)
+        variant = tuple(sorted(o for o in job if not o.startswith("seed=")))
+        variants.setdefault(int(cfg.model.depth), set()).add(variant)
+    comparisons = sum(max(len(v) - 1, 0) for v in variants.values())
+    metrics = ["val bpb", *(["CORE"] if core else []), "speed"]
+    m = max(comparisons * len(metrics), 1)
+    return m, f"{comparisons} comparison(s) x {len(metrics)} metrics ({', '.join(metrics)})"
+
+
+def sd_bounds(sd: float, dof: int) -> tuple[float, float, float]:
+    """(low, high) of the sd's two-sided PLAUSIBLE chi-square interval and its one-sided UPPER_BOUND bound."""
+    from scipy import stats  # scipy: only for --spread-from
+
+    if not (math.isfinite(sd) and dof >= 1):
+        return math.nan, math.nan, math.nan
+    tail = (1 - PLAUSIBLE) / 2
+    low = sd * math.sqrt(dof / stats.chi2.ppf(1 - tail, dof))
+    high = sd * math.sqrt(dof / stats.chi2.ppf(tail, dof))
+    upper = sd * math.sqrt(dof / stats.chi2.ppf(1 - UPPER_BOUND, dof))
+    return low, high, upper
+
+
 def seeds_table(
-    sweep_dirs: Sequence[Path], baseline: Sequence[str] | None, detect: float | None, detect_core: float | None
+    sweep_dirs: Sequence[Path],
+    baseline: Sequence[str] | None,
+    detect: float | None,
+    detect_core: float | None,
+    tests: int = 1,
+    looks: Sequence[int] = (),
 ) -> list[dict]:
-    """Per depth and metric of the earlier sweep: its spread and the seeds a chosen difference needs."""
+    """Per depth, comparison with the baseline and metric of the earlier sweep: its own spread (paired:
+    of its per-seed differences; unpaired: pooled over its two arms) and the seeds a chosen difference
+    needs at alpha / `tests`, with the range the spread's uncertainty allows. With `looks`, the
+    sequential design's chance of having found the difference by each look."""
+    # numpy, pandas and scipy: only for --spread-from.
+    import numpy as np
+
     from harness.results.collect import collect_dirs
-    from harness.results.compare import comparison_table, parse_baseline, spread_table
-    from harness.results.stats import seeds_needed
+    from harness.results.compare import METRICS, comparison_table, parse_baseline
+    from harness.results.sequential import min_p_quantile, power_by_look
+    from harness.results.stats import ALPHA, pooled_sd, seeds_needed, shared_seeds
 
     collection = collect_dirs(*sweep_dirs)
     table, _ = comparison_table(collection, parse_baseline(baseline), strict=baseline is not None)
+    done = collection.completed()
+    alpha = ALPHA / tests
+    nominal = min_p_quantile(tuple(looks), alpha) if looks else alpha
     rows = []
-    for row in spread_table(collection, table).itertuples():
-        difference = detect if row.metric == "val_bpb" else detect_core
-        rows.append(
-            {
-                "depth": row.depth,
-                "metric": row.metric,
-                "sweep_seeds": row.seeds,
-                "sd": row.sd,
-                "paired_sd": row.paired_sd,
-                "detect": difference,
-                "seeds_unpaired": seeds_needed(difference, row.sd, paired=False) if difference else None,
-                "seeds_paired": seeds_needed(difference, row.paired_sd, paired=True) if difference else None,
-            }
-        )
+    for depth, comparison in table.groupby("depth", sort=True):
+        reference = comparison.loc[comparison["is_baseline"], "variant"]
+        if reference.empty:
+            continue
+        at_depth = done[done["depth"] == depth]
+        base_runs = at_depth[at_depth["variant"] == reference.iloc[0]]
+        seeds = int(comparison["n_seeds"].median())
+        for variant in comparison.loc[~comparison["is_baseline"], "variant"]:
+            runs = at_depth[at_depth["variant"] == variant]
+            for metric in METRICS:
+                difference = detect if metric.key == "val_bpb" else detect_core
+                pairs = _finite_pairs(runs, metric.column)
+                base = _finite_pairs(base_runs, metric.column)
+                if not pairs or not base:
+                    continue
+                sd, _ = pooled_sd([[v for _, v in pairs], [v for _, v in base]])
+                shared = shared_seeds(pairs, base)
+                v_by, b_by = dict(pairs), dict(base)
+                diffs = np.array([v_by[s] - b_by[s] for s in shared])
+                paired_sd = float(diffs.std(ddof=1)) if len(diffs) >= 2 else math.nan
+                low, high, upper = sd_bounds(paired_sd, len(diffs) - 1)
+
+                def needed(spread: float, paired: bool, difference=difference) -> int | None:
+                    return seeds_needed(difference, spread, paired=paired, alpha=alpha) if difference else None
+
+                row = {
+                    "depth": depth,
+                    "metric": metric.key,
+                    "sweep_seeds": seeds,
+                    "comparison": f"{variant} vs {reference.iloc[0]}",
+                    "sd": sd,
+                    "paired_sd": paired_sd,
+                    "paired_dof": max(len(diffs) - 1, 0),
+                    "detect": difference,
+                    "alpha": alpha,
+                    "seeds_unpaired": needed(sd, False),
+                    "seeds_paired": needed(paired_sd, True),
+                    "seeds_paired_low": needed(low, True),
+                    "seeds_paired_high": needed(high, True),
+                    "seeds_paired_upper80": needed(upper, True),
+                }
+                if looks and difference and math.isfinite(paired_sd) and paired_sd > 0:
+                    row["power_by_look"] = power_by_look(difference / paired_sd, looks, nominal)
+                rows.append(row)
     return rows
+
+
+def _finite_pairs(runs, column: str) -> list[tuple[int, float]]:
+    return [(s, float(v)) for s, v in zip(runs["seed"], runs[column], strict=True) if math.isfinite(v)]
 
 
 # printing ----------------------------------------------------------------------------------
@@ -295,17 +386,27 @@ def _hours(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.2f}"
 
 
-def seeds_markdown(rows: list[dict], sources: Sequence[Path]) -> str:
+def seeds_markdown(
+    rows: list[dict], sources: Sequence[Path], tests: int = 1, counted: str = "", looks: Sequence[int] = ()
+) -> str:
     def count(n):
         return "—" if n is None else str(n)
+
+    def plausible(r) -> str:
+        if r["seeds_paired"] is None:
+            return "—"
+        return f"{count(r['seeds_paired'])} ({count(r['seeds_paired_low'])}–{count(r['seeds_paired_high'])} plausible)"
 
     header = [
         "depth",
         "metric",
         "seeds in that sweep",
-        "sd within a variant",
-        "sd of per-seed differences",
+        "comparison",
+        "sd, both arms",
+        "sd of per-seed differences (df)",
         "detect Δ",
+        "paired, with the sd's 95% range",
+        "paired, at the sd's 80% upper bound",
         "seeds needed, unpaired",
         "seeds needed, paired by seed",
     ]
@@ -314,17 +415,47 @@ def seeds_markdown(rows: list[dict], sources: Sequence[Path]) -> str:
             str(r["depth"]),
             "val bpb" if r["metric"] == "val_bpb" else "CORE",
             str(r["sweep_seeds"]),
+            f"`{r['comparison']}`",
             _fixed(r["sd"]),
-            _fixed(r["paired_sd"]),
+            f"{_fixed(r['paired_sd'])} ({r['paired_dof']})",
             "—" if r["detect"] is None else f"{r['detect']:g}",
+            plausible(r),
+            count(r["seeds_paired_upper80"]),
             count(r["seeds_unpaired"]),
             count(r["seeds_paired"]),
         ]
         for r in rows
     ]
+    alpha = rows[0]["alpha"] if rows else 0.05
+    level = f"alpha = 0.05/{tests} = {alpha:.2g}, Holm's first step over the {tests} planned tests"
+    level += f" ({counted}; --tests sets it)" if counted else ""
     note = (
-        f"Spread from {', '.join(str(s) for s in sources)}; seeds per variant for 80% power at alpha 0.05 "
-        "(two-sided t-test). Paired: every variant runs the baseline's seeds."
+        f"Spread from {', '.join(str(s) for s in sources)}, each comparison from its own seeds; seeds per "
+        f"variant for 80% power at {level} (two-sided t-test), the level the report's verdicts use. Paired: every "
+        "variant runs the baseline's seeds. The sd of a few seeds is uncertain: the range is the seed count at "
+        "the ends of its 95% chi-square interval, and the next column at its one-sided 80% upper bound."
+    )
+    text = _markdown(header, table) + "\n\n" + note
+    sequential = [r for r in rows if r.get("power_by_look")]
+    if looks and sequential:
+        text += "\n\n" + _rounds_markdown(sequential, looks)
+    return text
+
+
+def _rounds_markdown(rows: list[dict], looks: Sequence[int]) -> str:
+    """The sequential design: the chance it has found each difference by each look (round of seeds)."""
+    header = ["depth", "metric", "comparison", *(f"by {n} seeds" for n in looks), "80% reached at"]
+    table = []
+    for r in rows:
+        powers = r["power_by_look"]
+        reached = next((f"{n} seeds" for n, p in zip(looks, powers, strict=True) if p >= 0.8), "not within the looks")
+        metric = "val bpb" if r["metric"] == "val_bpb" else "CORE"
+        table.append([str(r["depth"]), metric, f"`{r['comparison']}`", *(f"{p:.0%}" for p in powers), reached])
+    note = (
+        "Sequential design (stats.sequential=true): the results are looked at after each of these seed counts "
+        "(stats.looks) and the sweep stops at the first significant look; each look tests at the Pocock-type "
+        "level that keeps the chance of any false verdict at the Holm level above. Each cell: the chance of "
+        "having found the difference by then (simulated), i.e. how many rounds of seeds to plan for."
     )
     return _markdown(header, table) + "\n\n" + note
 
@@ -363,6 +494,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--detect", type=float, help="difference in final val bpb to detect (e.g. 0.002)")
     parser.add_argument("--detect-core", type=float, help="difference in CORE to detect (e.g. 0.005)")
     parser.add_argument(
+        "--tests",
+        type=int,
+        metavar="M",
+        help="tests the report will adjust over (Holm); default: the planned sweep's comparisons x metrics",
+    )
+    parser.add_argument(
         "--baseline",
         action="append",
         metavar="KEY=VALUE",
@@ -383,6 +520,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--mfu={args.mfu} must be in (0, 1]")
     if not args.gpu_memory_gib > 0:
         parser.error(f"--gpu-memory-gib={args.gpu_memory_gib} must be positive")
+    if args.tests is not None and args.tests < 1:
+        parser.error(f"--tests={args.tests} must be at least 1")
     return args
 
 
@@ -401,12 +540,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             pd.DataFrame([{**asdict(r), "hours": r.hours} for r in runs]).to_csv(args.csv, index=False)
         if args.spread_from:
+            from harness.results.sequential import check_looks
+
+            tests, counted = (args.tests, "") if args.tests else planned_tests(jobs)
+            cfg = compose(list(jobs[0]))
+            stats_cfg = cfg.get("stats") or {}
+            looks = check_looks(stats_cfg.get("looks")) if stats_cfg.get("sequential") else ()
+            rows = seeds_table(args.spread_from, args.baseline, args.detect, args.detect_core, tests, looks)
             print()
-            print(
-                seeds_markdown(
-                    seeds_table(args.spread_from, args.baseline, args.detect, args.detect_core), args.spread_from
-                )
-            )
+            print(seeds_markdown(rows, args.spread_from, tests, counted, looks))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT_CODE

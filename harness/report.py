@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.errors import USAGE_EXIT_CODE, ConfigError
 from harness.results.compare import DEFAULT_BASELINE
+from harness.results.equivalence import parse_margins
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -44,6 +45,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also import the runs of this wandb project (needs network; repeatable)",
     )
     parser.add_argument("--title", help="report title (default: the first sweep dir's name)")
+    parser.add_argument(
+        "--equivalence-margin",
+        nargs="*",
+        metavar="NAME=VALUE",
+        help="test equivalence (TOST) within these margins: bpb (absolute val bpb), core (absolute CORE), speed "
+        "(percent of tok/s); a name left out takes its default (bpb=0.002 core=0.005 speed=1); "
+        'without the flag a null result stays "not significant"',
+    )
     args = parser.parse_args(argv)
     if not args.sweep_dirs and not args.wandb:
         parser.error("give at least one sweep directory or --wandb ENTITY/PROJECT")
@@ -58,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("results") / name
     command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
-        report = build_report(args.sweep_dirs, out, args.baseline, args.wandb, title=args.title, command=command)
+        margins = parse_margins(args.equivalence_margin)
+        report = build_report(
+            args.sweep_dirs, out, args.baseline, args.wandb, title=args.title, command=command, margins=margins
+        )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT_CODE

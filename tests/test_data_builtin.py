@@ -131,6 +131,17 @@ def test_same_seed_same_batches_other_seed_other_batches(cfg, tok):
     assert not firsts[0].equal(firsts[2])
 
 
+def test_the_run_seed_sets_the_data_order_unless_data_seed_is_set(cfg, tok):
+    """`seed` alone varies the data order (configs/data/ has data.seed: ${seed}); data.seed=N holds it."""
+    composed = {seed: compose([*SMALL, "data.buffer_size=4", f"seed={seed}"]) for seed in (0, 3)}
+    assert [composed[s].data.seed for s in (0, 3)] == [0, 3]
+    firsts = {s: next(build_train_loader(c, tok, 2, 32, 0, 1, rows_per_step=8))[0] for s, c in composed.items()}
+    assert not firsts[0].equal(firsts[3])
+    held = compose([*SMALL, "data.buffer_size=4", "seed=3", "data.seed=0"])
+    assert (held.seed, held.data.seed) == (3, 0)
+    assert next(build_train_loader(held, tok, 2, 32, 0, 1, rows_per_step=8))[0].equal(firsts[0])
+
+
 # one data order whatever the world size ----------------------------------------------------
 STREAMS, ROWS, SEQ = 8, 16, 32  # 16 rows per global batch: 2 consecutive rows of each of 8 streams
 

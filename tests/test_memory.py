@@ -14,7 +14,7 @@ import torch
 from harness import memory, plan
 from harness.cli import compose
 from harness.optim import ParamRow, parameter_table
-from harness.train import plan_run
+from harness.run.spec import resolve_run
 from models.gpt import GPT
 
 
@@ -64,8 +64,9 @@ SMALL = [
 MEASURE = """
 import json, resource, sys, torch
 from harness.cli import compose
-from harness.train import materialize, plan_run
-plan = plan_run(compose(json.loads(sys.argv[1])), check_inputs=False, world_size=1)
+from harness.run.build import materialize
+from harness.run.spec import resolve_run
+plan = resolve_run(compose(json.loads(sys.argv[1])), check_inputs=False, world_size=1)
 model = materialize(plan.model, torch.device("cpu"), seed=0)
 tokens = torch.randint(0, plan.model.vocab_size, (int(sys.argv[2]), plan.model.sequence_len))
 model(tokens[:1], tokens[:1]).backward()  # the first step's one-off allocations, then no grads
@@ -87,13 +88,13 @@ def test_the_traced_step_matches_the_peak_measured_on_cpu():
         [sys.executable, "-c", MEASURE, json.dumps(SMALL), str(batch)], capture_output=True, text=True, check=True
     )
     measured_bytes = int(measured.stdout.split()[-1])
-    run = plan_run(compose(SMALL), check_inputs=False, world_size=1)
+    run = resolve_run(compose(SMALL), check_inputs=False, world_size=1)
     estimated = memory.traced_step_peak(run.model, batch, autocast_bf16=False, device_type="cpu")
     assert estimated == pytest.approx(measured_bytes, rel=0.25), (estimated, measured_bytes)
 
 
 def peak_gib(model: str, batch: int) -> float:
-    run = plan_run(compose([f"model={model}", f"train.device_batch_size={batch}"]), check_inputs=False, world_size=1)
+    run = resolve_run(compose([f"model={model}", f"train.device_batch_size={batch}"]), check_inputs=False, world_size=1)
     rows = parameter_table(GPT.on_meta(run.model), run.optim, run.placement, run.train.total_batch_tokens)
     return memory.estimate(run.model, rows, batch, "cuda", 1, "auto", compiled=True).peak_gib
 

@@ -13,12 +13,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.cli import CONFIG_DIR, compose
-from harness.identity import LOCATION_KEYS
-from harness.lifecycle import config_differences, location_keys, resolved_config
+from harness.identity import LOCATION_KEYS, is_bookkeeping, location_keys
 from harness.results.collect import collect_dirs
 from harness.results.compare import comparison_table, parse_baseline
 from harness.results.rundir import RunDir
 from harness.results.synthetic import write_sweep
+from harness.run.decision import config_differences
+from harness.run.spec import resolved_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,15 @@ def run_dir(*overrides: str) -> str:
 def test_every_location_key_stays_out_of_hydras_folder_names():
     exclude = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["hydra"]["job"]["config"]["override_dirname"]
     assert set(LOCATION_KEYS) <= set(exclude["exclude_keys"])
+
+
+def test_hydras_folder_name_leaves_out_only_bookkeeping_keys_and_groups():
+    """The folder name's exclude list is harness.identity's bookkeeping: each entry is a bookkeeping
+    key or a config group whose choice is one (Hydra reads the YAML list before our code runs)."""
+    exclude = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["hydra"]["job"]["config"]["override_dirname"]
+    bookkeeping_groups = {"logger", "launcher", "hparams_search", "experiment"}
+    assert [k for k in exclude["exclude_keys"] if not (is_bookkeeping(k) or k in bookkeeping_groups)] == []
+    assert not is_bookkeeping("seed") and not is_bookkeeping("model.depth") and not is_bookkeeping("train.resume_x")
 
 
 def test_an_absolute_data_path_is_not_in_the_run_folder_name():
@@ -131,3 +141,64 @@ def test_each_location_key_alone_is_never_an_axis(tmp_path, key):
     from harness.results.collect import ablation_axes
 
     assert ablation_axes([{key: "/a", "rope.split": "slice"}, {key: "/b", "rope.split": "chunk"}]) == ["rope.split"]
+
+
+@pytest.mark.parametrize("data", ["builtin", "local", "fineweb", "climbmix"])
+def test_data_seed_follows_seed_in_every_data_config(data):
+    assert compose([f"data={data}", "seed=5"]).data.seed == 5
+    assert compose([f"data={data}", "seed=5", "data.seed=2"]).data.seed == 2
+
+
+def test_data_seed_following_seed_adds_nothing_to_the_folder_name_and_an_explicit_one_is_an_axis():
+    """The folder names what the command line said: `seed=1` alone, whose data order follows it; an
+    explicit data.seed is a choice of its own, in the name."""
+    assert run_dir("experiment=smoke", "seed=1") == "runs/smoke/seed=1"
+    assert run_dir("experiment=smoke", "seed=1", "data.seed=0") == "runs/smoke/data.seed=0,seed=1"
+
+
+def test_resuming_checks_the_data_order_the_seed_sets():
+    """Same seed: nothing differs. Another seed: both seeds differ, data.seed included."""
+    one, again, other = (compose(["data=builtin", f"seed={s}"]) for s in (1, 1, 2))
+    assert config_differences(resolved_config(one), resolved_config(again), location_keys(one)) == []
+    assert config_differences(resolved_config(one), resolved_config(other), location_keys(one)) == [
+        "data.seed",
+        "seed",
+    ]
+
+
+def _flat(seed: int, data_seed: int | None, rope: str = "slice") -> dict:
+    flat = {"seed": seed, "rope.split": rope, "model.depth": 4}
+    return flat if data_seed is None else {**flat, "data.seed": data_seed}
+
+
+def test_a_data_seed_that_follows_the_seed_or_never_moves_is_no_axis():
+    from harness.results.collect import ablation_axes, data_order_view, noise_sources
+
+    follows = [_flat(s, s, r) for s in (0, 1, 2) for r in ("slice", "chunk")]
+    fixed = [_flat(s, 0, r) for s in (0, 1, 2) for r in ("slice", "chunk")]
+    for flats in (follows, fixed):
+        assert ablation_axes(data_order_view(flats)) == ["rope.split"]
+    assert noise_sources(follows) == "initialisation and data order (data.seed follows seed)"
+    assert noise_sources(fixed) == "initialisation only (data.seed fixed at 0 in every run)"
+    assert noise_sources([_flat(s, None) for s in (0, 1)]).startswith("initialisation (")
+    assert noise_sources([_flat(0, d) for d in (0, 1)]).startswith("data order only")
+
+
+def test_holding_the_data_order_fixed_in_some_runs_is_an_axis_of_its_own():
+    """Arm A lets data.seed follow, arm B holds it at 0: the axis says which, not the number, so
+    A's seeds 1 and 2 are one variant. B's seed 0 is A's seed 0 (the same computation)."""
+    from harness.results.collect import FOLLOWS_SEED, ablation_axes, data_order_view, noise_sources
+
+    flats = [_flat(s, s) for s in (0, 1, 2)] + [_flat(s, 0) for s in (1, 2)]
+    view = data_order_view(flats)
+    assert ablation_axes(view) == ["data.seed"]
+    assert [f["data.seed"] for f in view] == [FOLLOWS_SEED] * 3 + [0, 0]
+    assert "3 of 5 runs" in noise_sources(flats)
+
+
+def test_a_synthetic_sweep_whose_data_seed_follows_seed_keeps_its_variants(tmp_path):
+    write_sweep(tmp_path / "smoke", seeds=(0, 1, 2))
+    collection = collect_dirs(tmp_path / "smoke")
+    assert {flat["data.seed"] for flat in collection.configs.values()} == {0, 1, 2}
+    assert "data.seed" not in collection.axes
+    assert collection.variant_keys == ["rope.split", "mlp_lr.name"]

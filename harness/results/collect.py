@@ -8,6 +8,10 @@ metric) with the step's tokens, FLOPs and training time, for plotting against an
 Axes are found, not declared: every flattened config key whose value differs between runs,
 except the seed (its own column) and bookkeeping keys that do not change what a run computes
 (paths, logger, launcher, sweep, name; the same keys Hydra keeps out of a run's folder name).
+`data.seed` follows `seed` unless set (configs/data/): where it equals the seed in every run, or is
+the same in every run, it is no axis; where some runs hold it fixed and others let it follow, it is
+an axis whose value is `${seed}` for a run that follows (a fixed run whose data.seed happens to equal
+its seed computes the same thing, and is the same run). `noise_sources` says which the seeds varied.
 A config group chosen as a whole (`mlp_lr=c_fc_2x`) changes several keys at once; the variant's
 name keeps only the keys that are not implied by another (`mlp_lr.name` implies
 `mlp_lr.shape_rule`), and leaves out keys implied by the depth (depth is a dimension of its own).
@@ -41,7 +45,7 @@ import pandas as pd
 import yaml
 
 from harness.errors import ConfigError
-from harness.identity import LOCATION_KEYS
+from harness.identity import is_bookkeeping
 from harness.results.rundir import RunDir, find_run_dirs
 
 MISSING = "missing"
@@ -51,10 +55,9 @@ DEPTH_KEY = "model.depth"
 # A recipe sets keys in many groups; where they vary only with it, the recipe's name is the variant.
 RECIPE_KEY = "recipe.name"
 SEED_KEY = "seed"
+DATA_SEED_KEY = "data.seed"
+FOLLOWS_SEED = "${seed}"  # data.seed's value as an axis, for a run whose data order follows its seed
 NAME_KEY = "name"
-NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.")
-# Where data and bundles live is not an axis either: sweeps on two machines compare as one.
-NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume", "optimized_metric", *LOCATION_KEYS)
 
 CURVE_INDEX = ("step", "tokens", "flops", "time_s")
 CURVE_COLUMNS = ("run", *CURVE_INDEX, "metric", "value")
@@ -240,9 +243,48 @@ def ablation_axes(configs: Sequence[dict[str, Any]]) -> list[str]:
     return axes
 
 
+def data_order_view(flats: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The configs as the axes see them: `data.seed` dropped where it follows the seed in every run
+    or is one value in every run, else `${seed}` in the runs where it equals the seed."""
+    values = [(flat.get(SEED_KEY), flat[DATA_SEED_KEY]) for flat in flats if DATA_SEED_KEY in flat]
+    follows_everywhere = all(_same_seed(seed, data) for seed, data in values)
+    if follows_everywhere or len({_hashable(data) for _, data in values}) <= 1:
+        return [{k: v for k, v in flat.items() if k != DATA_SEED_KEY} for flat in flats]
+    return [
+        {**flat, DATA_SEED_KEY: FOLLOWS_SEED} if _same_seed(flat.get(SEED_KEY), flat.get(DATA_SEED_KEY)) else flat
+        for flat in flats
+    ]
+
+
+def _same_seed(seed: Any, data_seed: Any) -> bool:
+    return seed is not None and _hashable(seed) == _hashable(data_seed)
+
+
+def noise_sources(flats: Sequence[dict[str, Any]]) -> str:
+    """Which sources of run-to-run noise the seeds varied, from the runs' configs: the seed sets
+    the initialisation; the data order too where data.seed follows it."""
+    values = [(flat.get(SEED_KEY), flat.get(DATA_SEED_KEY)) for flat in flats]
+    if not values:
+        return "no readable configs"
+    follows = [_same_seed(seed, data) for seed, data in values]
+    if all(data is None for _, data in values):
+        return "initialisation (the runs' configs have no data.seed)"
+    if all(follows):
+        return "initialisation and data order (data.seed follows seed)"
+    fixed = sorted({str(data) for (_, data), f in zip(values, follows, strict=True) if not f})
+    if len({_hashable(data) for _, data in values}) <= 1:
+        return f"initialisation only (data.seed fixed at {fixed[0] if fixed else values[0][1]} in every run)"
+    if len({_hashable(seed) for seed, _ in values}) <= 1:
+        return f"data order only (seed fixed at {values[0][0]}, data.seed varied)"
+    return (
+        f"initialisation in every run; data order only in the {sum(follows)} of {len(values)} runs whose "
+        f"data.seed follows seed (the others hold it at {', '.join(fixed)})"
+    )
+
+
 def _bookkeeping(key: str) -> bool:
-    """Keys that say where or how a run was launched, not what it computes."""
-    return key in NOT_AXIS_KEYS or key.startswith(NOT_AXIS_PREFIXES)
+    """Keys that are no ablation axis: harness.identity's bookkeeping, and the seed (a replicate)."""
+    return key == SEED_KEY or is_bookkeeping(key)
 
 
 def run_identity(flat: dict[str, Any]) -> str:
@@ -294,13 +336,15 @@ def collect(records: Iterable[RunRecord]) -> Collection:
     """Build the runs and curves tables from records of any source, each run once."""
     records, notes = deduplicate(sorted(records, key=lambda r: r.run))
     configs = {r.run: flatten(r.config) for r in records if r.config}
-    flats = list(configs.values())
+    # The axes see data.seed as "follows the seed" or a fixed value; configs keep what each run wrote.
+    axis_configs = dict(zip(configs, data_order_view(list(configs.values())), strict=True))
+    flats = list(axis_configs.values())
     axes = ablation_axes(flats)
     keys = variant_keys(flats, axes) if flats else []
     fallback_name = "/".join(sorted({str(f.get(NAME_KEY, "run")) for f in flats}))
     rows = []
     for record in records:
-        flat = configs.get(record.run, {})
+        flat = axis_configs.get(record.run, {})
         row = {
             "run": record.run,
             "name": flat.get(NAME_KEY),

@@ -8,8 +8,16 @@ each run's steady-state median tok/s) with Fieller's 95% interval, `tok_per_s_p`
 `tok_per_s_verdict` (faster / slower / not significant), unless the runs ran on different
 devices, world sizes or batch sizes (then the verdict says which differs, and nothing is tested).
 
-Every p-value of the table (every metric, every variant, every depth) is one family: each gets a
-Holm-adjusted `<metric>_p_adjusted`, and the verdicts use it. Runs that did not complete are
+Every p-value of the table (every metric, every variant, every depth; the equivalence tests and, in
+the report, the interactions too) is one family: each gets a Holm-adjusted `<metric>_p_adjusted`,
+and the verdicts use it. The detectable difference `<metric>_mdd` is computed at the level the
+verdict uses: alpha / m, Holm's first step over the family's m tests (`mdd_alpha`).
+
+With equivalence margins (equivalence.py), `<metric>_tost_p` and `_tost_p_adjusted` test "no effect"
+and a null result reads "equivalent within ±m" when it holds; without, it stays "not significant".
+Speed is tested only when the arms interleaved in time (timing.py), else its verdict is
+`confounded`. A sequential design the runs declared (sequential.py) turns each p into the
+design's p at the current look, and each interval into a repeated confidence interval. Runs that did not complete are
 counted in the row, never silently left out; a completed run with a NaN final value is left out
 of that metric's statistics with a note. Written as CSV (every number) and Markdown (ready to
 paste into a pull request).
@@ -29,7 +37,10 @@ import pandas as pd
 import yaml
 
 from harness.errors import ConfigError
+from harness.results import timing
 from harness.results.collect import COMPLETED, SPEED_CONTEXT, UNREADABLE, Collection
+from harness.results.equivalence import NO_MARGINS, Margins, tost_difference, tost_ratio
+from harness.results.sequential import FIXED, Design
 from harness.results.stats import (
     ALPHA,
     NO_TEST,
@@ -38,6 +49,7 @@ from harness.results.stats import (
     design_min_detectable,
     holm,
     mean_interval,
+    min_detectable_difference,
     pooled_sd,
     ratio_compare,
     shared_seeds,
@@ -64,6 +76,8 @@ SPEED = "tok_per_s"  # the speed metric's key: tok_per_s_delta_pct, tok_per_s_p,
 TESTED = (*(m.key for m in METRICS), SPEED)
 BASELINE, BETTER, WORSE, NOT_SIGNIFICANT = "baseline", "better", "worse", "not significant"
 FASTER, SLOWER = "faster", "slower"
+EQUIVALENT = "equivalent within ±{margin}"
+CONFOUNDED = timing.CONFOUNDED
 SINGLE_SEED, NO_BASELINE = "one seed: not tested", "no baseline"
 NOT_COMPARED = "not compared"
 
@@ -127,9 +141,14 @@ def _same(config_value: Any, wanted: Any) -> bool:
 
 # the table ---------------------------------------------------------------------------------
 def comparison_table(
-    collection: Collection, baseline: Mapping[str, Any], strict: bool = True
+    collection: Collection,
+    baseline: Mapping[str, Any],
+    strict: bool = True,
+    margins: Margins = NO_MARGINS,
+    design: Design = FIXED,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """One row per (depth, variant); the baseline first within each depth. Returns (table, notes)."""
+    """One row per (depth, variant); the baseline first within each depth. Returns (table, notes).
+    The Holm family is this table's tests; `judge` adjusts it again with the interactions."""
     found, notes = baseline_variants(collection, baseline, strict)
     notes = [*collection.notes, *_unreadable_notes(collection), *notes]
     rows = []
@@ -140,7 +159,7 @@ def comparison_table(
         base_runs = at_depth[at_depth["variant"] == reference]
         for variant in order:
             runs = at_depth[at_depth["variant"] == variant]
-            row = _row(depth, variant, runs, base_runs, reference)
+            row = _row(depth, variant, runs, base_runs, reference, margins, design)
             keys = {k: runs[k].iloc[0] for k in collection.variant_keys}
             launch = {"launch": _launches(runs), "mixed_launch": False}
             rows.append({"depth": depth, "variant": variant, **keys, **row, **launch})
@@ -150,8 +169,15 @@ def comparison_table(
             for row in rows[-len(order) :]:
                 row["mixed_launch"] = True
     table = pd.DataFrame(rows)
+    if margins.any:
+        notes.append(f"equivalence margins (TOST): {margins.text()}")
+    if design.sequential:
+        notes.append(
+            f"{design.text()}: every p is the design's p at this look and every interval a repeated confidence "
+            "interval, so looking again after adding seeds keeps the chance of any false verdict at α"
+        )
     if not table.empty:
-        _adjust_and_judge(table)
+        judge(table, margins=margins, design=design)
     return table, notes
 
 
@@ -187,7 +213,15 @@ def _launch_note(depth: int, runs: pd.DataFrame) -> str | None:
     )
 
 
-def _row(depth: int, variant: str, runs: pd.DataFrame, base_runs: pd.DataFrame, reference: str | None) -> dict:
+def _row(
+    depth: int,
+    variant: str,
+    runs: pd.DataFrame,
+    base_runs: pd.DataFrame,
+    reference: str | None,
+    margins: Margins = NO_MARGINS,
+    design: Design = FIXED,
+) -> dict:
     done = runs[runs["status"] == COMPLETED]
     others = runs[runs["status"] != COMPLETED]["status"].value_counts()
     usable = done[np.isfinite(done["final_val_bpb"].to_numpy(dtype=float))]
@@ -225,10 +259,10 @@ def _row(depth: int, variant: str, runs: pd.DataFrame, base_runs: pd.DataFrame, 
     )
     base_done = base_runs[base_runs["status"] == COMPLETED]
     for metric in METRICS:
-        row.update(_difference(metric, done, base_done, variant, reference))
-    row.update(_speed_difference(done, base_done, variant, reference))
+        row.update(_difference(metric, done, base_done, variant, reference, margins.for_key(metric.key), design))
+    row.update(_speed_difference(done, base_done, variant, reference, margins.speed, design))
     row.update(_pairing_note(row, done, base_done, variant, reference))
-    window = _time_window_note(row, done, base_done)
+    window = [row.pop("speed_note")] if row.get("speed_note") else []
     row["note"] = "; ".join([*notes, *([row.pop("pairing_note")] if row.get("pairing_note") else []), *window])
     return row
 
@@ -237,33 +271,64 @@ def _pairs(runs: pd.DataFrame, column: str) -> list[tuple[int, float]]:
     return list(zip(runs["seed"], runs[column].astype(float), strict=True))
 
 
-def _difference(metric: Metric, done: pd.DataFrame, base: pd.DataFrame, variant: str, reference: str | None):
-    """delta, its interval, p, test, seeds paired and detectable difference, as `<metric>_...` columns.
-    The verdict is filled in once every p-value of the table is known (Holm)."""
+def _difference(
+    metric: Metric,
+    done: pd.DataFrame,
+    base: pd.DataFrame,
+    variant: str,
+    reference: str | None,
+    margin: float | None = None,
+    design: Design = FIXED,
+):
+    """delta, its interval, p, test, seeds paired, standard error, TOST p (with a margin) and detectable
+    difference, as `<metric>_...` columns. The verdict and the detectable difference at the verdict's
+    level are filled in once every p-value of the table is known (Holm)."""
     pairs, base_pairs = _pairs(done, metric.column), _pairs(base, metric.column)
-    values = dict.fromkeys(("delta", "delta_ci_low", "delta_ci_high", "p", "mdd"), math.nan)
+    names = ("delta", "delta_ci_low", "delta_ci_high", "p", "mdd", "se", "dof", "tost_p")
+    values = dict.fromkeys(names, math.nan)
     values.update(test="", n_paired=0, verdict=BASELINE if variant == reference else NO_BASELINE)
     if not any(math.isfinite(value) for _, value in pairs):
         values["verdict"] = ""  # not measured in this sweep (e.g. no CORE)
     elif reference is not None and variant != reference:
         result = compare(pairs, base_pairs)
+        looks_n, pivotal = _look(result.test, result.n_paired, result.n_variant, result.n_baseline)
+        if design.sequential and result.test != NO_TEST:  # the repeated confidence interval
+            result = compare(pairs, base_pairs, alpha=design.level(ALPHA, looks_n, pivotal))
         values.update(
             delta=result.difference,
             delta_ci_low=result.low,
             delta_ci_high=result.high,
-            p=result.p_value,
+            p=design.p_value(result.p_value, looks_n, pivotal),
             mdd=result.min_detectable,
+            se=result.se,
+            dof=result.dof,
             test=result.test,
             n_paired=result.n_paired,
             verdict="",
         )
+        if margin is not None and result.test != NO_TEST:
+            tost = tost_difference(pairs, base_pairs, margin, paired=result.test == PAIRED)
+            values["tost_p"] = design.one_sided_p_value(tost, looks_n, pivotal)
     return {f"{metric.key}_{name}": value for name, value in values.items()}
 
 
-def _speed_difference(done: pd.DataFrame, base: pd.DataFrame, variant: str, reference: str | None) -> dict:
-    """tok_per_s_delta_pct with its interval, p, test and seeds paired; the verdict comes later."""
-    values = dict.fromkeys(("delta_pct", "delta_pct_ci_low", "delta_pct_ci_high", "p"), math.nan)
-    values.update(test="", n_paired=0, verdict=BASELINE if variant == reference else NO_BASELINE)
+def _look(test: str, n_paired: int, n_variant: int, n_baseline: int) -> tuple[int, bool]:
+    """The seed count of this look, and whether its test is a paired t (whose null is free of the spread)."""
+    return (n_paired, True) if test == PAIRED else (min(n_variant, n_baseline), False)
+
+
+def _speed_difference(
+    done: pd.DataFrame,
+    base: pd.DataFrame,
+    variant: str,
+    reference: str | None,
+    margin_pct: float | None = None,
+    design: Design = FIXED,
+) -> dict:
+    """tok_per_s_delta_pct with its interval, p, test and seeds paired; the verdict comes later.
+    Arms that did not interleave in time are not tested: verdict `confounded` (timing.py)."""
+    values = dict.fromkeys(("delta_pct", "delta_pct_ci_low", "delta_pct_ci_high", "p", "tost_p"), math.nan)
+    values.update(test="", n_paired=0, verdict=BASELINE if variant == reference else NO_BASELINE, mixing=math.nan)
     measured = done[np.isfinite(done[SPEED].to_numpy(dtype=float))]
     if measured.empty:
         values["verdict"] = ""
@@ -272,18 +337,46 @@ def _speed_difference(done: pd.DataFrame, base: pd.DataFrame, variant: str, refe
         differs = speed_context_difference(pd.concat([measured, base_measured]))
         if differs:
             values["verdict"] = f"{NOT_COMPARED}: {differs}"
-        else:
-            result = ratio_compare(_pairs(measured, SPEED), _pairs(base_measured, SPEED))
-            values.update(
-                delta_pct=result.delta_pct,
-                delta_pct_ci_low=result.low_pct,
-                delta_pct_ci_high=result.high_pct,
-                p=result.p_value,
-                test=result.test,
-                n_paired=result.n_paired,
-                verdict="",
-            )
+            return {f"{SPEED}_{name}": value for name, value in values.items()}
+        pairs, base_pairs, note = speed_pairs(measured, base_measured)
+        values["mixing"] = note.get("mixing", math.nan)
+        if note.get("confounded"):
+            values["verdict"] = CONFOUNDED
+            return {**{f"{SPEED}_{name}": value for name, value in values.items()}, "speed_note": note["text"]}
+        result = ratio_compare(pairs, base_pairs)
+        looks_n, pivotal = _look(result.test, result.n_paired, result.n_variant, result.n_baseline)
+        if design.sequential and result.test != NO_TEST:
+            result = ratio_compare(pairs, base_pairs, alpha=design.level(ALPHA, looks_n, pivotal))
+        values.update(
+            delta_pct=result.delta_pct,
+            delta_pct_ci_low=result.low_pct,
+            delta_pct_ci_high=result.high_pct,
+            p=design.p_value(result.p_value, looks_n, pivotal),
+            test=result.test,
+            n_paired=result.n_paired,
+            verdict="",
+        )
+        if margin_pct is not None and result.test != NO_TEST:
+            tost = tost_ratio(pairs, base_pairs, margin_pct, paired=result.test == PAIRED)
+            values["tost_p"] = design.one_sided_p_value(tost, looks_n, pivotal)
     return {f"{SPEED}_{name}": value for name, value in values.items()}
+
+
+def speed_pairs(measured: pd.DataFrame, base: pd.DataFrame) -> tuple[list, list, dict]:
+    """(seed, tok/s) of each side as the speed test should see them, and what timing decided
+    (timing.speed_design): confounded; paired by seed; or Welch on every run, the seeds relabelled
+    apart so that nothing pairs. Times unknown: paired by seed, as stats.ratio_compare does."""
+    pairs, base_pairs = _pairs(measured, SPEED), _pairs(base, SPEED)
+    v_times, b_times = timing.times(measured), timing.times(base)
+    if v_times is None or b_times is None:
+        return pairs, base_pairs, {"unknown": True}
+    design, mixing, disjoint = timing.speed_design((list(measured["seed"]), *v_times), (list(base["seed"]), *b_times))
+    if design == timing.CONFOUNDED:
+        note = timing.confounded_note(mixing, disjoint)
+        return pairs, base_pairs, {"confounded": True, "mixing": mixing, "text": note}
+    if design == timing.PAIRED:
+        return pairs, base_pairs, {"mixing": mixing}
+    return [(("variant", s), v) for s, v in pairs], [(("baseline", s), v) for s, v in base_pairs], {"mixing": mixing}
 
 
 def speed_context_difference(runs: pd.DataFrame) -> str:
@@ -319,35 +412,6 @@ def _pairing_note(row: dict, done: pd.DataFrame, base: pd.DataFrame, variant: st
     return {}
 
 
-def _time_window_note(row: dict, done: pd.DataFrame, base: pd.DataFrame) -> list[str]:
-    """A speed test between runs that ran one set after the other: a change in the machine's load
-    between the two windows (another job, thermal state) reads as a speed difference, which pairing by
-    seed does not cancel. Said in the row; `harness.bench ab` interleaves and does."""
-    if row.get(f"{SPEED}_test") in ("", NO_TEST, None):
-        return []
-    windows = [_window(done), _window(base)]
-    if None in windows:
-        return []
-    (start, end), (base_start, base_end) = windows
-    if end <= base_start or base_end <= start:
-        return [
-            "speed: this variant's runs and the baseline's ran in separate time windows, so a change in "
-            "machine load between them is not cancelled (harness.bench ab interleaves)"
-        ]
-    return []
-
-
-def _window(runs: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """First start and last end of these runs, or None if any run did not record both."""
-    if runs.empty or "started_at" not in runs or "ended_at" not in runs:
-        return None
-    starts = pd.to_datetime(runs["started_at"], errors="coerce", utc=True)
-    ends = pd.to_datetime(runs["ended_at"], errors="coerce", utc=True)
-    if starts.isna().any() or ends.isna().any():
-        return None
-    return starts.min(), ends.max()
-
-
 def _seed_list(seeds: Sequence[int]) -> str:
     return ",".join(_seed_text(s) for s in seeds)
 
@@ -357,41 +421,122 @@ def _seed_text(seed: Any) -> str:
     return str(int(seed)) if isinstance(seed, float) and seed.is_integer() else str(seed)
 
 
-def _adjust_and_judge(table: pd.DataFrame) -> None:
-    """Holm over every p-value of the table at once, then every verdict from the adjusted values."""
-    columns = [f"{key}_p" for key in TESTED]
-    adjusted = holm(table[columns].to_numpy(dtype=float).ravel()).reshape(len(table), len(columns))
-    for i, key in enumerate(TESTED):
-        table[f"{key}_p_adjusted"] = adjusted[:, i]
+def family_columns(frame: pd.DataFrame, keys: Sequence[str] = TESTED, suffixes: Sequence[str] = ("p", "tost_p")):
+    """The p-value columns of a table that belong to the Holm family (those it has)."""
+    return [f"{key}_{suffix}" for key in keys for suffix in suffixes if f"{key}_{suffix}" in frame]
+
+
+def judge(
+    table: pd.DataFrame,
+    interactions: pd.DataFrame | None = None,
+    margins: Margins = NO_MARGINS,
+    design: Design = FIXED,
+) -> int:
+    """Holm over every p-value of the table (and of the interactions) at once, then every verdict
+    from the adjusted values, and the detectable differences at the level the verdicts use: alpha / m,
+    Holm's first step over the m tests (a true difference that size is found at least that often;
+    under a sequential design, at the nominal level of this look). Returns m."""
+    frames = [(table, family_columns(table))]
+    if interactions is not None and not interactions.empty:
+        from harness.results.interactions import INTERACTION_FAMILY
+
+        frames.append((interactions, [c for c in INTERACTION_FAMILY if c in interactions]))
+    raw = np.concatenate([frame[columns].to_numpy(dtype=float).ravel() for frame, columns in frames])
+    adjusted = holm(raw)
+    tests = int(np.isfinite(raw).sum())
+    start = 0
+    for frame, columns in frames:
+        block = adjusted[start : start + len(frame) * len(columns)].reshape(len(frame), len(columns))
+        start += len(frame) * len(columns)
+        for i, column in enumerate(columns):
+            frame[f"{column}_adjusted"] = block[:, i]
+    power_alpha = ALPHA / max(tests, 1)
+    table["mdd_alpha"] = power_alpha
+    table["holm_tests"] = tests
     for metric in METRICS:
         prefix = metric.key
-        pending = table[f"{prefix}_verdict"] == ""
-        pending &= table[f"{prefix}_test"] != ""
+        table[f"{prefix}_mdd"] = [
+            min_detectable_difference(
+                r[f"{prefix}_se"], r[f"{prefix}_dof"], _power_level(r, prefix, power_alpha, design)
+            )
+            if math.isfinite(r[f"{prefix}_se"])
+            else math.nan
+            for _, r in table.iterrows()
+        ]
+        pending = _revisable(table[f"{prefix}_verdict"]) & (table[f"{prefix}_test"] != "")
+        margin = margins.for_key(prefix)
         table.loc[pending, f"{prefix}_verdict"] = [
-            _verdict(metric.higher_is_better, r[f"{prefix}_delta"], r[f"{prefix}_p_adjusted"], r[f"{prefix}_test"])
+            _verdict(
+                metric.higher_is_better,
+                r[f"{prefix}_delta"],
+                r[f"{prefix}_p_adjusted"],
+                r[f"{prefix}_test"],
+                r.get(f"{prefix}_tost_p_adjusted", math.nan),
+                margin,
+            )  # fmt: skip
             for _, r in table[pending].iterrows()
         ]
-    pending = (table[f"{SPEED}_verdict"] == "") & (table[f"{SPEED}_test"] != "")
+    pending = _revisable(table[f"{SPEED}_verdict"]) & (table[f"{SPEED}_test"] != "")
     table.loc[pending, f"{SPEED}_verdict"] = [
-        _speed_verdict(r[f"{SPEED}_delta_pct"], r[f"{SPEED}_p_adjusted"], r[f"{SPEED}_test"])
+        _speed_verdict(
+            r[f"{SPEED}_delta_pct"],
+            r[f"{SPEED}_p_adjusted"],
+            r[f"{SPEED}_test"],
+            r.get(f"{SPEED}_tost_p_adjusted", math.nan),
+            margins.speed,
+        )  # fmt: skip
         for _, r in table[pending].iterrows()
     ]
+    if interactions is not None and not interactions.empty:
+        from harness.results.interactions import judge_interactions
+
+        judge_interactions(interactions, margins)
+    return tests
 
 
-def _verdict(higher_is_better: bool, difference: float, p_adjusted: float, test: str) -> str:
+def _power_level(row: pd.Series, prefix: str, alpha: float, design: Design) -> float:
+    """The nominal level at which this row's test rejects at overall level `alpha`."""
+    if not design.sequential:
+        return alpha
+    paired = row[f"{prefix}_test"] == PAIRED
+    n = int(row[f"{prefix}_n_paired"]) if paired else int(row["n_seeds"])
+    return design.level(alpha, n, pivotal=paired)
+
+
+def _revisable(verdicts: pd.Series) -> pd.Series:
+    """Verdicts a test decides, which a second judgement (with the interactions in the family) may
+    revise: not yet given, or given from a p-value. Baseline, one seed, not compared, confounded stay."""
+    decided = {BETTER, WORSE, FASTER, SLOWER, NOT_SIGNIFICANT, ""}
+    return verdicts.isin(decided) | verdicts.str.startswith("equivalent within")
+
+
+def _verdict(
+    higher_is_better: bool,
+    difference: float,
+    p_adjusted: float,
+    test: str,
+    tost_adjusted: float = math.nan,
+    margin: float | None = None,
+) -> str:
     if test == NO_TEST:
         return SINGLE_SEED
-    if not p_adjusted < ALPHA:
-        return NOT_SIGNIFICANT
-    return BETTER if (difference > 0) == higher_is_better else WORSE
+    if p_adjusted < ALPHA:
+        return BETTER if (difference > 0) == higher_is_better else WORSE
+    if margin is not None and tost_adjusted < ALPHA:
+        return EQUIVALENT.format(margin=f"{margin:g}")
+    return NOT_SIGNIFICANT
 
 
-def _speed_verdict(delta_pct: float, p_adjusted: float, test: str) -> str:
+def _speed_verdict(
+    delta_pct: float, p_adjusted: float, test: str, tost_adjusted: float = math.nan, margin: float | None = None
+) -> str:
     if test == NO_TEST:
         return SINGLE_SEED
-    if not p_adjusted < ALPHA:
-        return NOT_SIGNIFICANT
-    return FASTER if delta_pct > 0 else SLOWER
+    if p_adjusted < ALPHA:
+        return FASTER if delta_pct > 0 else SLOWER
+    if margin is not None and tost_adjusted < ALPHA:
+        return EQUIVALENT.format(margin=f"{margin:g}%")
+    return NOT_SIGNIFICANT
 
 
 # Markdown ----------------------------------------------------------------------------------
@@ -506,9 +651,30 @@ def _format(value: float, spec: str) -> str:
 
 def _legend(table: pd.DataFrame, has_core: bool) -> str:
     counts = {key: int(table[f"{key}_p"].notna().sum()) for key in TESTED}
-    tests = sum(counts.values())
     names = {"val_bpb": "val bpb", "core": "CORE", SPEED: "speed"}
     parts = ", ".join(f"{names[k]} {n}" for k, n in counts.items() if n or k != "core")
+    equivalence = sum(int(table[c].notna().sum()) for c in family_columns(table, suffixes=("tost_p",)))
+    tests = int(table["holm_tests"].iloc[0]) if "holm_tests" in table else sum(counts.values())
+    interactions = tests - sum(counts.values()) - equivalence
+    parts += f", equivalence {equivalence}" if equivalence else ""
+    parts += f", interactions {interactions}" if interactions > 0 else ""
+    alpha = float(table["mdd_alpha"].iloc[0]) if "mdd_alpha" in table else ALPHA
+    power_level = f"α = {ALPHA}/{tests} = {alpha:.2g} (Holm's first step over the {tests} tests)"
+    power_level = power_level if tests > 1 else f"α = {ALPHA}"
+    words = f"{BETTER}/{WORSE}, {FASTER}/{SLOWER}"
+    null = (
+        'a null result reads "equivalent within ±m" only when both one-sided tests (TOST, margin m) reject '
+        'at the adjusted level, else "not significant", which is not evidence of no difference'
+    )
+    speed_time = (
+        f"speed is `{CONFOUNDED}` (not tested) when the variant's runs and the baseline's did not interleave in "
+        "time (start-order mixing outside 0.25-0.75, and not side by side), since machine drift is then not "
+        "cancelled; `harness.bench ab` "
+        "interleaves. tok/s pairs by seed only when each seed's two runs shared a time window, else Welch. "
+    )
+    tested = table[f"{SPEED}_test"].isin([PAIRED, "welch"])
+    if f"{SPEED}_mixing" in table and (tested & table[f"{SPEED}_mixing"].isna()).any():
+        speed_time += "Some speed rows' runs did not record start and end, so their interleaving was not checked. "
     metrics = "val bpb: lower is better; CORE: higher is better" if has_core else "val bpb: lower is better"
     family = (
         f"Holm p: adjusted over all {tests} tests of this table ({parts}), which keeps the chance of any "
@@ -520,8 +686,8 @@ def _legend(table: pd.DataFrame, has_core: bool) -> str:
         f"Completed runs only; Δ = variant − baseline ({metrics}). Means with 95% t intervals over "
         "seeds. p: paired t-test on the seeds variant and baseline share (when at least 2 are shared), "
         f"Welch's t-test otherwise. {family}detectable Δ: the smallest true difference this design finds "
-        f"with 80% power at α = {ALPHA} (two-sided, before adjustment), given the observed seed-to-seed spread; "
-        'a smaller true difference would likely read as "not significant". Δ tok/s: the relative difference '
+        f"with 80% power at {power_level}, so the verdict ({words}) finds it at least that often, given the "
+        f"observed seed-to-seed spread; {null}. {speed_time}Δ tok/s: the relative difference "
         "of the mean of each run's steady-state median tok/s, with Fieller's 95% interval (the ratios the same "
         "t-test does not reject); runs on different devices, world sizes or batch sizes are not compared for "
         "speed. quality and speed are separate verdicts. A variant with one seed has no interval and is "
@@ -540,8 +706,10 @@ def save_comparison(table: pd.DataFrame, markdown: str, out_dir: str | os.PathLi
 def spread_table(collection: Collection, table: pd.DataFrame) -> pd.DataFrame:
     """Per depth and metric: the seed-to-seed spread pooled over variants (within a variant, and
     of the per-seed differences to the baseline), and what the sweep's own design (its typical
-    number of seeds) could detect with it, paired and unpaired."""
+    number of seeds) could detect with it, paired and unpaired, at the level the verdicts use
+    (`alpha`: the table's `mdd_alpha`, Holm's first step)."""
     rows = []
+    alpha = float(table["mdd_alpha"].iloc[0]) if "mdd_alpha" in table and len(table) else ALPHA
     done = collection.completed()
     for depth, comparison in table.groupby("depth", sort=True):
         at_depth = done[done["depth"] == depth]
@@ -562,8 +730,9 @@ def spread_table(collection: Collection, table: pd.DataFrame) -> pd.DataFrame:
                         "sd_dof": dof,
                         "paired_sd": paired_sd,
                         "paired_dof": paired_dof,
-                        "mdd_paired": design_min_detectable(paired_sd, seeds, paired=True),
-                        "mdd_unpaired": design_min_detectable(sd, seeds, paired=False),
+                        "alpha": alpha,
+                        "mdd_paired": design_min_detectable(paired_sd, seeds, paired=True, alpha=alpha),
+                        "mdd_unpaired": design_min_detectable(sd, seeds, paired=False, alpha=alpha),
                     }
                 )
     return pd.DataFrame(rows)

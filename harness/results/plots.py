@@ -39,7 +39,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from harness.results.collect import COMPLETED, CORE_PREFIX, Collection
-from harness.results.compare import speed_context_difference
+from harness.results.compare import speed_context_difference, speed_pairs
 from harness.results.stats import NO_TEST, PAIRED, compare, mean_interval, ratio_compare
 
 EMA_BETA = 0.9
@@ -578,7 +578,10 @@ def _speed_panel(ax, at_depth: pd.DataFrame, reference, styles, variants: Sequen
         runs = at_depth[at_depth["variant"] == variant]
         if variant == reference or base.empty or runs.empty or speed_context_difference(pd.concat([runs, base])):
             continue
-        result = ratio_compare(_seed_pairs(runs, "tok_per_s"), _seed_pairs(base, "tok_per_s"))
+        pairs, base_pairs, timing = speed_pairs(runs, base)
+        if timing.get("confounded"):  # not tested in the table either: no interval to draw
+            continue
+        result = ratio_compare(pairs, base_pairs)
         style = styles[variant]
         if not math.isfinite(result.delta_pct):
             continue
@@ -603,8 +606,10 @@ def _throughput_text(runs: pd.DataFrame, base: pd.DataFrame, variant: str, basel
         differs = speed_context_difference(pd.concat([runs, base]))
         if differs:
             text += f" (not compared: {differs.split(' (')[0]})"
+        elif speed_pairs(runs, base)[2].get("confounded"):
+            text += " (confounded with time: harness.bench ab)"
         else:
-            result = ratio_compare(_seed_pairs(runs, "tok_per_s"), _seed_pairs(base, "tok_per_s"))
+            result = ratio_compare(*speed_pairs(runs, base)[:2])
             text += f" ({result.delta_pct:+.1f}% vs baseline".replace("-", "−")
             text += f", raw p={result.p_value:.2g})" if math.isfinite(result.p_value) else ", n=1)"
     return text + (f", MFU {mfu:.1%}" if math.isfinite(mfu) else "")

@@ -7,6 +7,7 @@
       runs.md                    the per-run table: variant, seed, status, final/min val bpb, time, tok/s
       comparison.md, .csv        per depth and variant, against the baseline (compare.py)
       spread.csv                 seed-to-seed spread and detectable differences per depth
+      interactions.csv           when the sweep crosses two axes: the difference of differences (interactions.py)
       plots/*.png, *.svg         (plots.py)
 
 `python -m harness.report` and the multirun callback both call `build_report`.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,27 @@ import pandas as pd
 from tqdm import tqdm
 
 from harness.errors import ConfigError
-from harness.results.collect import COMPLETED, Collection, RunRecord, collect, load_run_dirs, save_tables
+from harness.results.collect import (
+    COMPLETED,
+    Collection,
+    RunRecord,
+    collect,
+    load_run_dirs,
+    noise_sources,
+    save_tables,
+)
 from harness.results.compare import (
     comparison_markdown,
     comparison_table,
+    judge,
     parse_baseline,
     save_comparison,
     spread_table,
 )
+from harness.results.equivalence import NO_MARGINS, Margins
+from harness.results.interactions import interaction_table, interactions_legend, interactions_markdown
 from harness.results.plots import all_plots, save_figure
+from harness.results.sequential import Design, design_from_configs
 from harness.results.stats import ALPHA, POWER
 
 
@@ -47,6 +60,7 @@ class Report:
     comparison_markdown: str
     spread: pd.DataFrame
     plots: list[str]
+    interactions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def console_text(self) -> str:
         """What a command prints when the report is written: the comparison table, then where the
@@ -63,8 +77,10 @@ def build_report(
     wandb_api: Any = None,
     title: str | None = None,
     command: str | None = None,
+    margins: Margins = NO_MARGINS,
 ) -> Report:
-    """Collect the runs under `roots` (and wandb projects), write every table and plot, and report.md."""
+    """Collect the runs under `roots` (and wandb projects), write every table and plot, and report.md.
+    `margins`: equivalence margins (equivalence.py); the sequential design is the one the runs declared."""
     records: list[RunRecord] = load_run_dirs(*roots) if roots else []
     for project in wandb_projects:
         from harness.results.wandb_import import load_wandb
@@ -75,13 +91,24 @@ def build_report(
         raise ConfigError(f"no runs found in {', '.join(sources) or 'nothing'} (a run is a folder with config.yaml)")
     out_dir = Path(out_dir)
     collection = collect(records)
+    design, design_notes = design_from_configs(collection.configs.values())
     # The default baseline may not apply to foreign runs (a note); one the user named must (an error).
-    table, notes = comparison_table(collection, parse_baseline(baseline), strict=baseline is not None)
-    markdown = comparison_markdown(table, collection.variant_keys, notes)
+    table, notes = comparison_table(
+        collection, parse_baseline(baseline), strict=baseline is not None, margins=margins, design=design
+    )
+    interactions = pd.DataFrame()
+    if not table.empty:
+        baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
+        interactions = interaction_table(collection, baselines, margins, design)
+        if not interactions.empty:
+            judge(table, interactions, margins, design)  # one Holm family with the comparison table
+    markdown = comparison_markdown(table, collection.variant_keys, [*notes, *design_notes])
     spread = spread_table(collection, table)
     save_tables(collection, out_dir)
     save_comparison(table, markdown, out_dir)
     spread.to_csv(out_dir / "spread.csv", index=False)
+    if not interactions.empty:
+        interactions.to_csv(out_dir / "interactions.csv", index=False)
     runs_markdown = runs_table_markdown(collection)
     (out_dir / "runs.md").write_text(runs_markdown + "\n")
     baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
@@ -91,9 +118,42 @@ def build_report(
         plots.append((plot.stem, plot.title))
     title = title or (Path(roots[0]).name if roots else "wandb")
     text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command)
+    text = _with_design(text, collection, design, margins, interactions)
     report_path = out_dir / "report.md"
     report_path.write_text(text)
-    return Report(out_dir, report_path, collection, table, markdown, spread, [stem for stem, _ in plots])
+    stems = [stem for stem, _ in plots]
+    return Report(out_dir, report_path, collection, table, markdown, spread, stems, interactions)
+
+
+def _with_design(text: str, collection: Collection, design: Design, margins: Margins, interactions) -> str:
+    """report.md's statistical design (noise sources, looks, margins) under the header, and the
+    interactions section after the comparison."""
+    done = collection.completed()
+    flats = [collection.configs[r] for r in done["run"] if r in collection.configs] or list(collection.configs.values())
+    design_lines = [
+        f"Noise the seeds varied: {noise_sources(flats)}.",
+        "",
+        f"Design: {design.text()}. Equivalence margins: "
+        + (f"{margins.text()} (--equivalence-margin)." if margins.any else 'none (a null stays "not significant").'),
+        "",
+    ]
+    head, sep, rest = text.partition("\n## ")
+    text = head + "\n" + "\n".join(design_lines) + sep + rest if sep else text + "\n".join(design_lines)
+    if interactions is None or interactions.empty:
+        return text
+    section = [
+        "## Interactions",
+        "",
+        interactions_markdown(interactions),
+        "",
+        interactions_legend(margins),
+        "",
+        "All numbers in [interactions.csv](interactions.csv).",
+        "",
+        "",
+    ]
+    marker = "## What this sweep could detect"
+    return text.replace(marker, "\n".join(section) + marker, 1)
 
 
 # the per-run table -------------------------------------------------------------------------
@@ -218,9 +278,17 @@ def _power_text(spread: pd.DataFrame) -> list[str]:
             "No variant has two completed seeds, so the seed-to-seed spread is unknown: no difference can be "
             'tested, and "no significant difference" means nothing yet. Run at least two seeds.'
         ]
+    alpha = float(spread["alpha"].iloc[0]) if "alpha" in spread else ALPHA
+    level = f"α = {alpha:.2g} (two-sided)"
+    if alpha < ALPHA:
+        level = (
+            f"α = {ALPHA}/{round(ALPHA / alpha)} = {alpha:.2g} (two-sided; Holm's first step over the report's "
+            f"{round(ALPHA / alpha)} tests, the level the verdicts use, so a verdict finds such a difference at least "
+            f"{POWER:.0%} of the time)"
+        )
     lines = [
-        f"Smallest true difference the sweep's design would detect with {POWER:.0%} power at α = {ALPHA} "
-        "(two-sided), from the seed-to-seed spread pooled over the variants of each depth. A true difference "
+        f"Smallest true difference the sweep's design would detect with {POWER:.0%} power at {level}, "
+        "from the seed-to-seed spread pooled over the variants of each depth. A true difference "
         'below it would likely come out "not significant": that verdict is not evidence of no difference.',
         "",
         "| depth | metric | seeds per variant | sd within a variant | detectable Δ, unpaired | "

@@ -66,6 +66,8 @@ class Comparison:
     p_value: float
     min_detectable: float
     n_paired: int = 0  # seeds the paired test used (shared by both sides); 0 for Welch or no test
+    se: float = math.nan  # the difference's standard error and its degrees of freedom: what power needs
+    dof: float = math.nan
 
     def significant(self, alpha: float = ALPHA) -> bool:
         return self.test != NO_TEST and self.p_value < alpha
@@ -138,10 +140,18 @@ def seeds_needed(
     """
     if not (math.isfinite(sd) and difference > 0):
         return None
-    for n in range(2, limit + 1):
-        if design_min_detectable(sd, n, paired, alpha, power) <= difference:
-            return n
-    return None
+    if design_min_detectable(sd, limit, paired, alpha, power) > difference:
+        return None
+    # The detectable difference falls as seeds are added (smaller standard error, more degrees of
+    # freedom): bisect for the first count that reaches `difference`.
+    low, high = 1, limit  # low never suffices (or is below 2), high does
+    while high - low > 1:
+        middle = (low + high) // 2
+        if middle >= 2 and design_min_detectable(sd, middle, paired, alpha, power) <= difference:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def design_min_detectable(sd: float, seeds: int, paired: bool, alpha: float = ALPHA, power: float = POWER) -> float:
@@ -194,11 +204,12 @@ def _paired(diffs: np.ndarray, n_variant: int, n_baseline: int, alpha: float) ->
     if se == 0:
         # Every seed gave exactly the same difference (e.g. bitwise-identical runs): no noise to test against.
         p = 1.0 if mean == 0 else 0.0
-        return Comparison(PAIRED, n_variant, n_baseline, mean, mean, mean, p, 0.0, n)
+        return Comparison(PAIRED, n_variant, n_baseline, mean, mean, mean, p, 0.0, n, 0.0, n - 1)
     result = stats.ttest_1samp(diffs, 0.0)
     ci = result.confidence_interval(1 - alpha)
     mdd = min_detectable_difference(se, n - 1, alpha)
-    return Comparison(PAIRED, n_variant, n_baseline, mean, float(ci.low), float(ci.high), float(result.pvalue), mdd, n)
+    p = float(result.pvalue)
+    return Comparison(PAIRED, n_variant, n_baseline, mean, float(ci.low), float(ci.high), p, mdd, n, se, n - 1)
 
 
 def _welch(variant: np.ndarray, baseline: np.ndarray, difference: float, alpha: float) -> Comparison:
@@ -206,13 +217,13 @@ def _welch(variant: np.ndarray, baseline: np.ndarray, difference: float, alpha: 
     se = math.sqrt(var_v + var_b)
     if se == 0:
         p = 1.0 if difference == 0 else 0.0
-        return Comparison(WELCH, len(variant), len(baseline), difference, difference, difference, p, 0.0)
+        return Comparison(WELCH, len(variant), len(baseline), difference, difference, difference, p, 0.0, 0, 0.0)
     result = stats.ttest_ind(variant, baseline, equal_var=False)
     ci = result.confidence_interval(1 - alpha)
-    mdd = min_detectable_difference(se, float(result.df), alpha)
-    return Comparison(
-        WELCH, len(variant), len(baseline), difference, float(ci.low), float(ci.high), float(result.pvalue), mdd
-    )
+    dof = float(result.df)
+    mdd = min_detectable_difference(se, dof, alpha)
+    p = float(result.pvalue)
+    return Comparison(WELCH, len(variant), len(baseline), difference, float(ci.low), float(ci.high), p, mdd, 0, se, dof)
 
 
 # ratios (speed) ------------------------------------------------------------------------------

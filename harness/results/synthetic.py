@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from harness.results.rundir import RunDir
+from harness.run.outcome import Summary, write_summary
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SMOKE_GRID = {
@@ -81,8 +82,10 @@ def _group(group: str, choice: str) -> dict:
 def run_config(
     model: str = "tiny", rope: str = "slice", mlp_lr: str = "c_fc_2x", seed: int = 0, name: str = "smoke"
 ) -> dict:
-    """The resolved config a real run of these choices would write (smoke experiment otherwise)."""
-    config = {**_smoke_config(), "name": name, "seed": seed}
+    """The resolved config a real run of these choices would write (smoke experiment otherwise):
+    data.seed follows the seed, as configs/data/ has it."""
+    smoke = _smoke_config()
+    config = {**smoke, "name": name, "seed": seed, "data": {**smoke["data"], "seed": seed}}
     config.update(model=_group("model", model), rope=_group("rope", rope), mlp_lr=_group("mlp_lr", mlp_lr))
     return config
 
@@ -146,7 +149,8 @@ def write_run(
         centered = {f"core/{task}": value for task, value in core.items()}
         run.append_metrics({**base, "core": float(np.mean(list(core.values()))), **centered})
     if status is not None:
-        run.write_summary(_summary(config, status, last, steps, batch, fpt, tok_per_s, val_history, core, on_gpu))
+        summary = _summary(config, status, last, steps, batch, fpt, tok_per_s, val_history, core, on_gpu)
+        write_summary(run, Summary.from_json(summary))
     return run
 
 

@@ -8,7 +8,7 @@ Both sides are built as each normally runs on CPU: the reference as scripts/base
 (GPT on meta, to_empty, init_weights, torch.compile(model, dynamic=False), model.setup_optimizer(),
 whose AdamW and Muon steps are its @torch.compile'd fused kernels, float32 outside Muon's bf16
 orthogonalization), this project through `harness.bench.build_training_step` (the trainer's own
-plan_run, build_model, compile_for_training, build_optimizer, optimizer_step). Same depth, width,
+harness.run.build: build_model, compile_for_training, build_optimizer, optimizer_step). Same depth, width,
 heads (head_dim 32), window pattern SSSL, vocabulary and random tokens. One step = forward and
 backward of one batch, the optimizer step, zero_grad, the loss read back (`.item()`), as each
 trainer does. After warm-up (compilation), blocks of steps alternate AB BA AB ... and the result
@@ -31,7 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from harness.bench import build_training_step, interleaved_order, provenance_fields  # noqa: E402
+from harness.bench.ab import interleaved_order  # noqa: E402
+from harness.bench.common import build_training_step, provenance_fields  # noqa: E402
 from harness.results.stats import ratio_compare  # noqa: E402
 
 HEAD_DIM = 32  # the tiny model's head size; the reference gets the same head count
@@ -49,7 +50,7 @@ def project_step(args) -> callable:
         "train.device=cpu",
     ]
     built = build_training_step(overrides, torch.device("cpu"))
-    assert built.plan.model.n_embd == args.dim, built.plan.model.n_embd
+    assert built.spec.model.n_embd == args.dim, built.spec.model.n_embd
     return built.step
 
 
