@@ -329,8 +329,9 @@ def runs_markdown(runs: list[PlannedRun]) -> str:
         ]
         for i, r in enumerate(runs, 1)
     ]
-    table = _markdown(header, rows) + "\n\n" + depth_totals_markdown(runs) + f"\n\nTotal: {_total(runs)}."
-    return table + memory_flags(runs)
+    # The memory flags follow the table they refer to; the plan still ends with its total.
+    table = _markdown(header, rows) + memory_flags(runs)
+    return table + "\n\n" + depth_totals_markdown(runs) + f"\n\nTotal: {_total(runs)}."
 
 
 def memory_flags(runs: list[PlannedRun]) -> str:
@@ -348,7 +349,7 @@ def memory_flags(runs: list[PlannedRun]) -> str:
             f"Run {i} needs an estimated {r.peak_memory_gib:.1f} GiB per GPU at device batch "
             f"{r.device_batch_size}, over --gpu-memory-gib; {advice}."
         )
-    return "".join("\n" + line for line in lines)
+    return "".join("\n\n" + line for line in lines)
 
 
 def depth_totals_markdown(runs: list[PlannedRun]) -> str:
