@@ -11,6 +11,7 @@ from harness.results.plots import (
     curve_figure,
     ema,
     final_figure,
+    ordered_variants,
     save_figure,
     scaling_figure,
     throughput_figure,
@@ -176,8 +177,9 @@ def test_scaling_needs_two_depths_and_core_needs_core(two_depths, tmp_path):
     collection = collect_dirs(one_depth)
     assert scaling_figure(collection) is None
     assert core_figure(collection) is None
+    # Here steps, time and FLOPs are each one multiple of tokens (write_run): one picture, drawn once.
     assert {p.stem for p in all_plots(collection)} == {
-        *(f"{m}_vs_{x}" for m in ("train_loss", "val_bpb") for x in ("step", "tokens", "time", "flops")),
+        *(f"{m}_vs_tokens" for m in ("train_loss", "val_bpb")),
         "final_val_bpb",
         "throughput",
     }
@@ -219,10 +221,10 @@ def test_the_final_plot_shows_the_paired_difference_with_its_interval(tmp_path):
     fig = final_figure(collect_dirs(tmp_path), {12: "rope.split=slice"})
     values_ax, delta_ax = fig.axes
     ci = stats.ttest_rel(chunk, base).confidence_interval(0.95)
-    assert _whiskers(delta_ax)[0] == pytest.approx((ci.low, ci.high))  # rope.split=chunk sorts first
+    assert _whiskers(delta_ax)[1] == pytest.approx((ci.low, ci.high))  # the baseline's row first, then chunk
     # The unpaired interval of each variant is far wider than the paired one.
     half = stats.t.ppf(0.975, 2) * np.std(chunk, ddof=1) / np.sqrt(3)
-    assert _whiskers(values_ax)[0] == pytest.approx((np.mean(chunk) - half, np.mean(chunk) + half))
+    assert _whiskers(values_ax)[1] == pytest.approx((np.mean(chunk) - half, np.mean(chunk) + half))
     assert half > (ci.high - ci.low) / 2
     assert any(list(line.get_xdata()) == [0, 0] for line in delta_ax.get_lines())  # the zero line
 
@@ -240,7 +242,8 @@ def test_one_seed_variants_say_n_1_and_variants_differ_by_marker(tmp_path):
     for fig in (final_figure(collection, BASELINES), throughput_figure(collection, BASELINES)):
         labels = [t.get_text() for ax in fig.axes for t in ax.texts]
         assert labels.count("n=1") == 2  # the values panel and the difference panel
-        single_row = sorted(collection.runs["variant"].unique()).index("rope.split=chunk mlp_lr.name=c_fc_2x")
+        order = ordered_variants(collection.runs["variant"].unique(), BASELINES)  # the baseline's row first
+        single_row = order.index("rope.split=chunk mlp_lr.name=c_fc_2x")
         assert all(single_row not in _whiskers(ax) for ax in fig.axes)  # no zero-length bar
 
 
@@ -253,7 +256,7 @@ def test_throughput_shows_the_relative_difference_with_fieller_bounds_off_zero(t
     fig = throughput_figure(collect_dirs(tmp_path), {12: "rope.split=slice"})
     values_ax, delta_ax = fig.axes
     assert values_ax.get_xlim()[0] > 900  # fitted to the data, not from 0
-    low, high = _whiskers(delta_ax)[0]  # rope.split=chunk sorts first
+    low, high = _whiskers(delta_ax)[1]  # the baseline's row first, then chunk
     v, b = np.array(speeds["chunk"]), np.array(speeds["slice"])
     for bound in (low, high):  # Fieller's bounds: scipy's paired test of v against rho * b has p = 0.05
         assert stats.ttest_rel(v, (1 + bound / 100) * b).pvalue == pytest.approx(0.05, abs=1e-8)

@@ -309,9 +309,15 @@ def variant_keys(configs: Sequence[dict[str, Any]], axes: Sequence[str]) -> list
         members = sorted((k for k in free if k.split(".")[0] == group), key=lambda k: -table[k].nunique())
         for key in members:
             same_group = [k for k in kept if k.split(".")[0] == group]
-            if not same_group or not _implied_by(table, key, same_group):
+            # A fractional number is set on its own (a searched LR), not chosen with a group's option:
+            # in a search every trial's values are unique, so one key would "imply" the other.
+            if not same_group or _fractional(table[key]) or not _implied_by(table, key, same_group):
                 kept.append(key)
     return [k for k in axes if k in kept]
+
+
+def _fractional(values: pd.Series) -> bool:
+    return any(isinstance(v, float) and math.isfinite(v) and not v.is_integer() for v in values)
 
 
 def _implied_by(table: pd.DataFrame, key: str, by: list[str]) -> bool:
@@ -322,16 +328,29 @@ def _hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def variant_label(flat: dict[str, Any], keys: Sequence[str]) -> str:
-    return " ".join(f"{k}={_format_value(flat.get(k))}" for k in keys)
+def variant_label(flat: dict[str, Any], keys: Sequence[str], digits: int | None = None) -> str:
+    return " ".join(f"{k}={_format_value(flat.get(k), digits)}" for k in keys)
 
 
-def _format_value(value: Any) -> str:
+def _format_value(value: Any, digits: int | None = None) -> str:
+    """`digits`: significant digits of a fractional number (a searched 0.012345678901234567 reads 0.01235)."""
+    if digits is not None and isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        return f"{value:.{digits}g}"
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def _label_digits(flats: Sequence[dict[str, Any]], keys: Sequence[str]) -> int | None:
+    """The fewest significant digits (4 to 8) at which fractional values still name the variants
+    apart, so that a search's trials read `optim.muon.lr=0.01235`; None (every digit) if none do."""
+    exact = {variant_label(f, keys) for f in flats}
+    for digits in range(4, 9):
+        if len({variant_label(f, keys, digits) for f in flats}) == len(exact):
+            return digits
+    return None
 
 
 # tables ------------------------------------------------------------------------------------
@@ -345,13 +364,14 @@ def collect(records: Iterable[RunRecord]) -> Collection:
     axes = ablation_axes(flats)
     keys = variant_keys(flats, axes) if flats else []
     fallback_name = "/".join(sorted({str(f.get(NAME_KEY, "run")) for f in flats}))
+    digits = _label_digits(flats, keys)
     rows = []
     for record in records:
         flat = axis_configs.get(record.run, {})
         row = {
             "run": record.run,
             "name": flat.get(NAME_KEY),
-            "variant": (variant_label(flat, keys) if keys else fallback_name) if flat else UNREADABLE,
+            "variant": (variant_label(flat, keys, digits) if keys else fallback_name) if flat else UNREADABLE,
             "depth": flat.get(DEPTH_KEY),
             "seed": flat.get(SEED_KEY),
             "status": UNREADABLE if record.unreadable else (record.summary or {}).get("status") or MISSING,
