@@ -119,7 +119,10 @@ def choose_baseline(
         items = parse_baseline(_declared_items(next(iter(declared))))
         keys = set().union(*collection.configs.values())
         if all(k in keys for k in items):
-            return BaselineChoice(items, DECLARED, f"declared by the runs' `{BASELINE_KEY}`")
+            # An axis the declaration does not name (a stray run's own key) is at its derived value.
+            derived, reasons = _derived_baseline(collection, defaults or {}, skip=items)
+            reason = f"declared by the runs' `{BASELINE_KEY}`" + (f"; {'; '.join(reasons)}" if reasons else "")
+            return BaselineChoice({**items, **derived}, DECLARED, reason)
         notes.append(f"the declared `{BASELINE_KEY}` names keys these runs do not have")
     elif len(declared) > 1:
         notes.append(f"the runs declare {len(declared)} different `{BASELINE_KEY}`")
@@ -139,11 +142,15 @@ def _declared_items(value: Any) -> list[str]:
     return str(value).split()
 
 
-def _derived_baseline(collection: Collection, defaults: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _derived_baseline(
+    collection: Collection, defaults: Mapping[str, Any], skip: Sequence[str] | Mapping[str, Any] = ()
+) -> tuple[dict[str, Any], list[str]]:
     items, reasons = {}, []
     done = collection.completed()
     runs = done if len(done) else collection.runs
     for key in collection.variant_keys:
+        if key in skip:
+            continue
         values = [v for v in runs[key].dropna().unique()] if key in runs else []
         if not values:
             continue
