@@ -734,8 +734,15 @@ def save_latex(table: pd.DataFrame, variant_keys: Sequence[str], out_dir: str | 
 
 
 def _variant_cells(row: pd.Series, keys: list[str]) -> list[str]:
-    cells = [str(row[k]) for k in keys] if keys else [str(row["variant"])]
+    cells = [_key_value(row[k]) for k in keys] if keys else [str(row["variant"])]
     return [f"**{c}**" for c in cells] if row["is_baseline"] else cells
+
+
+def _key_value(value: Any) -> str:
+    """A searched float as 4 significant digits (runs.csv and comparison.csv keep every digit)."""
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _seeds(row: pd.Series) -> str:

@@ -399,9 +399,14 @@ def difference_curve_figure(
 
 
 # hyperparameter searches -------------------------------------------------------------------
+# A searched key spanning this factor or more gets a log axis: LRs are searched log-uniform
+# (configs/hparams_search/), and a few trials of a 16x range easily span 4x.
+LOG_SPAN = 4.0
+
+
 def search_figures(collection: Collection, objective: str, direction: str = "minimize") -> list[Plot]:
     """For a search: the objective against each searched key (log axis where the key spans a factor
-    of 10 or more), and the optimisation history (each trial's objective in start order, and the
+    of LOG_SPAN or more), and the optimisation history (each trial's objective in start order, and the
     best so far). Failed trials are left out of both; none: an empty list."""
     done = collection.completed()
     if objective not in done or done[objective].isna().all() or not collection.variant_keys:
@@ -417,7 +422,7 @@ def search_figures(collection: Collection, objective: str, direction: str = "min
             best = done[objective].idxmin() if direction == "minimize" else done[objective].idxmax()
             ax.scatter([done.at[best, key]], [done.at[best, objective]], marker="*", s=160, color="tab:orange",
                        edgecolor="black", zorder=4, label="best trial")  # fmt: skip
-            if (values > 0).all() and values.max() / values.min() >= 10:
+            if (values > 0).all() and values.max() / values.min() >= LOG_SPAN:
                 ax.set_xscale("log")
             ax.set_xlabel(key)
             ax.set_ylabel(objective)

@@ -40,6 +40,7 @@ from harness.results.collect import (
 from harness.results.compare import (
     SEARCH,
     BaselineChoice,
+    _key_value,
     choose_baseline,
     comparison_markdown,
     comparison_table,
@@ -99,7 +100,7 @@ def build_report(
     design, design_notes = design_from_configs(collection.configs.values())
     search = search_results(roots)
     if search is not None and baseline is None:
-        choice = BaselineChoice({}, SEARCH, "none: a hyperparameter search, every trial its own variant")
+        choice = BaselineChoice({}, SEARCH, "a hyperparameter search: every trial is its own variant")
     else:
         choice = choose_baseline(collection, baseline, composed_defaults())
     # A derived or declared baseline may not apply to foreign runs (a note); one the user named must (an error).
@@ -313,7 +314,7 @@ def runs_table_markdown(collection: Collection) -> str:
     header += ["note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, run in runs.iterrows():
-        cells = [str(run[k]) for k in keys] + ([str(run["depth"])] if several_depths else [])
+        cells = [_key_value(run[k]) for k in keys] + ([str(run["depth"])] if several_depths else [])
         status = run["status"] if run["status"] == COMPLETED else f"**{run['status']}**"
         cells += [_seed(run["seed"]), status, _steps(run), _number(run["final_val_bpb"], ".4f")]
         cells += [_number(run["min_val_bpb"], ".4f")] + ([_number(run["core"], ".4f")] if has_core else [])
