@@ -30,13 +30,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import USAGE_EXIT_CODE, ConfigError
 from harness.identity import register_resolvers
-from harness.objective import check_objective
+from harness.objective import BASIC_SWEEPER, check_objective
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_NAME = "config"
 register_resolvers()  # configs/config.yaml names run folders with ${ablate.run_dir:...}
-# Hydra's default sweeper: it enumerates every job before launching the first.
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_SWEEPER_MODULE = "hydra_plugins.hydra_optuna_sweeper."
 # Config groups that Hydra plugins add when they are installed.
 PLUGIN_HINTS = {"hydra/sweeper/optuna": "the Optuna sweeper is not installed: pip install -e '.[optuna]'"}

@@ -109,6 +109,24 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def broadcast(value):
+    """Rank 0's value on every rank (a plain value; a single process returns it as is)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_main(entry: dict | None) -> list[dict] | None:
+    """Every rank's shard manifest entry, on rank 0 (None on the others)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [entry] if entry is not None else []
+    entries = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(entry, entries, dst=0)
+    return [e for e in entries if e is not None] if entries is not None else None
+
+
 def broadcast_parameters(model: torch.nn.Module) -> None:
     if dist.is_available() and dist.is_initialized():
         for tensor in [*model.parameters(), *model.buffers()]:

@@ -10,3 +10,8 @@ USAGE_EXIT_CODE = 2
 
 class ConfigError(Exception):
     """A user mistake: bad override, impossible batch split, missing file. One line, no traceback."""
+
+
+class RunStopped(Exception):
+    """The run cannot go on for a reason outside its config (no valid checkpoint, a full disk, a
+    refused checkpoint file). One line; re-running the same command resumes once it is fixed."""

@@ -1,7 +1,7 @@
 """`python -m harness.evaluate run_dir=PATH [OPTION ...]`: score a run's checkpoint after the fact.
 
-Loads the run's saved config and its newest valid checkpoint (harness.lifecycle verifies it and
-holds the run's lock meanwhile), measures validation bits per byte and
+Loads the run's saved config and its newest valid checkpoint (harness.run.checkpoint verifies it,
+harness.run.lock holds the run meanwhile), measures validation bits per byte and
 CORE, appends one metrics record at the checkpoint's step and adds the numbers to summary.json,
 without training. Under torchrun every rank scores its share and rank 0 writes.
 """
@@ -11,20 +11,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.cli import exit_on_config_error
+from harness.cli import compose, exit_on_config_error
 from harness.config import model_config, train_config
+from harness.data import build_tokenizer, val_batches
 from harness.distributed import destroy_process_group, dist_info_from_env, init_process_group
-from harness.errors import ConfigError
+from harness.errors import ConfigError, RunStopped
+from harness.eval.bpb import evaluate_bpb
+from harness.eval.core import check_bundle, core_config, run_core_eval
+from harness.eval.core_bundle import find_bundle
 from harness.hardware import resolve_device
-from harness.lifecycle import RunBusy, RunStopped, broadcast_decision, checkpoint_for_evaluation, claimed
 from harness.results.rundir import CheckpointRefused, RunDir
+from harness.run.build import autocast_for, materialize
+from harness.run.checkpoint import check_tokenizer, checkpoint_for_evaluation
+from harness.run.decision import broadcast_decision
+from harness.run.lock import RunBusy, claimed
+from harness.run.outcome import Summary, now, read_summary, write_summary
 from models.gpt import GPT
 
 DESCRIPTION = """\
@@ -102,8 +109,6 @@ def run_config(rundir: RunDir, overrides: list[str]) -> DictConfig:
 def locate_core_bundle(cfg: DictConfig, saved: dict, overrides: list[str]) -> None:
     """Point eval.core.bundle_dir at the bundle as it is found now (core_bundle.find_bundle), unless
     the command line names it: the saved path is the training machine's."""
-    from harness.cli import compose
-    from harness.eval.core_bundle import find_bundle
 
     given = {override.split("=", 1)[0] for override in overrides}
     if "eval.core.bundle_dir" in given:
@@ -115,8 +120,6 @@ def locate_core_bundle(cfg: DictConfig, saved: dict, overrides: list[str]) -> No
 
 def load_model(cfg: DictConfig, state_dict: dict, device: torch.device) -> GPT:
     """The run's network with the checkpoint's weights, laid out as training had it on `device`."""
-    from harness.train import materialize
-
     model = materialize(model_config(cfg), device, seed=0)  # init only builds the rotary tables here
     model.load_state_dict(state_dict)
     return model.eval()
@@ -124,9 +127,6 @@ def load_model(cfg: DictConfig, state_dict: dict, device: torch.device) -> GPT:
 
 def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) -> dict:
     """Measure, then (rank 0) append the metrics record and update the summary; returns the record."""
-    from harness.data import build_tokenizer
-    from harness.eval.core import check_bundle
-    from harness.train import autocast_for, check_tokenizer
 
     rundir = RunDir(run_dir)
     if not rundir.exists():
@@ -168,8 +168,6 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
 
 def measure_bpb(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
     """Validation bits per byte on eval.val_tokens tokens: the metric, and how it was measured."""
-    from harness.data import val_batches
-    from harness.eval.bpb import evaluate_bpb
 
     start = time.perf_counter()
     info = dist_info_from_env()
@@ -185,7 +183,6 @@ def measure_bpb(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, au
 
 def measure_core(cfg: DictConfig, model: GPT, tokenizer, device: torch.device, autocast) -> tuple[dict, dict]:
     """CORE with eval.core's settings: the metrics-record entries, and how it was measured."""
-    from harness.eval.core import core_config, run_core_eval
 
     start = time.perf_counter()
     core = core_config(cfg)
@@ -213,15 +210,15 @@ def metrics_record(cfg: DictConfig, state: dict, values: dict) -> dict:
 
 def update_summary(rundir: RunDir, evaluation: dict, values: dict) -> None:
     # A run killed before its first summary still has checkpoints; it ended without saying so.
-    summary = rundir.read_summary() or {"status": "interrupted"}
-    evaluation["evaluated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    summary["evaluation"] = evaluation
+    summary = read_summary(rundir) or Summary(status="interrupted")
+    evaluation["evaluated_at"] = now()
+    summary.evaluation = evaluation
     if "val_bpb" in values and evaluation["step"] == summary.get("num_iterations"):
-        summary["final_val_bpb"] = values["val_bpb"]
+        summary.final_val_bpb = values["val_bpb"]
     if "core" in values:
-        summary["core"] = values["core"]
-        summary["core_tasks"] = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("core/")}
-    rundir.write_summary(summary)
+        summary.core = values["core"]
+        summary.core_tasks = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("core/")}
+    write_summary(rundir, summary)
 
 
 @exit_on_config_error

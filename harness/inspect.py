@@ -11,7 +11,6 @@ chooses its batch or Muon weight decay from the model's size also gets those lin
 from __future__ import annotations
 
 import argparse
-import re
 
 from harness.cli import compose, exit_on_config_error
 from harness.config import (
@@ -25,11 +24,9 @@ from harness.config import (
     train_config,
 )
 from harness.hardware import resolve_device
-from harness.optim import ParamRow, parameter_table
+from harness.optim import LAYER_INDEX, ParamRow, layer_pattern, parameter_table
 from harness.precision import describe_float8, precision_config
 from models.gpt import GPT
-
-LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 def format_rows(rows: list[ParamRow], collapse: bool = False) -> str:
@@ -67,7 +64,7 @@ def collapse_layers(rows: list[ParamRow]) -> list[tuple[str, str, ParamRow]]:
         if match is None:
             groups[(r.name,)] = [(-1, r)]
             continue
-        pattern = r.name[: match.start()] + ".*." + r.name[match.end() :]
+        pattern = layer_pattern(r.name)
         key = (pattern, r.shape, r.optimizer, r.base_lr, r.multiplier, r.betas, r.weight_decay)
         groups.setdefault(key, []).append((int(match.group(1)), r))
     collapsed = []

@@ -15,9 +15,13 @@ import logging
 import math
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from harness.errors import ConfigError
+
+# Hydra's default sweeper: it enumerates every job before launching the first, and needs no value back.
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 log = logging.getLogger("ablate.objective")
 
@@ -82,10 +86,6 @@ def chooses_trials() -> bool:
 
 def _job_sweeper() -> DictConfig | None:
     """This Hydra job's sweeper config when it is not the basic sweeper (which needs no value)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from harness.cli import BASIC_SWEEPER
-
     if not HydraConfig.initialized():
         return None
     sweeper = HydraConfig.get().sweeper

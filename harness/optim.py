@@ -149,11 +149,21 @@ def format_parameter_table(rows: list[ParamRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A parameter's layer index in its name (transformer.h.3.mlp.c_fc.weight). The LR table a run prints,
+# harness.inspect's table and the float8 listing fold the per-layer copies of a parameter by it.
+LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def layer_pattern(name: str) -> str:
+    """The name with its layer index as `*`: transformer.h.*.mlp.c_fc.weight."""
+    return LAYER_INDEX.sub(".*.", name)
+
+
 def summarize_parameter_table(rows: list[ParamRow]) -> str:
     """The table collapsed over layers (transformer.h.*.mlp.c_fc.weight x 12): what a run prints."""
     groups: dict[tuple, list[ParamRow]] = {}
     for r in rows:
-        pattern = re.sub(r"\.\d+\.", ".*.", r.name)
+        pattern = layer_pattern(r.name)
         groups.setdefault((pattern, r.shape, r.optimizer, r.base_lr, r.multiplier, r.betas, r.weight_decay), []).append(
             r
         )
@@ -400,9 +410,12 @@ class MuonAdamW(torch.optim.Optimizer):
             factored = (len(params), rows, 1) if rows >= cols else (len(params), 1, cols)
             state["second_moment"] = torch.zeros(factored, dtype=torch.float32, device=params[0].device)
         multipliers = torch.tensor(group["multipliers"], dtype=params[0].dtype, device=params[0].device)
-        self.muon_stack_update(
-            params,
-            [p.grad for p in params],
+        self.muon_stack_update(params, [p.grad for p in params], *self._muon_arguments(group, state, multipliers))
+
+    def _muon_arguments(self, group: dict, state: dict, multipliers: Tensor) -> tuple:
+        """muon_update's arguments after (grads, params): the stack's buffers and the group's
+        hyperparameters, one list for the single-process and the sharded step."""
+        return (
             state["momentum_buffer"],
             state["second_moment"],
             torch.tensor(group["momentum"]),
@@ -518,21 +531,7 @@ class DistMuonAdamW(MuonAdamW):
         handle.wait()
         del stacked_grads  # the reduce-scatter's input, no longer needed
         grad_shard /= self.world_size
-        self.muon_update(
-            grad_shard,
-            shard,
-            state["momentum_buffer"],
-            state["second_moment"],
-            torch.tensor(group["momentum"]),
-            (group["lr"] * multipliers).view(-1, 1, 1),
-            torch.tensor(group["weight_decay"]),
-            torch.tensor(group["beta2"]),
-            group["ns_steps"],
-            self.ortho_dtype,
-            group["norm_headroom"],
-            group["row_equilibration"],
-            group["norm_rescale"],
-        )
+        self.muon_update(grad_shard, shard, *self._muon_arguments(group, state, multipliers))
         gathered = shard.new_empty(chunk * self.world_size, *shard.shape[1:])
         gather = all_gather_flat(gathered, shard, async_op=True)
 

@@ -73,12 +73,13 @@ def plan_run(
 ) -> PlannedRun:
     """One job, checked as the training preflight checks it (batch arithmetic for the world size
     the launcher starts, horizon, LR placement), without needing its data to be prepared yet."""
+    # torch and the model: imported once a job is planned, not for --help.
     from harness.launch import launcher_world_size
-    from harness.train import plan_run as plan_training
+    from harness.run.spec import resolve_run
 
     cfg = compose(list(job))
-    gpus = launcher_world_size(cfg) or 1
-    run = plan_training(cfg, check_inputs=False, world_size=gpus)
+    gpus = launcher_world_size(cfg, submitting=False) or 1
+    run = resolve_run(cfg, check_inputs=False, world_size=gpus)
     counts, fpt, steps = run.param_counts, float(run.flops_per_token), run.num_iterations
     tokens = steps * run.train.total_batch_tokens
     depth, pattern, seq = run.model.n_layer, run.model.window_pattern, run.model.sequence_len
@@ -154,7 +155,7 @@ def planned_tests(jobs: Sequence[Sequence[str]]) -> tuple[int, str]:
 
 def sd_bounds(sd: float, dof: int) -> tuple[float, float, float]:
     """(low, high) of the sd's two-sided PLAUSIBLE chi-square interval and its one-sided UPPER_BOUND bound."""
-    from scipy import stats
+    from scipy import stats  # scipy: only for --spread-from
 
     if not (math.isfinite(sd) and dof >= 1):
         return math.nan, math.nan, math.nan
@@ -177,6 +178,7 @@ def seeds_table(
     of its per-seed differences; unpaired: pooled over its two arms) and the seeds a chosen difference
     needs at alpha / `tests`, with the range the spread's uncertainty allows. With `looks`, the
     sequential design's chance of having found the difference by each look."""
+    # numpy, pandas and scipy: only for --spread-from.
     import numpy as np
 
     from harness.results.collect import collect_dirs

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import re
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from harness.errors import ConfigError
+from harness.optim import layer_pattern
 
 log = logging.getLogger("ablate.precision")
 
@@ -138,7 +138,7 @@ def collapse_layers(names: list[str]) -> list[str]:
     (anything after the name, such as a shape, is kept)."""
     counts: dict[str, int] = {}
     for name in names:
-        pattern = re.sub(r"\.\d+\.", ".*.", name)
+        pattern = layer_pattern(name)
         counts[pattern] = counts.get(pattern, 0) + 1
     return [f"{pattern}  x{n}" if n > 1 else pattern for pattern, n in counts.items()]
 

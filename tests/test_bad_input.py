@@ -233,6 +233,8 @@ def test_bad_invocation_is_one_line_and_exit_code_2(
     command, message, monkeypatch, capsys, session_data_dir, builtin_data, tmp_path
 ):
     monkeypatch.setattr(sys, "argv", ["harness.train", *command.split(), f"paths.runs_dir={tmp_path}/runs"])
+    # The launcher=slurm case is about its batch: SLURM is there (without it: tests/test_slurm.py).
+    monkeypatch.setattr("harness.launch.slurm_client", lambda: "/usr/bin/sbatch")
     if "paths.runs_dir=" in command:  # the case under test names its own runs dir
         monkeypatch.setattr(sys, "argv", ["harness.train", *command.split()])
     with pytest.raises(SystemExit) as exit_info:

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from harness import bench
+from harness.bench import cli as bench
+from harness.bench.common import cpu_defaults
+from harness.bench.rope import ROPE_KINDS, rope_traffic_bytes, time_interleaved
 
 # What `python -m harness.plan --throughput FILE` and the PERFORMANCE.md tables read.
 THROUGHPUT_KEYS = {
@@ -74,10 +76,10 @@ def test_rope_smoke_times_every_split_it_can(tmp_path, capsys):
 
 def test_rope_splits_take_turns_block_by_block():
     calls = []
-    cases = {s: {k: (lambda _, s=s, k=k: calls.append((s, k)), None) for k in bench.ROPE_KINDS} for s in "abc"}
+    cases = {s: {k: (lambda _, s=s, k=k: calls.append((s, k)), None) for k in ROPE_KINDS} for s in "abc"}
     import torch
 
-    bench.time_interleaved(cases, torch.device("cpu"), blocks=3, iters=1, warmup=0)
+    time_interleaved(cases, torch.device("cpu"), blocks=3, iters=1, warmup=0)
     order = [s for s, k in calls if k == "forward"]
     assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
 
@@ -87,7 +89,7 @@ def test_rope_traffic_at_d12_shapes():
     n = 32 * 2048 * 6 * 128
     rows = n // 128
     tables = 2 * 2048 * 64 * 4
-    traffic = bench.rope_traffic_bytes(32, 2048, 6, 128, element_size=2)
+    traffic = rope_traffic_bytes(32, 2048, 6, 128, element_size=2)
     assert traffic["forward"] == 2 * (4 * n + 4 * rows) + tables
     assert traffic["backward"] == 2 * (6 * n + 4 * rows) + tables
     # ~0.2 ms at 3 TB/s, the figure in the recipe notes
@@ -98,9 +100,9 @@ def test_cpu_defaults_fill_only_unnamed_keys():
     import torch
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert bench.cpu_defaults([], cpu) == ["model=tiny", "train=smoke", "data.vocab_size=2048"]
-    assert bench.cpu_defaults(["model=d12"], cpu) == ["train=smoke", "data.vocab_size=2048"]
-    assert bench.cpu_defaults([], cuda) == []
+    assert cpu_defaults([], cpu) == ["model=tiny", "train=smoke", "data.vocab_size=2048"]
+    assert cpu_defaults(["model=d12"], cpu) == ["train=smoke", "data.vocab_size=2048"]
+    assert cpu_defaults([], cuda) == []
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from harness import bench
-from harness.bench_suite import CASE_NAMES, Settings, derived_ratios, run_suite
+from harness.bench import cli as bench
+from harness.bench.suite import CASE_NAMES, Settings, derived_ratios, run_suite
 
 # The smallest shapes the tiny model takes: one 256-token step; vocab 512 (the launcher case trains a
 # real tokenizer, which needs at least 265 ids: bytes and specials).

@@ -214,13 +214,13 @@ def test_a_validation_split_too_small_is_one_line_in_the_preflight_before_any_to
 ):
     """1% of 100 files holds out none or one: the preflight says so from the text's size alone."""
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "cache"))
-    from harness.train import plan_run
+    from harness.run.spec import resolve_run
 
     held = [p.name for p in sorted(long_texts.iterdir()) if held_out(p.name + ":0:0", 0.01)]
     held_bytes = sum(len((long_texts / name).read_text().encode()) for name in held)
     rows_bound = (held_bytes + sum(max(1, -(-len((long_texts / n).read_bytes()) // 128)) for n in held)) // 129
     with pytest.raises(ConfigError) as error:
-        plan_run(smoke_on(long_texts))
+        resolve_run(smoke_on(long_texts))
     assert str(error.value) == (
         f"data.path={long_texts}: the validation split holds {len(held)} documents, {held_bytes:,} bytes of text, "
         f"at most {rows_bound} rows of 129 tokens, but eval.val_tokens=16384 needs 128; "
@@ -231,7 +231,7 @@ def test_a_validation_split_too_small_is_one_line_in_the_preflight_before_any_to
 
 def test_the_smoke_experiment_trains_on_a_folder_of_long_text_files(long_texts, tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "cache"))
-    from harness.train import run_training
+    from harness.run.session import run_training
 
     cfg = smoke_on(long_texts, "data.val_fraction=0.1", "train.num_iterations=1", "eval.val_tokens=2048")
     summary = run_training(cfg, tmp_path / "run")

@@ -25,7 +25,7 @@ import torch
 from harness.cli import compose
 from harness.launch.torchrun import elastic_run
 from harness.results.rundir import RunDir
-from harness.train import run_training
+from harness.run.session import run_training
 
 pytestmark = pytest.mark.slow
 

@@ -199,7 +199,7 @@ def test_training_with_core_enabled_records_every_task_at_its_steps_and_in_the_s
     and 8 with the aggregate, each task's centered and raw accuracy; the summary holds the last one,
     which equals the fixture scored directly from the final checkpoint."""
     from harness.eval.core import load_bundle
-    from harness.train import run_training
+    from harness.run.session import run_training
 
     overrides = {"train.num_iterations": 8, "train.checkpoint_every": 8, "eval.core.every": 4, "eval.val_every": 4}
     cfg = OmegaConf.create(config)
@@ -286,7 +286,7 @@ def test_core_in_training_crops_long_prompts_as_evaluate_does(tmp_path, config):
     """Training's CORE at its last step and harness.evaluate on the final checkpoint give the same
     record: both crop rows to the model's rotary positions (training cropped nothing before and a
     prompt longer than the rotary table crashed the run at step 0)."""
-    from harness.train import run_training
+    from harness.run.session import run_training
 
     steps = {"train.num_iterations": 2, "train.checkpoint_every": 2, "eval.core.every": 2, "eval.val_every": 2}
     cfg = core_run_config(config, long_prompt_bundle(tmp_path / "bundle"), **steps)
@@ -305,7 +305,7 @@ def test_a_task_file_error_during_training_is_one_line_without_a_traceback(tmp_p
     """An answer longer than the model's limit is found when CORE first runs (it needs the tokenizer):
     a ConfigError naming the task and the example, which harness.train prints as one line (exit 2)."""
     from harness.errors import ConfigError
-    from harness.train import run_training
+    from harness.run.session import run_training
 
     bundle = long_prompt_bundle(tmp_path / "bundle")
     long_answer = "and " * 200

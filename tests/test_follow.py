@@ -12,12 +12,12 @@ from harness.cli import compose
 from harness.errors import ConfigError
 from harness.launch import launcher_world_size
 from harness.launch.follow import FollowJobLogs, JobLogFollower
-from harness.train import plan_run
+from harness.run.spec import resolve_run
 
 
 def planned(*overrides: str):
     cfg = compose(["experiment=smoke", "launcher=submitit_local", *overrides])
-    return plan_run(cfg, check_inputs=False, world_size=launcher_world_size(cfg))
+    return resolve_run(cfg, check_inputs=False, world_size=launcher_world_size(cfg))
 
 
 def test_the_smoke_experiment_plans_for_submitit_locals_default_tasks():

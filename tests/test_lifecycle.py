@@ -1,4 +1,4 @@
-"""harness.lifecycle and the run directory's checkpoint files, without training: the manifest
+"""harness.run (lock, decision, checkpoints) and the run directory's checkpoint files, without training: the manifest
 catches what a disk does to a file, a stale lock never blocks, a cut of metrics.jsonl counts what
 it drops, a start-over keeps the previous attempt, shared caches follow the umask."""
 
@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from harness.data.cache import build_once
-from harness.lifecycle import RunBusy, RunLock, archive_attempt, decide, newest_valid_checkpoint
 from harness.results.rundir import CheckpointRefused, RunDir, find_run_dirs
+from harness.run.checkpoint import newest_valid_checkpoint
+from harness.run.decision import archive_attempt, decide
+from harness.run.lock import RunBusy, RunLock
 
 
 def checkpointed_run(tmp_path, steps=(4, 8)) -> RunDir:
@@ -61,7 +63,7 @@ def test_a_checkpoint_with_other_objects_is_refused_naming_the_file(tmp_path):
 
 
 def test_decide_resumes_from_the_newest_valid_checkpoint_and_stops_when_none_is(tmp_path):
-    from harness.lifecycle import RunStopped
+    from harness.errors import RunStopped
 
     rundir = checkpointed_run(tmp_path)
     rundir.checkpoint_path(8).write_bytes(b"\0" * 100)
@@ -120,7 +122,7 @@ def test_the_lock_names_its_holder_and_one_whose_process_is_gone_is_taken_over(t
         [
             sys.executable,
             "-c",
-            "import sys, time; from harness.lifecycle import RunLock; from harness.results.rundir import RunDir\n"
+            "import sys, time; from harness.run.lock import RunLock; from harness.results.rundir import RunDir\n"
             "lock = RunLock(RunDir(sys.argv[1]), 'trained'); lock.acquire(); print('held', flush=True); time.sleep(60)",
             str(tmp_path),
         ],

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 from harness.cli import compose
 from harness.config import model_config
 from harness.inspect import describe
-from harness.lifecycle import config_differences, resolved_config
 from harness.precision import (
     convert_for_training,
     float8_selection,
@@ -23,7 +22,9 @@ from harness.precision import (
     precision_config,
 )
 from harness.results.rundir import RunDir
-from harness.train import materialize
+from harness.run.build import materialize
+from harness.run.decision import config_differences
+from harness.run.spec import resolved_config
 from models.gpt import GPT
 
 E4M3_MAX = 448.0  # the largest float8_e4m3fn, what the forward casts scale into
@@ -149,7 +150,7 @@ def run_args(tmp_path, *extra):
 
 @pytest.mark.slow
 def test_fp8_smoke_logs_its_float8_layers_learns_like_bf16_and_resumes_bitwise(tmp_path, caplog):
-    from harness.train import run_training
+    from harness.run.session import run_training
 
     caplog.set_level(logging.INFO, logger="ablate.precision")
     fp8_dir, bf16_dir, resumed_dir = tmp_path / "fp8", tmp_path / "bf16", tmp_path / "resumed"

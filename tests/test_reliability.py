@@ -440,7 +440,7 @@ def test_a_full_disk_mid_checkpoint_or_mid_metrics_is_interrupted_and_resumes_to
 
 
 def test_a_second_process_on_a_held_run_names_the_holder_and_writes_nothing(tmp_path, reference, reference_root):
-    from harness.lifecycle import RunLock
+    from harness.run.lock import RunLock
 
     rundir = copy_of_reference(reference, reference_root, tmp_path)
     lock = RunLock(rundir, "trained")

@@ -13,12 +13,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from harness.cli import CONFIG_DIR, compose
-from harness.identity import LOCATION_KEYS
-from harness.lifecycle import config_differences, location_keys, resolved_config
+from harness.identity import LOCATION_KEYS, is_bookkeeping, location_keys
 from harness.results.collect import collect_dirs
 from harness.results.compare import comparison_table, parse_baseline
 from harness.results.rundir import RunDir
 from harness.results.synthetic import write_sweep
+from harness.run.decision import config_differences
+from harness.run.spec import resolved_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +31,15 @@ def run_dir(*overrides: str) -> str:
 def test_every_location_key_stays_out_of_hydras_folder_names():
     exclude = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["hydra"]["job"]["config"]["override_dirname"]
     assert set(LOCATION_KEYS) <= set(exclude["exclude_keys"])
+
+
+def test_hydras_folder_name_leaves_out_only_bookkeeping_keys_and_groups():
+    """The folder name's exclude list is harness.identity's bookkeeping: each entry is a bookkeeping
+    key or a config group whose choice is one (Hydra reads the YAML list before our code runs)."""
+    exclude = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["hydra"]["job"]["config"]["override_dirname"]
+    bookkeeping_groups = {"logger", "launcher", "hparams_search", "experiment"}
+    assert [k for k in exclude["exclude_keys"] if not (is_bookkeeping(k) or k in bookkeeping_groups)] == []
+    assert not is_bookkeeping("seed") and not is_bookkeeping("model.depth") and not is_bookkeeping("train.resume_x")
 
 
 def test_an_absolute_data_path_is_not_in_the_run_folder_name():

@@ -376,7 +376,8 @@ def test_the_report_uses_the_design_the_runs_declared(tmp_path):
 
 def test_stats_keys_do_not_name_or_change_a_run():
     from harness.cli import compose
-    from harness.lifecycle import config_differences, resolved_config
+    from harness.run.decision import config_differences
+    from harness.run.spec import resolved_config
 
     plain = compose(["experiment=smoke", "seed=1"], with_hydra=True)
     declared = compose(["experiment=smoke", "seed=1", "stats.sequential=true", "stats.looks=[3,6]"], with_hydra=True)

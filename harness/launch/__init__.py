@@ -18,6 +18,7 @@ so the preflight checks the batch arithmetic for it.
 from __future__ import annotations
 
 import logging
+import shutil
 
 from omegaconf import DictConfig
 
@@ -29,10 +30,12 @@ LAUNCHER_KINDS = ("local", "torchrun", "slurm", "submitit_local")
 SUBMITIT_KINDS = ("slurm", "submitit_local")
 
 
-def launcher_world_size(cfg: DictConfig) -> int | None:
+def launcher_world_size(cfg: DictConfig, submitting: bool = True) -> int | None:
     """The number of ranks the configured launcher starts for each run, after checking the launcher
     section; None when the ranks come from this process's environment instead (launcher=local, or a
-    process that torchrun or submitit already started)."""
+    process that torchrun or submitit already started). `submitting`: this process is about to
+    launch the runs (the training preflight), so the launcher must be usable here; False for sizing
+    them only (`harness.plan` on a laptop plans a SLURM sweep)."""
     launcher = cfg.launcher
     kind = launcher.get("kind")
     if kind not in LAUNCHER_KINDS:
@@ -56,9 +59,28 @@ def launcher_world_size(cfg: DictConfig) -> int | None:
             raise ConfigError(f"launcher.start_method={method!r} is not one of: {', '.join(START_METHODS)}")
     if kind == "local" or has_rank_env():
         return None
+    if kind == "slurm" and submitting:
+        check_slurm_client()
     if kind == "torchrun":
         check_local_devices(cfg, nproc)
     return nodes * nproc
+
+
+def slurm_client() -> str | None:
+    """Where sbatch is, or None where SLURM is not installed."""
+    return shutil.which("sbatch")
+
+
+def check_slurm_client() -> None:
+    """launcher=slurm submits with sbatch: without it, hydra-submitit-launcher would fail after making
+    the sweep folder, with a traceback. A task already inside a SLURM job is not submitting."""
+    from harness.launch.slurm import in_submitit_task
+
+    if slurm_client() is None and not in_submitit_task():
+        raise ConfigError(
+            "launcher=slurm submits every run with sbatch, which is not on this machine's PATH (no SLURM here); "
+            "run the command on a SLURM login node, or try the SLURM path on this machine with launcher=submitit_local"
+        )
 
 
 def check_local_devices(cfg: DictConfig, nproc: int) -> None:

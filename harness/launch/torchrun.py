@@ -22,14 +22,16 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.distributed import dist_info_from_env
 from harness.errors import ConfigError
 from harness.results.rundir import RunDir
+from harness.run.outcome import read_summary, record_worker_failure, stopped_on_request
+from harness.run.session import run_training
 
 log = logging.getLogger("ablate.launch")
 
@@ -38,7 +40,7 @@ log = logging.getLogger("ablate.launch")
 # short runs; the server keeps the environment it started with, and it is tested on CPU only.
 START_METHODS = ("spawn", "forkserver")
 # torch._dynamo: imported on first use by the model's meta-device init; once here, not in every worker.
-FORKSERVER_PRELOAD = ["harness.launch.torchrun", "harness.train", "torch._dynamo"]
+FORKSERVER_PRELOAD = ["harness.launch.torchrun", "harness.run.session", "torch._dynamo"]
 # What Hydra's default job logging writes, so the workers' lines read like the rest of the log.
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -49,12 +51,13 @@ class WorkerFailed(RuntimeError):
 
 def run_on_workers(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
     """Train the run in `run_dir` as launcher.nproc_per_node processes; rank 0's summary."""
+    # torch's elastic agent: loaded only when a job uses launcher=torchrun.
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     nproc = int(cfg.launcher.nproc_per_node)
     # Unresolved: the workers resolve ${paths...} and ${oc.env:...} themselves (same environment), so
-    # resume still tells which keys only say where files live (harness.lifecycle.location_keys).
+    # resume still tells which keys only say where files live (harness.identity.location_keys).
     config = OmegaConf.to_container(cfg, resolve=False)
     log.info(f"{run_dir}: starting {nproc} processes")
     try:
@@ -83,6 +86,7 @@ def elastic_run(
     starts them; returns each local rank's return value. Raises ChildFailedError if any fails."""
     import multiprocessing
 
+    # torch's elastic agent: loaded only when a job uses launcher=torchrun.
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -145,9 +149,6 @@ def _job_log_file() -> str | None:
 
 def train_worker(config: dict, run_dir: str, run_name: str, log_file: str | None) -> dict:
     """One rank: torch's agent has set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment."""
-    from harness.distributed import dist_info_from_env
-    from harness.train import run_training
-
     _configure_logging(dist_info_from_env().rank, log_file)
     cfg = OmegaConf.create(config)
     OmegaConf.set_struct(cfg, True)  # as Hydra hands it over: a typo'd key is an error, not None
@@ -176,16 +177,12 @@ def worker_failure(error, rundir: RunDir) -> Exception:
     raise, after recording the root cause in the run's summary when the workers could not."""
     rank, failure = error.get_first_failure()
     message = failure.message["message"] if isinstance(failure.message, dict) else str(failure.message)
-    summary = rundir.read_summary() or {}
-    if summary.get("status") == "interrupted" and not summary.get("error"):  # stopped by a signal
+    summary = read_summary(rundir)
+    if stopped_on_request(summary):  # stopped by a signal
         return KeyboardInterrupt(f"rank {rank}: {message}")
     config_error = f"{ConfigError.__name__}: "
     if message.startswith(config_error):
         return ConfigError(message[len(config_error) :])
-    if summary.get("status") != "diverged":
-        # A worker killed by a signal, or one failing before rank 0's own summary names the cause.
-        ended = {"ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        # A rank killed by a signal (OOM killer, lost node) is the machine's fault: resumable, as interrupted.
-        status = "interrupted" if failure.exitcode < 0 or summary.get("status") == "interrupted" else "failed"
-        rundir.write_summary({**ended, **summary, "status": status, "error": f"rank {rank}: {message}"})
+    # A worker killed by a signal, or one failing before rank 0's own summary names the cause.
+    record_worker_failure(rundir, summary, rank, message, killed=failure.exitcode < 0)
     return WorkerFailed(f"{rundir.path}: rank {rank} failed: {message}")

@@ -45,7 +45,7 @@ import pandas as pd
 import yaml
 
 from harness.errors import ConfigError
-from harness.identity import LOCATION_KEYS
+from harness.identity import is_bookkeeping
 from harness.results.rundir import RunDir, find_run_dirs
 
 MISSING = "missing"
@@ -58,9 +58,6 @@ SEED_KEY = "seed"
 DATA_SEED_KEY = "data.seed"
 FOLLOWS_SEED = "${seed}"  # data.seed's value as an axis, for a run whose data order follows its seed
 NAME_KEY = "name"
-NOT_AXIS_PREFIXES = ("paths.", "logger.", "launcher.", "sweep.", "hydra.", "stats.")
-# Where data and bundles live is not an axis either: sweeps on two machines compare as one.
-NOT_AXIS_KEYS = (SEED_KEY, NAME_KEY, "experiment", "train.resume", "optimized_metric", *LOCATION_KEYS)
 
 CURVE_INDEX = ("step", "tokens", "flops", "time_s")
 CURVE_COLUMNS = ("run", *CURVE_INDEX, "metric", "value")
@@ -286,8 +283,8 @@ def noise_sources(flats: Sequence[dict[str, Any]]) -> str:
 
 
 def _bookkeeping(key: str) -> bool:
-    """Keys that say where or how a run was launched, not what it computes."""
-    return key in NOT_AXIS_KEYS or key.startswith(NOT_AXIS_PREFIXES)
+    """Keys that are no ablation axis: harness.identity's bookkeeping, and the seed (a replicate)."""
+    return key == SEED_KEY or is_bookkeeping(key)
 
 
 def run_identity(flat: dict[str, Any]) -> str:

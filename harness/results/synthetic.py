@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from harness.results.rundir import RunDir
+from harness.run.outcome import Summary, write_summary
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SMOKE_GRID = {
@@ -148,7 +149,8 @@ def write_run(
         centered = {f"core/{task}": value for task, value in core.items()}
         run.append_metrics({**base, "core": float(np.mean(list(core.values()))), **centered})
     if status is not None:
-        run.write_summary(_summary(config, status, last, steps, batch, fpt, tok_per_s, val_history, core, on_gpu))
+        summary = _summary(config, status, last, steps, batch, fpt, tok_per_s, val_history, core, on_gpu)
+        write_summary(run, Summary.from_json(summary))
     return run
 
 

@@ -17,9 +17,11 @@ as skipped with that reason, and `--only NAME ...` measures them in a second cal
   launcher         a short training run as a plain process and as one launcher=torchrun worker
 
 Every case records its peak memory (CUDA allocator peak; on CPU only the process's max RSS so far).
-A/B cases interleave blocks of steps of the two configs in one process, so drift and other load hit
-both alike; they report each side's median and the ratio of medians. What a CPU cannot run (FlexAttention's
-backward, the fused Triton kernel, float8 matmuls) is skipped with the reason in the output.
+A/B cases interleave blocks of steps of the two configs in one process (AB BA AB ..., `bench ab`'s
+method), so drift and other load hit both alike; they report each side's median, the ratio of
+medians and, from two rounds on, B's step time against A's with `bench ab`'s Fieller interval.
+What a CPU cannot run (FlexAttention's backward, the fused Triton kernel, float8 matmuls) is skipped
+with the reason in the output.
 
 Output: `results/benchmarks/suite-<device>-<UTC stamp>.json` and `.md` beside it (format in
 experiments/rope_mlp_lr/PERFORMANCE.md).
@@ -44,21 +46,29 @@ from pathlib import Path
 
 import torch
 
-from harness.bench import (
+from harness.bench.ab import ab_verdict, block_means, compare_blocks, interleaved_blocks
+from harness.bench.common import (
     DEFAULT_OUT_DIR,
+    build_training_step,
     device_name,
     matmul_rate,
     peak_memory_gib,
     provenance_fields,
-    random_batches,
     resolve_bench_device,
     synchronize,
+    timed_steps,
 )
 from harness.cli import compose
+from harness.config import lr_placement, model_config, optim_config
 from harness.errors import ConfigError
+from harness.optim import build_optimizer
+from harness.run.build import TrainingStep, materialize
+from models.rotary import fused_unavailable_reason, rotary_tables, rotate_and_normalize
 
 # Seconds the suite may spend; a case is started only while more than its estimate is left.
 DEFAULT_BUDGET_S = 450.0
+# The interval level of the A/B cases, as `bench ab`'s default.
+AB_CONFIDENCE = 0.95
 # The shapes: d12 on a GPU (the recipe's batch), the smoke's tiny model on CPU.
 GPU_BASE = ["model=d12"]
 TINY_BASE = ["model=tiny", "train=smoke", "data.vocab_size=2048"]
@@ -92,43 +102,15 @@ class Settings:
 
 
 # one training step, as the trainer takes it -----------------------------------------------
-class Stepper:
-    """A model, its optimizer and random batches for `overrides`, built with the trainer's own
-    functions (so precision=fp8 converts, train.compile compiles); `step()` is one optimizer step."""
+def build_step(s: Settings, overrides: list[str]) -> TrainingStep:
+    """The case's config, built by the benchmarks' one step builder (so precision=fp8 converts,
+    train.compile compiles) on random tokens."""
+    return build_training_step([*s.base, *overrides, f"train.device={s.device.type}"], s.device)
 
-    def __init__(self, overrides: list[str], device: torch.device):
-        from harness.optim import build_optimizer
-        from harness.train import autocast_for, build_model, compile_for_training, plan_run
 
-        self.plan = plan_run(compose([*overrides, f"train.device={device.type}"]), check_inputs=False)
-        plan = self.plan
-        self.model = build_model(plan)
-        self.step_model = compile_for_training(self.model, plan)
-        self.optimizer, _ = build_optimizer(
-            self.model, plan.optim, plan.placement, plan.train.total_batch_tokens, device.type
-        )
-        self.autocast = autocast_for(plan.device, plan.train.dtype)
-        self.batches = random_batches(
-            plan.model.vocab_size, plan.train.device_batch_size, plan.model.sequence_len, plan.device
-        )
-        self.device = device
-
-    def step(self) -> float:
-        """Seconds of one optimizer step, host-synchronized like the trainer's."""
-        from harness.train import optimizer_step
-
-        synchronize(self.device)
-        started = time.perf_counter()
-        loss = optimizer_step(
-            self.step_model, self.model, self.optimizer, self.batches, self.plan.grad_accum, self.device, self.autocast
-        )
-        loss.item()
-        synchronize(self.device)
-        return time.perf_counter() - started
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.plan.train.total_batch_tokens
+def step_seconds(training: TrainingStep, device: torch.device) -> float:
+    """Seconds of one optimizer step, host-synchronized like the trainer's."""
+    return timed_steps(training.step, device, 1)[0][0]
 
 
 def reset_peak(device: torch.device) -> None:
@@ -140,36 +122,43 @@ def reset_peak(device: torch.device) -> None:
 
 def throughput_case(s: Settings, overrides: list[str]) -> dict:
     reset_peak(s.device)
-    stepper = Stepper([*s.base, *overrides], s.device)
-    for _ in range(s.warmup):
-        stepper.step()
-    seconds = [stepper.step() for _ in range(s.steps)]
+    training = build_step(s, overrides)
+    timed_steps(training.step, s.device, s.warmup)
+    seconds = timed_steps(training.step, s.device, s.steps)[0]
     median = statistics.median(seconds)
-    plan = stepper.plan
+    spec = training.spec
     return {
         "overrides": overrides,
         "step_time_s": median,
         "step_times_s": seconds,
-        "tok_per_s": stepper.tokens_per_step / median,
-        "flops_per_token": plan.flops_per_token,
-        "compiled": stepper.step_model is not stepper.model,
+        "tok_per_s": spec.train.total_batch_tokens / median,
+        "flops_per_token": spec.flops_per_token,
+        "compiled": training.compiled,
         "peak_memory_gib": peak_memory_gib(s.device),
     }
 
 
 def ab_case(s: Settings, a: list[str], b: list[str]) -> dict:
-    """A and B built side by side, then `rounds` blocks of `steps` steps each, alternating A, B."""
+    """A and B built side by side, then `rounds` interleaved blocks of `steps` steps per side
+    (harness.bench.ab's method): each side's median, and B's mean block time against A's with
+    Fieller's interval once there are two blocks of each."""
     reset_peak(s.device)
-    sides = {"a": Stepper([*s.base, *a], s.device), "b": Stepper([*s.base, *b], s.device)}
-    for stepper in sides.values():
-        for _ in range(s.warmup):
-            stepper.step()
-    seconds: dict[str, list[float]] = {"a": [], "b": []}
-    for _ in range(s.rounds):
-        for key, stepper in sides.items():
-            seconds[key] += [stepper.step() for _ in range(s.steps)]
+    sides = {"a": build_step(s, a), "b": build_step(s, b)}
+    blocks = interleaved_blocks({k: v.step for k, v in sides.items()}, s.device, s.rounds, s.steps, s.warmup)
+    seconds = {side: [t for block in per_block for t in block] for side, per_block in blocks.items()}
     medians = {key: statistics.median(v) for key, v in seconds.items()}
-    tokens = sides["a"].tokens_per_step
+    tokens = sides["a"].spec.train.total_batch_tokens
+    interval = None
+    if s.rounds >= 2:
+        result = compare_blocks(block_means(blocks), AB_CONFIDENCE)
+        interval = {
+            "delta_pct": result.delta_pct,
+            "ci_low_pct": result.low_pct,
+            "ci_high_pct": result.high_pct,
+            "confidence": AB_CONFIDENCE,
+            "p_value": result.p_value,
+            "verdict": ab_verdict(result.low_pct, result.high_pct),
+        }
     return {
         "a": a,
         "b": b,
@@ -178,6 +167,7 @@ def ab_case(s: Settings, a: list[str], b: list[str]) -> dict:
         "b_over_a": medians["a"] / medians["b"],  # > 1: B is faster
         "a_step_times_s": seconds["a"],
         "b_step_times_s": seconds["b"],
+        "b_vs_a_step_time": interval,  # None with one round: an interval needs two blocks of each
         "peak_memory_gib": peak_memory_gib(s.device),  # both models at once
     }
 
@@ -194,10 +184,6 @@ def timed_optimizer_step(optimizer, device: torch.device) -> float:
 def optimizer_case(s: Settings) -> dict:
     """The optimizer step alone on random gradients, optim.compile=false against true: both built
     side by side, warmed up (the compiled one compiles), then interleaved as the A/B cases are."""
-    from harness.config import lr_placement, model_config, optim_config
-    from harness.optim import build_optimizer
-    from harness.train import materialize
-
     cfg = compose([*s.base, f"train.device={s.device.type}"])
     reset_peak(s.device)
     optimizers = {}
@@ -227,8 +213,6 @@ def optimizer_case(s: Settings) -> dict:
 def rope_agreement(device: torch.device, heads: int, head_dim: int, seq_len: int) -> dict:
     """rope=fused and the eager splits in bf16 against a float64 reference, forward and gradient:
     relative errors ||out - ref|| / ||ref||."""
-    from models.rotary import rotary_tables, rotate_and_normalize
-
     cos, sin = rotary_tables(seq_len, head_dim, 10000.0, device)
     x = torch.randn(2, seq_len, heads, head_dim, device=device)
     upstream = torch.randn_like(x)
@@ -298,8 +282,6 @@ def skip_reason(name: str, s: Settings) -> str | None:
     if name.startswith("attention_") and name.endswith("_flex"):
         return cuda_only(s.device, "FlexAttention's backward (eager on CPU has none in torch 2.13)")
     if name == "rope_fused":
-        from models.rotary import fused_unavailable_reason
-
         if s.device.type != "cuda":
             return cuda_only(s.device, "rope=fused (a Triton kernel; the CPU interpreter is for tests)")
         return fused_unavailable_reason(s.device)
@@ -325,8 +307,6 @@ def run_case(name: str, s: Settings, tiny: bool) -> dict:
     if name == "rope_fused":
         result = throughput_case(s, ["rope=fused"])
         cfg = compose(s.base)
-        from harness.config import model_config
-
         shape = model_config(cfg)
         result["agreement_bf16"] = rope_agreement(s.device, shape.n_head, shape.head_dim, shape.sequence_len)
         return result

@@ -1,0 +1,125 @@
+"""One run's session, on one screen: lock -> decision -> build -> loop -> outcome.
+
+`run_training(cfg, run_dir)` is the whole life of one run in one process (every rank of a
+launcher's job calls it): resolve the spec, claim the run directory, decide what this invocation
+does there, prepare the directory, build and run the trainer, and record how it ended. Each step is
+one call into a sibling module; this module owns only their order and the try/finally that makes
+every ending leave a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.distributed import broadcast, destroy_process_group, init_process_group
+from harness.errors import ConfigError, RunStopped
+from harness.identity import location_keys
+from harness.loggers import build_logger
+from harness.optim import format_parameter_table
+from harness.results.rundir import RunDir
+from harness.run.build import RunData
+from harness.run.checkpoint import LoadedCheckpoint, load_for_resume
+from harness.run.decision import Decision, broadcast_decision, decide, prepare
+from harness.run.lock import RunBusy, claimed
+from harness.run.outcome import ended_by, is_environment_fault, now, started_summary, write_summary
+from harness.run.signals import hand_over_signal, stop_on_signals
+from harness.run.spec import RunSpec, resolve_run, resolved_config
+from harness.run.trainer import Trainer, describe_spec
+
+log = logging.getLogger("ablate.train")
+
+
+def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
+    """Train (or skip, or resume) the run in `run_dir`; returns its summary. Usable without Hydra.
+    What this invocation does with an existing run directory is harness.run.decision's."""
+    spec = resolve_run(cfg)
+    rundir = RunDir(run_dir)
+    config = resolved_config(cfg)
+    init_process_group(spec.dist, spec.device)
+    try:
+        # A new run's data is loaded before its directory is made: a mistake found only now (a split
+        # that tokenizes to fewer validation rows than eval.val_tokens) leaves no half-made run.
+        new_run = broadcast(not rundir.exists() if spec.dist.is_main else None)
+        data = RunData.load(spec) if new_run else None
+        with claimed(rundir, "trained", spec.dist.is_main):
+            decision = broadcast_decision(
+                lambda: decide(rundir, config, spec.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
+            )
+            if decision.action == "skip":
+                log.info(f"{rundir.path}: {decision.reason}")
+                return rundir.read_summary() or {}
+            resume = None
+            if decision.action == "resume":
+                resume = load_for_resume(Path(decision.checkpoint), spec.dist.rank, spec.device)
+            return train_claimed(spec, rundir, config, decision, resume, run_name, data)
+    except RunBusy as e:
+        log.warning(str(e))  # that process trains it; a sweep moves on to its next run
+        return {}
+    finally:
+        destroy_process_group()
+
+
+def train_claimed(
+    spec: RunSpec,
+    rundir: RunDir,
+    config: dict,
+    decision: Decision,
+    resume: LoadedCheckpoint | None,
+    run_name: str,
+    data: RunData | None,
+) -> dict:
+    """The run, its directory claimed: prepare it as decided, build, loop, record how it ended."""
+    cfg = spec.cfg
+    started_at = now()
+    trainer, logger, status, error = None, None, "failed", None
+    try:
+        if spec.dist.is_main:
+            log.info(f"{rundir.path}: {decision.reason}")
+            prepare(rundir, decision, config, started_summary(spec, "running", started_at=started_at))
+        logger = build_logger(
+            cfg.logger,
+            run_dir=rundir.path,
+            run_name=run_name or rundir.path.name,
+            group=str(cfg.name),
+            config=config,
+            rank=spec.dist.rank,
+        )
+        trainer = Trainer(spec, rundir, logger, data or RunData.load(spec))
+        if spec.dist.is_main:
+            rundir.params_path.write_text(format_parameter_table(trainer.param_rows))
+            log.info(describe_spec(spec, trainer))
+        with stop_on_signals(trainer):
+            status = trainer.run(resume)
+        error = trainer.divergence
+    except KeyboardInterrupt as e:
+        status, error = ended_by(e)
+        raise
+    except Exception as e:
+        status, error = ended_by(e)
+        if not is_environment_fault(e):
+            if not isinstance(e, ConfigError):  # a user mistake is one line, printed by the entry point
+                log.error(traceback.format_exc())
+            raise
+        # The machine's fault, not the config's: resumable from the newest valid checkpoint.
+        raise RunStopped(f"{rundir.path}: {error}; interrupted, re-run the same command to resume") from None
+    finally:
+        summary = trainer.summary(status, error) if trainer else started_summary(spec, status, error=error)
+        summary.update(started_at=started_at, ended_at=now())
+        if spec.dist.is_main:
+            try:
+                write_summary(rundir, summary)
+            except OSError as e:  # a full disk: the summary still says running, which resumes too
+                log.error(f"{rundir.summary_path}: not updated ({ended_by(e)[1]})")
+            if logger is not None:
+                logger.summary(summary.to_json())
+        if logger is not None:
+            logger.finish(status)
+    log.info(f"{status}: {rundir.path} (final val bpb {summary.get('final_val_bpb')})")
+    if status == "interrupted":
+        hand_over_signal(trainer.stop_signal)
+        raise KeyboardInterrupt(f"stopped by signal {trainer.stop_signal}; checkpoint saved, re-run to resume")
+    return summary.to_json()
