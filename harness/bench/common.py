@@ -153,7 +153,14 @@ def cpu_defaults(overrides: list[str], device: torch.device) -> list[str]:
     if device.type != "cpu":
         return []
     named = {o.split("=", 1)[0] for o in overrides}
-    return [f"{key}={value}" for key, value in CPU_DEFAULTS.items() if key not in named]
+    chosen = [f"{key}={value}" for key, value in CPU_DEFAULTS.items() if key not in named]
+    if "model" in named and not named & {"train", "train.device_batch_size", "train.total_batch_tokens"}:
+        # A named model keeps its sequence length (d12: 2,048), which train=smoke's 2,048-token batch of
+        # 16 rows may not hold: then one row of one sequence, the batch that divides on any model.
+        cfg = compose([*overrides, *chosen])
+        if cfg.train.total_batch_tokens % (cfg.train.device_batch_size * cfg.model.sequence_len):
+            chosen += ["train.device_batch_size=1", "train.total_batch_tokens=${model.sequence_len}"]
+    return chosen
 
 
 # one training step -------------------------------------------------------------------------
