@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from harness.bench.common import cpu_defaults
+from harness.bench.common import cpu_batch, cpu_defaults
 from harness.cli import compose
 from harness.config import grad_accum_steps, train_config
 
@@ -27,14 +27,17 @@ def test_bench_help_lists_suite():
 def test_a_named_model_on_cpu_gets_a_batch_that_divides():
     """`ablate-bench throughput model=d12` on CPU: train=smoke's 2,048 tokens in rows of 16 cannot hold
     d12's 2,048-token sequences; one row of one sequence does."""
+    cpu = torch.device("cpu")
     overrides = ["model=d12", "model.window_pattern=L"]
-    cfg = compose([*overrides, *cpu_defaults(overrides, torch.device("cpu"))])
+    defaults = cpu_defaults(overrides, cpu)
+    cfg = compose([*defaults, *cpu_batch(overrides, defaults, cpu), *overrides])
     assert cfg.model.sequence_len == 2048  # configs/model/d12.yaml
     train = train_config(cfg)
     assert (train.device_batch_size, train.total_batch_tokens) == (1, 2048)
     assert grad_accum_steps(train, 2048, 1) == 1
-    assert cpu_defaults(["model=tiny"], torch.device("cpu"))[-1] == "data.vocab_size=2048"  # tiny: smoke's batch
-    assert not any("batch" in o for o in cpu_defaults(["model=d12", "train.device_batch_size=2"], torch.device("cpu")))
+    assert cpu_batch(["model=tiny"], cpu_defaults(["model=tiny"], cpu), cpu) == []  # smoke's batch divides
+    assert cpu_batch(["model=d12", "train.device_batch_size=2"], [], cpu) == []  # the user chose
+    assert cpu_batch(overrides, [], torch.device("cuda")) == []
 
 
 def test_bench_rope_on_cpu_says_how_long_it_will_take(tmp_path):
