@@ -12,6 +12,7 @@ from harness.results.plots import (
     all_plots,
     core_figure,
     curve_figure,
+    difference_curve_figure,
     ema,
     final_figure,
     ordered_variants,
@@ -125,8 +126,9 @@ def test_train_loss_is_smoothed_and_says_so(two_depths):
         lambda c: scaling_figure(c, BASELINES),
         lambda c: core_figure(c, BASELINES),
         lambda c: throughput_figure(c, BASELINES),
+        lambda c: difference_curve_figure(c, BASELINES),
     ],
-    ids=["curves", "final", "scaling", "core", "throughput"],
+    ids=["curves", "final", "scaling", "core", "throughput", "difference"],
 )
 @pytest.mark.parametrize("sweep", ["one_depth", "two_depths"])
 def test_nothing_overlaps(request, sweep, make):
@@ -143,9 +145,10 @@ def test_nothing_overlaps(request, sweep, make):
     for legend in fig.legends:
         assert not any(legend.get_window_extent(renderer).overlaps(b) for b in boxes)
     page = fig.bbox
-    for text in fig.texts:  # the suptitle fits on the page
+    for text in fig.texts:  # the suptitle fits on the page, clear of the legend
         box = text.get_window_extent(renderer)
         assert page.x0 <= box.x0 and box.x1 <= page.x1, text.get_text()
+        assert not any(legend.get_window_extent(renderer).overlaps(box) for legend in fig.legends), text.get_text()
     for ax in fig.axes:  # annotations stay on the page (the panel boxes above include them)
         for text in ax.texts:
             box = text.get_window_extent(renderer)

@@ -408,7 +408,10 @@ def difference_curve_figure(
     fig.legend(handles=handles, loc="outside right upper", title=_legend_title(collection), fontsize=8,
                title_fontsize=8, frameon=False)  # fmt: skip
     better = "< 0 is better" if metric in ("val_bpb", "train_loss") else "> 0 is better"
-    fig.suptitle(f"difference to the baseline over training ({better}), mean over shared seeds, 95% band")
+    fig.suptitle(
+        f"difference to the baseline over training ({better})\nmean over the seeds shared with the baseline, 95% band",
+        fontsize=10,
+    )
     return fig
 
 
