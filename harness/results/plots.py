@@ -1,8 +1,12 @@
 """Plots of a collected sweep, written as PNG and SVG.
 
-- curves: train loss and val bpb against step, tokens, training time and FLOPs; one panel per
-  depth, variants overlaid as the mean over seeds with a min-max band; runs that did not
+- the difference to the baseline over training: per variant, val bpb minus the baseline's at each
+  evaluation, paired by seed, the mean over shared seeds with its 95% t band.
+- curves: train loss and val bpb against tokens, step, training time and FLOPs, each x axis drawn
+  only when it is not one multiple of an axis already drawn (the same picture relabelled); one
+  panel per depth, variants overlaid as the mean over seeds with a min-max band; runs that did not
   complete drawn dotted on their own. Train loss is an EMA (0.9, debiased, as the recipe logs it).
+  The zoom starts halfway through the shortest variant, so the baseline is in it on the time axis.
 - final val bpb per variant (every seed, the mean and its 95% interval) and beside it the paired
   difference to the baseline with its 95% interval (unpaired intervals overlap even when the
   paired difference is clear), one row per depth.
@@ -12,8 +16,13 @@
 - throughput per variant: tok/s with seeds and interval on an axis fitted to the data, and the
   relative difference to the baseline with its interval (the report's speed statistic), MFU when measured.
 
-Variants differ by colour and marker (and line style in curves); a one-seed variant is labelled
-"n=1" rather than drawn with a zero-length bar.
+- a hyperparameter search: the objective against each searched key, and the optimisation history.
+
+The baseline comes first; variants differ by colour and marker (and line style in curves), unique
+past ten variants; a one-seed variant is labelled "n=1" rather than drawn with a zero-length bar;
+the p-values written beside the data are the Holm-adjusted ones the verdicts use; a Fieller
+interval without finite bounds is drawn across the panel and labelled "unbounded"; an axis of a
+quantity that cannot be negative starts at 0 or above.
 
 Each function returns a matplotlib Figure, or None when the sweep has nothing to show, so tests
 can count panels and lines. Figures use matplotlib's object API on the Agg canvas (no pyplot, no
