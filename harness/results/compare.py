@@ -1,5 +1,8 @@
 """Comparison tables: per depth, one row per variant, each measured against the baseline variant.
 
+The baseline (`choose_baseline`): the one given (`--baseline`), else the one the runs declare in
+`stats.baseline`, else each swept axis at its composed default or its first value in sorted order.
+
 A row gives the number of completed seeds, the mean and 95% t interval of final val bpb and CORE,
 throughput, and the difference to the baseline with its interval, p-value, test (paired on the
 shared seeds, or Welch) and the smallest difference the design could have detected (stats.py).

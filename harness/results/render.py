@@ -5,10 +5,14 @@
       runs.parquet, runs.csv     one row per run (collect.py)
       curves.parquet, curves.csv one row per (run, step, metric)
       runs.md                    the per-run table: variant, seed, status, final/min val bpb, time, tok/s
-      comparison.md, .csv        per depth and variant, against the baseline (compare.py)
+      comparison.md, .csv        per depth and variant, against the baseline (compare.py); .tex with latex=True
       spread.csv                 seed-to-seed spread and detectable differences per depth
       interactions.csv           when the sweep crosses two axes: the difference of differences (interactions.py)
       plots/*.png, *.svg         (plots.py)
+
+report.md opens with the baseline and the rule that chose it (compare.choose_baseline), what the runs
+held fixed and their environment; a hyperparameter search (Optuna's optimization_results.yaml in the
+sweep folder) gets no baseline, its own plots and the best trial's command.
 
 `python -m harness.report` and the multirun callback both call `build_report`.
 """
