@@ -8,7 +8,9 @@
       comparison.md, .csv        per depth and variant, against the baseline (compare.py); .tex with latex=True
       spread.csv                 seed-to-seed spread and detectable differences per depth
       interactions.csv           when the sweep crosses two axes: the difference of differences (interactions.py)
-      plots/*.png, *.svg         (plots.py)
+      target.csv                 per run: time, tokens and FLOPs to the target val bpb (target.py)
+      scale.csv, scale_trend.csv two depths or more: the effect across scale (scale.py)
+      plots/*.png, *.svg         (plots.py; scale_effect from scale.py)
 
 report.md opens with the baseline and the rule that chose it (compare.choose_baseline), what the runs
 held fixed and their environment; a hyperparameter search (Optuna's optimization_results.yaml in the
@@ -57,8 +59,10 @@ from harness.results.equivalence import NO_MARGINS, Margins
 from harness.results.interactions import interaction_table, interactions_legend, interactions_markdown
 from harness.results.plots import all_plots, save_figure
 from harness.results.publish import staged_folder
+from harness.results.scale import effect_across_scale
 from harness.results.sequential import Design, design_from_configs
 from harness.results.stats import ALPHA, POWER
+from harness.results.target import add_time_to_target, target_markdown
 
 
 @dataclass
@@ -89,6 +93,7 @@ def build_report(
     command: str | None = None,
     margins: Margins = NO_MARGINS,
     latex: bool = False,
+    target_bpb: float | None = None,
 ) -> Report:
     """Collect the runs under `roots` (and wandb projects), write every table and plot, and report.md.
     `margins`: equivalence margins (equivalence.py); the sequential design is the one the runs declared."""
@@ -111,12 +116,13 @@ def build_report(
     # A derived or declared baseline may not apply to foreign runs (a note); one the user named must (an error).
     items = None if choice.rule == SEARCH else choice.items
     table, notes = comparison_table(collection, items, strict=choice.strict, margins=margins, design=design)
-    interactions = pd.DataFrame()
+    interactions, baselines = pd.DataFrame(), {}
     if not table.empty:
         baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
         interactions = interaction_table(collection, baselines, margins, design)
         if not interactions.empty:
             judge(table, interactions, margins, design)  # one Holm family with the comparison table
+    table, per_run_target = add_time_to_target(table, collection.runs, collection.curves, baselines, target_bpb)
     markdown = comparison_markdown(table, collection.variant_keys, [*notes, *design_notes])
     spread = spread_table(collection, table)
     report_path = out_dir / "report.md"
@@ -130,18 +136,29 @@ def build_report(
             interactions.to_csv(staging / "interactions.csv", index=False)
         runs_markdown = runs_table_markdown(collection)
         (staging / "runs.md").write_text(runs_markdown + "\n")
-        baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
+        per_run_target.to_csv(staging / "target.csv", index=False)
         plots = []
         objective = _search_objective(collection) if search is not None else None
         figures = all_plots(collection, baselines, table, objective)
         for plot in tqdm(figures, desc="report: plots", unit="plot", leave=False):
             save_figure(plot.figure, staging / "plots", plot.stem)
             plots.append((plot.stem, plot.title))
+        sections = [("Time to target", target_markdown(table, target_bpb is not None))]
+        scale = effect_across_scale(collection.runs, baselines)
+        if scale is not None:
+            scale.scale.to_csv(staging / "scale.csv", index=False)
+            scale.trend.to_csv(staging / "scale_trend.csv", index=False)
+            sections.insert(0, ("The effect across scale", scale.markdown))
+            if scale.figure is not None:
+                save_figure(scale.figure, staging / "plots", "scale_effect")
+                plots.append(("scale_effect", "the effect across scale: Δ vs training FLOPs"))
         title = title or (Path(roots[0]).name if roots else "wandb")
         header = header_lines(collection, records)
         if search is not None:
             header += search_lines(collection, records, search)
-        text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, choice, command, header)
+        text = _report_text(
+            title, sources, collection, markdown, spread, runs_markdown, plots, choice, command, header, sections
+        )
         text = _with_design(text, collection, design, margins, interactions)
         (staging / "report.md").write_text(text)
     stems = [stem for stem, _ in plots]
@@ -315,8 +332,12 @@ def runs_table_markdown(collection: Collection) -> str:
     several_depths = len(collection.depths) > 1
     has_core = runs["core"].notna().any()
     has_mfu = runs["mfu"].notna().any()
+    has_memory = runs["peak_memory_gib"].notna().any()
     header = [*keys, *(["depth"] if several_depths else []), "seed", "status", "steps", "final val bpb"]
     header += ["min val bpb", *(["CORE"] if has_core else []), "train time", "tok/s", *(["MFU"] if has_mfu else [])]
+    header += ["peak memory"] if has_memory else []
+    labels = [k for k in ("tags", "notes") if k in runs and runs[k].map(_text).ne("").any()]
+    header += labels
     header += ["note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, run in runs.iterrows():
@@ -326,6 +347,8 @@ def runs_table_markdown(collection: Collection) -> str:
         cells += [_number(run["min_val_bpb"], ".4f")] + ([_number(run["core"], ".4f")] if has_core else [])
         cells += [_duration(run["train_time_s"]), _number(run["tok_per_s"], ",.0f")]
         cells += [_number(run["mfu"], ".1%")] if has_mfu else []
+        cells += [_memory(run["peak_memory_gib"])] if has_memory else []
+        cells += [_text(run[k]).replace("|", "\\|") for k in labels]
         cells += [_note(run)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -358,6 +381,15 @@ def _number(value: Any, spec: str) -> str:
     return format(value, spec) if _finite(value) else "—"
 
 
+def _text(value: Any) -> str:
+    """A text cell: empty for a run that recorded none (NaN in a column no run filled)."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
+
+
+def _memory(gib: Any) -> str:
+    return f"{gib:.2f} GiB" if _finite(gib) else "—"
+
+
 def _duration(seconds: Any) -> str:
     if not _finite(seconds):
         return "—"
@@ -369,7 +401,9 @@ def _duration(seconds: Any) -> str:
 
 
 # report.md ---------------------------------------------------------------------------------
-def _report_text(title, sources, collection, comparison_md, spread, runs_md, plots, choice, command, header) -> str:
+def _report_text(
+    title, sources, collection, comparison_md, spread, runs_md, plots, choice, command, header, sections=()
+) -> str:
     runs = collection.runs
     counts = runs["status"].value_counts()
     status_line = ", ".join(f"{n} {status}" for status, n in counts.items())
@@ -401,6 +435,8 @@ def _report_text(title, sources, collection, comparison_md, spread, runs_md, plo
         lines.append("")
     lines += ["## Comparison with the baseline", "", comparison_md.strip(), ""]
     lines += ["## What this sweep could detect", "", *_power_text(spread), ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body, ""]
     lines += ["## Every run", "", runs_md, ""]
     lines += ["## Plots", ""]
     for stem, plot_title in plots:
@@ -419,6 +455,7 @@ def _report_text(title, sources, collection, comparison_md, spread, runs_md, plo
         "- [curves.csv](curves.csv) / curves.parquet: one row per (run, step, metric)",
         "- [comparison.csv](comparison.csv) / [comparison.md](comparison.md): the comparison tables",
         "- [runs.md](runs.md): the per-run table; [spread.csv](spread.csv): seed-to-seed spread",
+        "- [target.csv](target.csv): per run, time, tokens and FLOPs to the target val bpb",
         "",
     ]
     return "\n".join(lines)
