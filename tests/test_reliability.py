@@ -79,17 +79,23 @@ def train_records(rundir: RunDir) -> int:
     return sum('"train_loss"' in line for line in rundir.metrics_path.read_text().splitlines())
 
 
+# A generous bound on a tiny run's progress: far above its minute of work even at a load of 10.
+PROGRESS_CEILING_S = 1800
+
+
 def start_and_stop_at(runs, step: int, signum: int) -> subprocess.Popen:
-    """Start a run and send `signum` once it has logged `step` training steps."""
+    """Start a run and send `signum` once it has logged `step` training steps. Waits on the run's
+    own progress for as long as it lives (startup alone can take minutes on a loaded machine); the
+    ceiling only keeps a hung run from hanging the suite."""
     process = subprocess.Popen(train_command(runs), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + PROGRESS_CEILING_S
     while time.monotonic() < deadline and process.poll() is None:
         runs_found = find_run_dirs(runs)
         if runs_found and train_records(runs_found[0]) >= step:
             process.send_signal(signum)
             break
         time.sleep(0.02)
-    process.wait(timeout=120)
+    process.wait(timeout=PROGRESS_CEILING_S)
     return process
 
 
@@ -493,3 +499,82 @@ def test_deleting_the_summary_of_a_completed_run_adds_no_records_and_a_torn_line
     assert len(warned) == 1 and "0 are missing and 1 unreadable" in warned[0], warned
     expected = history(reference)
     assert history(rundir) == expected[:2] + expected[3:]
+
+
+# run integrity, second pass (issue 26) ------------------------------------------------------------------------------
+def run_with_hook(hook: str, command: list[str]) -> subprocess.CompletedProcess:
+    """`command` (a harness.train command line) run in a process that first executes `hook`."""
+    script = f"import sys\n{hook}\nsys.argv = {command[2:]!r}\nfrom harness.train import cli_main\ncli_main()"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+# Killed the moment a start-over moves summary.json into attempts/<n>/: part of the attempt has moved.
+KILL_MID_START_OVER = """
+import os, signal
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(src).endswith("summary.json") and "attempts" in str(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+def test_a_start_over_killed_part_way_is_finished_and_nothing_is_lost(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path, status="completed")
+    before = snapshot(rundir)
+    killed = run_with_hook(KILL_MID_START_OVER, train_command(tmp_path, "train.resume=never"))
+    assert killed.returncode == -signal.SIGKILL
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    attempt = rundir.path / "attempts" / "1"
+    kept = {Path(name): (attempt / name).read_bytes() for name in map(str, before) if (attempt / name).is_file()}
+    assert kept == {name: data for name, data in before.items() if name.parts[0] != "attempts"}
+    assert not (attempt / ".moving").exists()
+    assert rundir.read_summary()["status"] == "completed"  # the new attempt trained from step 0
+    assert history(rundir) == history(reference)
+
+
+def test_a_run_dir_without_its_config_is_refused_and_untouched(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    rundir.config_path.unlink()
+    before = snapshot(rundir)
+    refused = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"error: {rundir.path} holds params.tsv, metrics.jsonl")
+    assert "no config.yaml" in refused.stderr and "Traceback" not in refused.stderr
+    assert snapshot(rundir) == before
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was_and_resumes_once_fixed(tmp_path, reference, reference_root):
+    """A checkpoint trained with another tokenizer is refused after the run dir is claimed: the
+    run's summary stays as it was (not `failed`), so the re-run after the fix resumes."""
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    newest = rundir.checkpoint_path(STEPS)
+    original = {p: p.read_bytes() for p in (newest, rundir.manifest_path(newest))}
+    state = torch.load(newest, weights_only=True)
+    torch.save({**state, "tokenizer": "another-tokenizer"}, newest)
+    rewrite_manifest(rundir, newest)
+    before = rundir.read_summary()
+    refused = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "was trained with tokenizer another-tokenizer" in refused.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in refused.stderr
+    assert rundir.read_summary() == before
+    for path, data in original.items():  # the cause fixed
+        path.write_bytes(data)
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    assert rundir.read_summary()["status"] == "completed"
+    assert history(rundir) == history(reference)
+
+
+def test_resume_force_across_a_shape_change_is_refused_touching_nothing(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    before = snapshot(rundir)
+    # A shape-changing default, as the run's folder sees it: its own directory, another depth.
+    command = train_command(tmp_path, "model.depth=2", "train.resume=force", f"hydra.run.dir='{rundir.path}'")
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: checkpoint {rundir.checkpoint_path(STEPS)} does not fit the config's model"), line
+    assert "Traceback" not in refused.stderr
+    assert snapshot(rundir) == before

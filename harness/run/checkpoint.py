@@ -24,6 +24,7 @@ from harness.distributed import any_rank, gather_to_main
 from harness.errors import ConfigError, RunStopped
 from harness.reshard import load_rank_shard
 from harness.results.rundir import CheckpointRefused, RunDir
+from models.gpt import GPT, GPTConfig
 
 log = logging.getLogger("ablate.lifecycle")
 
@@ -102,6 +103,22 @@ def check_tokenizer(checkpoint: Path, saved_digest: str, tokenizer: Tokenizer) -
             f"checkpoint {checkpoint} was trained with tokenizer {saved_digest}, but the current one is "
             f"{tokenizer.digest()}; its token ids would mean other things (point data.* at the run's tokenizer, "
             "or train.resume=never to restart)"
+        )
+
+
+def check_model_shapes(checkpoint: Path, state: dict, config: GPTConfig) -> None:
+    """The checkpoint's weights fit the network the config builds: checked before the run directory
+    is touched (train.resume=force across a shape-changing default would otherwise rewrite the
+    config, then fail loading)."""
+    expected = {name: tuple(t.shape) for name, t in GPT.on_meta(config).state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in state.items()}
+    differ = sorted(name for name in expected.keys() | saved.keys() if expected.get(name) != saved.get(name))
+    if differ:
+        first = differ[0]
+        raise ConfigError(
+            f"checkpoint {checkpoint} does not fit the config's model ({len(differ)} tensors differ, e.g. {first}: "
+            f"{saved.get(first)} in the checkpoint, {expected.get(first)} in the config); the run is left as it is "
+            "(restore the run's config, use another name=..., or train.resume=never to restart)"
         )
 
 

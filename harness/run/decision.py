@@ -4,6 +4,8 @@ that carry the decision out. The one answer to "what happens when I re-run this 
 | the run directory holds                        | re-running the command                     |
 |------------------------------------------------|--------------------------------------------|
 | nothing                                        | trains from step 0                         |
+| checkpoints, metrics or a summary, no config   | refused in one line, nothing touched       |
+| a start-over cut short (attempts/<n>/.moving)  | the move is finished first, then as above  |
 | a different config (a changed default, say)    | refused in one line, nothing touched;      |
 |                                                | train.resume=force continues anyway        |
 | a completed run                                | nothing to do                              |
@@ -17,7 +19,9 @@ that carry the decision out. The one answer to "what happens when I re-run this 
 A run stopped by its environment (I/O error, full disk, out of memory, a lost rank) is recorded
 `interrupted` (harness.run.outcome), so re-running the same command resumes it. `decide` reads
 only; `prepare` writes, under the lock, and deletes nothing a run wrote (a start-over moves it to
-attempts/<n>/). Which config keys may differ is harness.identity's bookkeeping list.
+attempts/<n>/, with a marker written first and the config moved last, so a kill at any point
+leaves either the config in place or a marker saying which move to finish). Which config keys
+may differ is harness.identity's bookkeeping list.
 """
 
 from __future__ import annotations
@@ -38,8 +42,12 @@ from harness.run.outcome import Summary, write_summary
 
 log = logging.getLogger("ablate.lifecycle")
 
-# What a start-over moves into attempts/<n>/: everything the previous attempt wrote.
-ATTEMPT_FILES = ("config.yaml", "params.tsv", "metrics.jsonl", "summary.json", "checkpoints")
+# What a start-over moves into attempts/<n>/: everything the previous attempt wrote. The config goes
+# last: while it is in place, the directory still reads as the run it was.
+ATTEMPT_FILES = ("params.tsv", "metrics.jsonl", "summary.json", "checkpoints", "config.yaml")
+# Written into attempts/<n>/ before the first file moves and removed after the last: a move cut short
+# by a kill is finished by the next invocation (`finish_start_over`) instead of read as a new run.
+MOVING_MARKER = ".moving"
 
 Action = Literal["fresh", "resume", "skip"]
 
@@ -69,6 +77,12 @@ def decide(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignore
     """The table in the module docstring. Reads only; raises ConfigError (changed config) or
     RunStopped (checkpoints but none valid) without touching anything."""
     if not rundir.exists():
+        found = [name for name in ATTEMPT_FILES if (rundir.path / name).exists()]
+        if found:
+            raise RunStopped(
+                f"{rundir.path} holds {', '.join(found)} but no config.yaml; refusing to touch it "
+                "(put the run's config.yaml back, or use another name=...)"
+            )
         return Decision("fresh", "a new run")
     if resume == "never":
         return Decision("fresh", "train.resume=never: starting over", start_over=True)
@@ -152,12 +166,27 @@ def prepare(rundir: RunDir, decision: Decision, config: dict, running: Summary) 
 
 
 def archive_attempt(rundir: RunDir) -> int:
-    """Move the previous attempt's files into attempts/<n>/ (n = 1, 2, ...); returns n."""
+    """Move the previous attempt's files into attempts/<n>/ (n = 1, 2, ...); returns n. The marker
+    goes first and the config last, so a kill at any point is finished by `finish_start_over`."""
     attempts = rundir.path / ATTEMPTS_DIR
     numbers = [int(p.name) for p in attempts.iterdir() if p.name.isdigit()] if attempts.is_dir() else []
     target = attempts / str(max(numbers, default=0) + 1)
     target.mkdir(parents=True)
+    (target / MOVING_MARKER).touch()
+    move_attempt(rundir, target)
+    return int(target.name)
+
+
+def move_attempt(rundir: RunDir, target: Path) -> None:
     for name in ATTEMPT_FILES:
         if (rundir.path / name).exists():
             os.replace(rundir.path / name, target / name)
-    return int(target.name)
+    (target / MOVING_MARKER).unlink()
+
+
+def finish_start_over(rundir: RunDir) -> None:
+    """Rank 0, under the lock, before `decide`: a start-over killed part-way moved some files into
+    attempts/<n>/ and left its marker there; the rest follow, as that invocation meant."""
+    for marker in sorted((rundir.path / ATTEMPTS_DIR).glob(f"*/{MOVING_MARKER}")):
+        log.warning(f"{rundir.path}: finishing a start-over that was cut short (into {marker.parent})")
+        move_attempt(rundir, marker.parent)

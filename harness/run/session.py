@@ -22,10 +22,17 @@ from harness.loggers import build_logger
 from harness.optim import format_parameter_table
 from harness.results.rundir import RunDir
 from harness.run.build import RunData
-from harness.run.checkpoint import LoadedCheckpoint, load_for_resume
-from harness.run.decision import Decision, broadcast_decision, decide, prepare
+from harness.run.checkpoint import LoadedCheckpoint, check_model_shapes, load_for_resume
+from harness.run.decision import Decision, broadcast_decision, decide, finish_start_over, prepare
 from harness.run.lock import RunBusy, claimed
-from harness.run.outcome import ended_by, is_environment_fault, now, started_summary, write_summary
+from harness.run.outcome import (
+    ended_by,
+    is_environment_fault,
+    now,
+    read_summary,
+    started_summary,
+    write_summary,
+)
 from harness.run.signals import hand_over_signal, stop_on_signals
 from harness.run.spec import RunSpec, resolve_run, resolved_config
 from harness.run.trainer import Trainer, describe_spec
@@ -46,15 +53,19 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
         new_run = broadcast(not rundir.exists() if spec.dist.is_main else None)
         data = RunData.load(spec) if new_run else None
         with claimed(rundir, "trained", spec.dist.is_main):
-            decision = broadcast_decision(
-                lambda: decide(rundir, config, spec.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
-            )
+
+            def decide_on_main() -> Decision:
+                finish_start_over(rundir)
+                return decide(rundir, config, spec.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
+
+            decision = broadcast_decision(decide_on_main)
             if decision.action == "skip":
                 log.info(f"{rundir.path}: {decision.reason}")
                 return rundir.read_summary() or {}
             resume = None
             if decision.action == "resume":
                 resume = load_for_resume(Path(decision.checkpoint), spec.dist.rank, spec.device)
+                check_model_shapes(resume.path, resume.main["model"], spec.model)  # before anything is written
             return train_claimed(spec, rundir, config, decision, resume, run_name, data)
     except RunBusy as e:
         log.warning(str(e))  # that process trains it; a sweep moves on to its next run
@@ -76,6 +87,11 @@ def train_claimed(
     cfg = spec.cfg
     started_at = now()
     trainer, logger, status, error = None, None, "failed", None
+    # A refusal is not a failure: a resume refused by a check (another tokenizer, a loader state that
+    # does not fit) before it takes a step puts the summary back as it was, so fixing the cause and
+    # re-running resumes.
+    before = read_summary(rundir) if resume is not None and spec.dist.is_main else None
+    refused = False
     try:
         if spec.dist.is_main:
             log.info(f"{rundir.path}: {decision.reason}")
@@ -100,6 +116,7 @@ def train_claimed(
         raise
     except Exception as e:
         status, error = ended_by(e)
+        refused = isinstance(e, ConfigError) and (trainer is None or trainer.state.step in (0, resume_step(resume)))
         if not is_environment_fault(e):
             if not isinstance(e, ConfigError):  # a user mistake is one line, printed by the entry point
                 log.error(traceback.format_exc())
@@ -109,6 +126,8 @@ def train_claimed(
     finally:
         summary = trainer.summary(status, error) if trainer else started_summary(spec, status, error=error)
         summary.update(started_at=started_at, ended_at=now())
+        if refused:  # the run's record as it was (or the `running` stub prepare wrote: it resumes too)
+            summary = before or read_summary(rundir) or summary
         if spec.dist.is_main:
             try:
                 write_summary(rundir, summary)
@@ -123,3 +142,7 @@ def train_claimed(
         hand_over_signal(trainer.stop_signal)
         raise KeyboardInterrupt(f"stopped by signal {trainer.stop_signal}; checkpoint saved, re-run to resume")
     return summary.to_json()
+
+
+def resume_step(resume: LoadedCheckpoint | None) -> int:
+    return int(resume.main["step"]) if resume is not None else 0
