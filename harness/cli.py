@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import USAGE_EXIT_CODE, ConfigError
-from harness.identity import register_resolvers
+from harness.identity import DEFAULTS_RUN_SUFFIX, LOCATION_KEYS, register_resolvers
 from harness.objective import BASIC_SWEEPER, check_objective
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -277,7 +277,9 @@ OPTIONAL_KEYS = ("model.rotary_cache_len", "ve_gate_channels")
 
 
 def check_overrides(overrides: list[str]) -> None:
-    """Refuse a deleted group (~model) and an added key nothing reads (+foo=1, +model.foo=1)."""
+    """Refuse a deleted group (~model), an added key nothing reads (+foo=1, +model.foo=1) and a
+    value that would put the run's folder outside paths.runs_dir."""
+    check_run_location(overrides)
     for override in overrides:
         if override.startswith("~") and override[1:].split("=")[0] in REQUIRED_GROUPS:
             group = override[1:].split("=")[0]
@@ -295,3 +297,39 @@ def check_overrides(overrides: list[str]) -> None:
             optional = (k.rpartition(".")[2] for k in OPTIONAL_KEYS if k.rpartition(".")[0] == section)
             allowed = sorted({*map(str, node.keys()), *optional})
             raise ConfigError(f"unknown key {key}; allowed: {', '.join(allowed)}")
+
+
+# Filesystems cap one folder name at 255 bytes; a single run's folder is `<name>-defaults`.
+MAX_NAME_BYTES = 255 - len(DEFAULTS_RUN_SUFFIX)
+
+
+def check_run_location(overrides: list[str]) -> None:
+    """`name=` and every value that becomes part of a run's folder name (all but the location keys,
+    which Hydra keeps out of it) must leave the folder inside paths.runs_dir: no `..` component."""
+    for override in overrides:
+        key, assigned, value = override.lstrip("+~").partition("=")
+        if not assigned or key in LOCATION_KEYS or key.startswith(("hydra.", "paths.")):
+            continue
+        parts = value.split("/")
+        if ".." in parts:
+            raise ConfigError(
+                f"{key}={_shown(value)} would put the run folder outside paths.runs_dir ('..' in a folder name); "
+                "choose a value without '..'"
+            )
+        if key == "name":
+            _check_name(value, parts)
+
+
+def _check_name(value: str, parts: list[str]) -> None:
+    if not value.strip() or value.startswith("/") or "." in parts or "" in parts:
+        raise ConfigError(f"name={value!r} must be a relative folder name (runs go to paths.runs_dir/<name>)")
+    longest = max(len(part.encode()) for part in parts)
+    if longest > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"name={_shown(value)} is {longest} bytes; a folder name holds at most {MAX_NAME_BYTES} "
+            f"(255 less the {DEFAULTS_RUN_SUFFIX!r} a single run adds)"
+        )
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    return value if len(value) <= limit else f"{value[:limit]}..."

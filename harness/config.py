@@ -183,6 +183,9 @@ def _convert(hint, value, key: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
+        # No float key means anything at inf or NaN: an LR, eps or FLOPs budget of inf trains garbage.
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -248,6 +251,7 @@ def model_config(cfg: DictConfig) -> GPTConfig:
     if model_dim < cfg.get("ve_gate_channels", 32):
         raise ConfigError(f"model_dim={model_dim} (model.depth x model.aspect_ratio) must be at least 32")
     _require_choice("rope.split", cfg.rope.split, SPLITS)
+    _require_rope_base(cfg.rope.base)
     _require_choice("model.attention", m.attention, ATTENTION_BACKENDS)
     hints = typing.get_type_hints(GPTConfig)
     plain = OmegaConf.to_container(m, resolve=True)
@@ -268,6 +272,12 @@ def model_config(cfg: DictConfig) -> GPTConfig:
         )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+
+
+def _require_rope_base(base: Any) -> None:
+    """The rotary base is the root of the frequencies' geometric series: positive and finite."""
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not (0 < base < math.inf):
+        raise ConfigError(f"rope.base={base!r} must be a positive finite number")
 
 
 SHAPE_RULES = ("none", "legacy", "pr492")

@@ -124,11 +124,27 @@ def load_throughputs(path: Path | None) -> list[dict]:
         raise ConfigError(f"--throughput {path}: {e}") from None
     entries = data.get("results", [data]) if isinstance(data, dict) else data
     required = ("model_depth", "window_pattern", "tok_per_s")
-    for entry in entries:
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if not isinstance(entry, dict):
+            raise ConfigError(f"--throughput {path}: an entry is {entry!r}, not an object with {', '.join(required)}")
         missing = [k for k in required if k not in entry]
         if missing:
             raise ConfigError(f"--throughput {path}: an entry lacks {', '.join(missing)}; needs {', '.join(required)}")
-    return entries
+        _check_throughput_entry(path, entry)
+    return entries if isinstance(entries, list) else [entries]
+
+
+def _check_throughput_entry(path: Path, entry: dict) -> None:
+    """The numbers an estimate divides by: an integer depth, a positive tok/s and world size."""
+    numbers = {"model_depth": int, "tok_per_s": float, "world_size": int}
+    for key, kind in numbers.items():
+        value = entry.get(key, 1)
+        try:
+            number = kind(value) if not isinstance(value, (bool, list, dict)) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 < number < math.inf or (kind is int and number != value):
+            raise ConfigError(f"--throughput {path}: {key}={value!r} must be a positive {kind.__name__}")
 
 
 # seeds needed ------------------------------------------------------------------------------
@@ -461,6 +477,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if not 0 < args.peak_flops < math.inf:  # the MFU estimate divides by it
+            raise ConfigError(f"--peak-flops={args.peak_flops:g} must be a positive, finite FLOP/s per GPU")
         jobs, shared = jobs_and_shared(args.overrides)
         throughputs = load_throughputs(args.throughput)
         runs = check_jobs(jobs, lambda job: plan_run(job, shared, throughputs, args.mfu, args.peak_flops))

@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("results") / name
     command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the report (report.md, tables and plots)")
         margins = parse_margins(args.equivalence_margin)
         report = build_report(
             args.sweep_dirs, out, args.baseline, args.wandb, title=args.title, command=command, margins=margins

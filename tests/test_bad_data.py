@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,7 +44,7 @@ def data(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "cache"))
     root = tmp_path / "mydata"
     root.mkdir()
-    for i in range(4):
+    for i in range(8):  # a unit for each of data.streams=8
         (root / f"good{i}.txt").write_text(GOOD_TEXT)
     return root
 
@@ -175,7 +176,8 @@ def test_a_shortfall_found_only_after_tokenizing_leaves_no_run_folder(tmp_path):
     the refusal comes from inside Hydra's job, whose logging setup would outlive an in-process test."""
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
-    (tmp_path / "train" / "t.txt").write_text("ab " * 20_000)
+    for i in range(8):  # a unit for each of data.streams=8
+        (tmp_path / "train" / f"t{i}.txt").write_text("ab " * 2_500)
     (tmp_path / "val" / "v.txt").write_text("ab " * 6_000)
     runs = tmp_path / "runs"
     args = ["data=local", f"data.path={tmp_path / 'train'}", f"data.val_path={tmp_path / 'val'}", "data.vocab_size=300"]
@@ -193,3 +195,35 @@ def test_a_shortfall_found_only_after_tokenizing_leaves_no_run_folder(tmp_path):
     )
     assert found, result.stderr
     assert not runs.exists() or not any(runs.iterdir()), f"left behind: {sorted(runs.rglob('*'))}"
+
+
+# issue 26 item 10 -----------------------------------------------------------------------------
+def test_a_jsonl_corrupted_in_place_with_size_and_mtime_kept_is_named_again(data, tmp_path, monkeypatch, capsys):
+    """The clean-listing cache keys on each file's inode change time too, which no rewrite can put back."""
+    from harness.cli import compose
+    from harness.data import local
+    from harness.data.sources import open_source
+
+    monkeypatch.setattr(local, "_READABLE", set())
+    path = data / "r.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "naive"}\n')
+    open_source(compose(["data=local", f"data.path={data}", *SMALL_LOCAL])).check()  # found clean, remembered
+    before = path.stat()
+    time.sleep(0.01)  # a coarse clock would otherwise give the rewrite the same change time
+    path.write_bytes(b'{"text": "ok"}\n{"text": "na\xefve"}\n')
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    err = run_cli(monkeypatch, capsys, tmp_path / "runs", "data=local", f"data.path={data}", *SMALL_LOCAL)
+    assert err == f"error: {path}:2 is not UTF-8 text (byte 13 of the line is b'\\xef')\n"
+
+
+def test_a_single_jsonl_file_for_eight_streams_is_refused_in_the_preflight(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "all.jsonl"
+    path.write_text("".join(json.dumps({"text": f"document {i}: {GOOD_TEXT}"}) + "\n" for i in range(200)))
+    err = run_cli(monkeypatch, capsys, tmp_path / "runs", "data=local", f"data.path={path}", *SMALL_LOCAL)
+    assert err == (
+        f"error: data.path={path} has 1 unit for data.streams=8; every stream needs at least one (a .txt or "
+        ".jsonl file counts as one unit, a parquet file one per row group): split the text into more files or "
+        "lower data.streams\n"
+    )

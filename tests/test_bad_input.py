@@ -213,6 +213,32 @@ CASES = [
         "precision.recipe='blockwise' is not one of: tensorwise, rowwise",
     ),
     (f"{SMOKE} precision=fp8 precision.emulate=maybe", "precision.emulate='maybe' is not one of: auto, true, false"),
+    # issue 26 item 10: inf wherever NaN is refused, and no run folder outside paths.runs_dir
+    (f"{SMOKE} optim.muon.lr=inf", "optim.muon.lr=inf must be a finite number"),
+    (f"{SMOKE} optim.adamw.eps=inf", "optim.adamw.eps=inf must be a finite number"),
+    (f"{SMOKE} optim.muon.lr=nan", "optim.muon.lr=nan must be a finite number"),
+    (
+        f"{SMOKE} mlp_lr.multipliers=[{{match:'*.c_fc.weight',value:inf}}]",
+        "mlp_lr.multipliers[0].value=inf must be a finite number",
+    ),
+    (f"{SMOKE} rope.base=0", "rope.base=0 must be a positive finite number"),
+    (f"{SMOKE} rope.base=-10000", "rope.base=-10000 must be a positive finite number"),
+    (f"{SMOKE} rope.base=nan", "rope.base=nan must be a positive finite number"),
+    (f"{SMOKE} train.num_iterations=-1 train.target_flops=inf", "train.target_flops=inf must be a finite number"),
+    (
+        f"{SMOKE} name=..",
+        "name=.. would put the run folder outside paths.runs_dir ('..' in a folder name); choose a value without '..'",
+    ),
+    (
+        f"{SMOKE} name=a/../../elsewhere",
+        "name=a/../../elsewhere would put the run folder outside paths.runs_dir ('..' in a folder name); choose a "
+        "value without '..'",
+    ),
+    (
+        f"{SMOKE} name={'n' * 300}",
+        f"name={'n' * 40}... is 300 bytes; a folder name holds at most 246 (255 less the '-defaults' a single run "
+        "adds)",
+    ),
 ]
 
 

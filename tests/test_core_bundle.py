@@ -4,6 +4,7 @@ local HTTP server on 127.0.0.1 (never the real network)."""
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
 import zipfile
@@ -207,3 +208,40 @@ def test_a_malformed_bundle_in_place_is_reported_not_replaced(server, tmp_path):
     )
     assert server.hits == {}
     assert files_under(target) == {"notes.txt": b"not a bundle"}
+
+
+def bomb_zip() -> bytes:
+    """The fixture bundle plus one member of zeros that deflates ~1000:1 (2 MB to 2 GB, scaled down)."""
+    buffer = io.BytesIO(bundle_zip())
+    with zipfile.ZipFile(buffer, "a", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("eval_bundle/eval_data/padding.jsonl", bytes(40 << 20))
+    return buffer.getvalue()
+
+
+def test_an_archive_that_would_unpack_past_its_limits_is_refused_unpacked(server, tmp_path):
+    body = bomb_zip()
+    server.routes["/bomb.zip"] = (body, False)
+    url = server.url("/bomb.zip")
+    target = tmp_path / "data" / "eval_bundle"
+    with pytest.raises(ConfigError) as error:
+        prepare_bundle(cfg_for(url, target), progress=False)
+    message = str(error.value)
+    assert message.startswith(f"the archive at {url} would unpack ") and "\n" not in message
+    assert "100x its archive: refused unpacked" in message
+    assert not target.exists() and leftovers(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("name", ["core.yaml", "eval_meta_data.csv", "eval_data/world_knowledge/arc_mini.jsonl"])
+def test_a_bundle_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, name):
+    from harness.eval.core import load_examples
+
+    bundle = tmp_path / "eval_bundle"
+    shutil.copytree(FIXTURE, bundle)
+    path = bundle / name
+    path.write_bytes(path.read_bytes() + b"\xff\xfe not text\n")
+    cfg = cfg_for("unused", bundle)
+    with pytest.raises(ConfigError) as error:
+        for task in check_bundle(cfg).tasks:  # the preflight reads the bundle; CORE then reads each task
+            load_examples(task)
+    assert str(error.value).startswith(f"{path}:") and "is not UTF-8 text" in str(error.value)
+    assert "\n" not in str(error.value)

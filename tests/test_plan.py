@@ -1,6 +1,8 @@
 """Sweep planning: the runs a multirun would launch, their compute and cost, and seeds needed."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -130,3 +132,34 @@ def test_the_plan_ends_with_a_total_per_depth(capsys):
         row = next(line for line in lines if line.startswith(f"| {depth} | "))
         assert row.split(" | ")[1:3] == ["4", plan._si(sum(r.tokens for r in at_depth))]
         assert f"| {hours:.2f} |" in row
+
+
+# issue 26 item 10: a bad estimate input is one line, exit 2 ------------------------------------
+@pytest.mark.parametrize(
+    "entry,args,message",
+    [
+        (
+            {"model_depth": "twelve", "window_pattern": "L", "tok_per_s": 5e5},
+            [],
+            "--throughput {path}: model_depth='twelve' must be a positive int",
+        ),
+        (
+            {"model_depth": 12, "window_pattern": "L", "tok_per_s": 0},
+            [],
+            "--throughput {path}: tok_per_s=0 must be a positive float",
+        ),
+        ({"model_depth": 12, "window_pattern": "L", "tok_per_s": 5e5}, ["--peak-flops", "0"], None),
+    ],
+    ids=["depth-word", "zero-tok-per-s", "peak-flops-0"],
+)
+def test_bad_throughput_files_and_peak_flops_are_one_line_exit_2(tmp_path, entry, args, message):
+    measured = tmp_path / "throughput.json"
+    measured.write_text(json.dumps([entry]))
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.plan", "model=d12", "--throughput", str(measured), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    expected = message.format(path=measured) if message else "--peak-flops=0 must be a positive, finite FLOP/s per GPU"
+    assert result.stderr == f"error: {expected}\n"

@@ -1,8 +1,11 @@
 """Plots: the right panels and lines, nothing drawn over anything else, files written."""
 
+import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
 
+from harness.results import plots
 from harness.results.collect import collect_dirs
 from harness.results.plots import (
     INCOMPLETE_STYLE,
@@ -264,3 +267,20 @@ def test_figures_are_saved_as_png_and_svg(two_depths, tmp_path):
     png, svg = save_figure(curve_figure(two_depths, "train_loss", "tokens", BASELINES), tmp_path, "curve")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "<svg" in svg.read_text()[:500]
+
+
+def test_long_curves_are_thinned_for_drawing_after_smoothing_over_every_point(monkeypatch):
+    """Issue 26 item 11: a curve of 10,000 steps is drawn with at most MAX_PLOT_POINTS points, the
+    EMA computed over all 10,000 first (the value at a kept step is the full-resolution EMA's)."""
+    steps = np.arange(1, 10_001)
+    losses = 5.0 + np.sin(steps / 7.0)
+    frame = pd.DataFrame({"step": steps, "tokens": steps, "value": losses})
+    series = plots._series({"r": frame}, "r", "train_loss", "tokens")
+    assert len(series) <= plots.MAX_PLOT_POINTS and series.index[-1] == 10_000
+    stride = int(series.index[1] - series.index[0])
+    assert stride == 8 and all(s % stride == 0 for s in series.index[:-1])
+    smooth, full = 0.0, []
+    for k, loss in enumerate(losses, start=1):  # the recipe's debiased EMA, by hand
+        smooth = 0.9 * smooth + 0.1 * loss
+        full.append(smooth / (1 - 0.9**k))
+    np.testing.assert_allclose(series["value"].to_numpy(), np.array(full)[series.index.to_numpy() - 1])

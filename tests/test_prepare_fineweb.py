@@ -3,9 +3,12 @@ concurrency, errors, the tokenizer, and the fineweb loader on the prepared shard
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -93,6 +96,8 @@ class ShardServer:
                     body = body[: len(body) // 2]
                 start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
                 self.send_response(206 if start else 200)
+                # The file's version, as object stores name it; a resume is checked against it.
+                self.send_header("ETag", f'"{hashlib.sha256(server.files[name]).hexdigest()[:16]}"')
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.send_header("Content-Length", str(len(body) - start))
@@ -387,3 +392,93 @@ def test_fineweb_source_rejects_too_many_shards(data_dir):
     with pytest.raises(ConfigError, match=r"data.num_shards=1823 must be between 1 and 1822"):
         open_source(compose(["data=fineweb", "data.num_shards=1823"]))
     assert isinstance(open_source(compose(["data=fineweb"])), FinewebSource)
+
+
+# issue 26 item 12 and issue 27 item 7: downloads that cannot be poisoned, and no network is one line
+def corrupt_a_row_group(data: bytes) -> bytes:
+    """The first row group's page header overwritten: the footer still reads."""
+    raw = bytearray(data)
+    raw[4:64] = b"\xab" * 60
+    return bytes(raw)
+
+
+def test_a_stale_partial_of_another_file_is_started_over_not_completed(server, data_dir):
+    """A .partial holding another shard's bytes (left by an older version, or copied in) has no record
+    of what it began as: the shard is fetched whole, never joined onto it with a Range request."""
+    folder = fineweb_dir(data_dir)
+    folder.mkdir(parents=True)
+    (folder / "shard_00001.parquet.partial").write_bytes(SHARDS["shard_00000.parquet"][:1000])
+    open_source(compose(overrides(server.url))).download([1])
+    assert server.requests_for("shard_00001.parquet") == [None]
+    assert (folder / "shard_00001.parquet").read_bytes() == SHARDS["shard_00001.parquet"]
+    assert not list(folder.glob("shard_00001.parquet.partial*"))
+
+
+def test_a_partial_is_resumed_only_while_the_server_names_the_same_file(server, data_dir, monkeypatch):
+    monkeypatch.setattr(fineweb_module, "CHUNK_BYTES", 1024)
+    name = "shard_00001.parquet"
+    server.plan[name] = ["cut"]
+    source = open_source(compose(overrides(server.url, **{"data.download_retries": 0})))
+    with pytest.raises(DownloadError):
+        source.download([1])
+    partial = fineweb_dir(data_dir) / f"{name}.partial"
+    kept = partial.stat().st_size
+    assert json.loads((fineweb_dir(data_dir) / f"{name}.partial.source.json").read_text())["length"] == len(
+        SHARDS[name]
+    )
+    replaced = shard_bytes(7)  # the server's copy changes (a re-upload): its ETag changes with it
+    monkeypatch.setitem(server.files, name, replaced)
+    source.download([1])
+    assert server.requests_for(name) == [None, f"bytes={kept}-", None]  # the answer named another file
+    assert (fineweb_dir(data_dir) / name).read_bytes() == replaced
+
+
+def test_a_shard_whose_footer_reads_but_a_row_group_does_not_never_counts(server, data_dir):
+    server.files = {**server.files, "shard_00000.parquet": corrupt_a_row_group(SHARDS["shard_00000.parquet"])}
+    source = open_source(compose(overrides(server.url)))
+    with pytest.raises(DownloadError, match="failed 3 times, last: not a readable parquet file"):
+        source.download([0])
+    assert not list(fineweb_dir(data_dir).glob("shard_00000*"))
+
+
+def test_a_corrupt_shard_on_disk_is_named_when_the_tokenizer_reads_it(server, data_dir, capsys):
+    folder = fineweb_dir(data_dir)
+    folder.mkdir(parents=True)
+    for name, body in SHARDS.items():
+        (folder / name).write_bytes(corrupt_a_row_group(body) if name == "shard_00001.parquet" else body)
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main(overrides(server.url))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {folder / 'shard_00001.parquet'}: row group 0 does not read (")
+    assert err.endswith("); the file is corrupt")
+
+
+def test_a_host_that_cannot_be_reached_stops_prepare_at_once_in_one_line(data_dir):
+    """A closed local port (no network at all looks the same): one line, exit 1, no retries, and no
+    shard counted as done."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/datasets/fineweb"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.prepare", *overrides(url, **{"data.download_retries": 5})],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ABLATE_DATA_DIR": str(data_dir)},
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot reach data.base_url={url} (") and "refused" in last
+    assert "3/3" not in result.stderr  # the progress bar counts only shards on disk
+    assert not list(fineweb_dir(data_dir).glob("shard_*"))
+
+
+def test_a_name_that_does_not_resolve_is_unreachable_too(data_dir, monkeypatch):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    source = open_source(compose(overrides("http://shards.example/datasets/fineweb", **{"data.download_retries": 5})))
+    with pytest.raises(DownloadError, match=r"^cannot reach data.base_url=http://shards.example/datasets/fineweb \("):
+        source.download([0, 1, 2])

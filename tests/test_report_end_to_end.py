@@ -2,7 +2,11 @@
 
 import contextlib
 import io
+import json
 import re
+import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pandas as pd
@@ -249,3 +253,96 @@ def test_one_unreadable_run_never_sinks_the_report(tmp_path, capsys):
     assert table["n_seeds"].sum() == SMOKE_RUNS - 2
     assert set(table["seeds"].dropna().astype(str)) <= {"0,1", "0", "1"}  # integers, though one run has no seed
     assert "## Runs that did not complete" in report_md
+
+
+# issue 26 items 9 and 10: no single run sinks a report; a report over a file is one line ---------
+def damage_runs(root):
+    """The issue's damaged runs, one each, and a run moved to other storage behind a link."""
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    (runs[0] / "summary.json").write_text(json.dumps({**summary, "param_counts": "1.2M"}))
+    summary = json.loads((runs[1] / "summary.json").read_text())
+    (runs[1] / "summary.json").write_text(json.dumps({**summary, "core_tasks": [0.1, 0.2]}))
+    with open(runs[2] / "metrics.jsonl", "a") as f:
+        f.write("[1, 2, 3]\nnull\n{}\n")
+    config = runs[3] / "config.yaml"
+    config.write_text(re.sub(r"depth: \d+", "depth: four", config.read_text()))
+    moved = root.parent / "storage" / runs[4].name
+    moved.parent.mkdir()
+    runs[4].rename(moved)
+    runs[4].symlink_to(moved)
+    return runs
+
+
+def test_damaged_runs_of_every_kind_never_sink_the_report_process(tmp_path):
+    root = tmp_path / "smoke"
+    write_sweep(root)
+    runs = damage_runs(root)
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.report", str(root), "--out", str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out / "runs.csv").set_index("run")
+    assert len(table) == SMOKE_RUNS
+    unreadable = table[table["status"] == "unreadable"]
+    assert sorted(unreadable.index) == sorted(f"smoke/{r.name}" for r in (runs[0], runs[1], runs[3]))
+    assert 'param_counts="1.2M" is not an object of numbers' in unreadable.loc[f"smoke/{runs[0].name}", "note"]
+    assert "model.depth='four' is not an integer" in unreadable.loc[f"smoke/{runs[3].name}", "note"]
+    assert "metrics line is a JSON list, not an object" in table.loc[f"smoke/{runs[2].name}", "note"]
+    assert table.loc[f"smoke/{runs[4].name}", "status"] == "completed"  # followed through its link
+
+
+def test_a_report_killed_midway_leaves_the_previous_report_whole(tmp_path):
+    """A SIGKILL while plots are written (an injected kill at the third figure): report.md and every
+    table are still the previous report's, byte for byte; the next report replaces them all."""
+    root = tmp_path / "smoke"
+    write_sweep(root)
+    out = tmp_path / "report"
+    assert subprocess.run([sys.executable, "-m", "harness.report", str(root), "--out", str(out)]).returncode == 0
+    before = report_files(out)
+    write_sweep(root, seeds=(0, 1, 2))  # a new seed: every table changes
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_THIRD_FIGURE, str(root), "--out", str(out)], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert report_files(out) == before
+    assert subprocess.run([sys.executable, "-m", "harness.report", str(root), "--out", str(out)]).returncode == 0
+    assert len(pd.read_csv(out / "runs.csv")) == SMOKE_RUNS * 3 // 2
+    assert f"{SMOKE_RUNS * 3 // 2} runs ({SMOKE_RUNS * 3 // 2} completed)" in (out / "report.md").read_text()
+    assert not list(out.glob(".staging-*"))  # the killed report's staging folder is cleared
+
+
+def report_files(out):
+    """Every file of the report folder by path, its staging folder aside."""
+    return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".staging-" not in str(p)}
+
+
+KILL_AT_THIRD_FIGURE = """
+import os, signal, sys
+from harness import report
+from harness.results import render
+figures = []
+def save_figure(*args, **kwargs):
+    figures.append(args)
+    if len(figures) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+real, render.save_figure = render.save_figure, save_figure
+report.main(sys.argv[1:])
+"""
+
+
+def test_report_out_naming_an_existing_file_is_one_line(tmp_path):
+    root = tmp_path / "smoke"
+    write_sweep(root, seeds=(0,))
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.report", str(root), "--out", str(taken)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: --out {taken} is a file; give a folder for the report (report.md, tables and plots)\n"
+    )
+    assert taken.read_text() == "mine\n"

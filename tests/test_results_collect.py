@@ -1,5 +1,6 @@
 """Sweep collection: run directories of every status into the runs and curves tables."""
 
+import json
 import math
 
 import pandas as pd
@@ -209,3 +210,78 @@ def test_an_unreadable_run_is_marked_with_its_reason(sweep, damage, reason):
     assert row["status"] == "unreadable" and reason in row["note"]
     assert len(runs) == 7
     assert "mlp_lr.name" in collection.axes and "train.num_iterations" not in collection.axes
+
+
+# issue 26 item 9: no single run sinks a report ------------------------------------------------
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda run: _edit_summary(run, param_counts="1.2M"), 'summary.json unreadable: param_counts="1.2M" is not'),
+        (lambda run: _edit_summary(run, core_tasks=[0.1, 0.2]), "summary.json unreadable: core_tasks=[0.1, 0.2] is"),
+        (lambda run: _edit_summary(run, status=3), "summary.json unreadable: status=3 is not a string"),
+        (
+            lambda run: run.config_path.write_text(run.config_path.read_text().replace("depth: 4", "depth: four")),
+            "config.yaml unreadable: model.depth='four' is not an integer",
+        ),
+    ],
+    ids=["param_counts-text", "core_tasks-list", "status-number", "depth-word"],
+)
+def test_a_summary_or_config_of_the_wrong_types_marks_the_run_unreadable(sweep, damage, reason):
+    damage(RunDir(sweep / "mlp_lr=c_fc_2x,rope=slice,seed=1"))
+    collection = collect_dirs(sweep)
+    row = collection.runs.set_index("run").loc["sweep/mlp_lr=c_fc_2x,rope=slice,seed=1"]
+    assert row["status"] == "unreadable" and reason in row["note"]
+    assert collection.depths == [4] and len(collection.runs) == 7
+
+
+@pytest.mark.parametrize("line", ["[1, 2, 3]", "null", '"text"'])
+def test_a_metrics_line_that_is_json_but_not_an_object_is_named_and_the_rest_is_built(sweep, line):
+    run = RunDir(sweep / "mlp_lr=c_fc_2x,rope=slice,seed=1")
+    records = run.metrics_path.read_text().splitlines()
+    run.metrics_path.write_text("\n".join([records[0], line, *records[1:]]) + "\n")
+    collection = collect_dirs(sweep)
+    row = collection.runs.set_index("run").loc["sweep/mlp_lr=c_fc_2x,rope=slice,seed=1"]
+    assert f"{run.metrics_path}:2: metrics line is a JSON" in row["note"] and "not an object" in row["note"]
+    assert row["status"] == "completed" and row["final_val_bpb"] == 1.52  # the summary still counts
+    assert "sweep/mlp_lr=c_fc_2x,rope=slice,seed=1" not in set(collection.curves["run"])
+    assert len(collection.runs) == 7
+
+
+def _edit_summary(run: RunDir, **values) -> None:
+    run.summary_path.write_text(json.dumps({**json.loads(run.summary_path.read_text()), **values}))
+
+
+def test_run_folders_reached_by_symbolic_links_are_followed_once_and_broken_links_listed(sweep, tmp_path):
+    storage = tmp_path / "storage"
+    (sweep / "mlp_lr=c_fc_2x,rope=slice,seed=1").rename(storage)
+    (sweep / "mlp_lr=c_fc_2x,rope=slice,seed=1").symlink_to(storage)  # a run moved to other storage
+    (sweep / "loop").symlink_to(sweep)  # a link back up the tree
+    (sweep / "gone").symlink_to(tmp_path / "unmounted")
+    collection = collect_dirs(sweep)
+    runs = collection.runs.set_index("run")
+    assert runs.loc["sweep/mlp_lr=c_fc_2x,rope=slice,seed=1", "status"] == "completed"
+    assert runs.loc["sweep/gone", "status"] == "unreadable"
+    assert f"a symbolic link to {tmp_path / 'unmounted'}, which does not exist" in runs.loc["sweep/gone", "note"]
+    assert len(runs) == 8 and not collection.notes  # each run once, whatever the links
+
+
+# issue 26 item 11: memory bounded by the sweep, not by its files ------------------------------
+def test_curves_keep_every_evaluation_and_thin_long_training_records_by_a_power_of_two(tmp_path, monkeypatch):
+    from harness.results import collect as collect_module
+
+    monkeypatch.setattr(collect_module, "MAX_TRAIN_POINTS", 16)
+    run = write_run(tmp_path / "sweep" / "long", steps=100, status="running")
+    for step in (25, 50, 75):
+        run.append_metrics({"step": step, "tokens": 100 * step, "flops": 0, "time_s": 0, "val_bpb": 2.0 - step / 100})
+    collection = collect_dirs(tmp_path / "sweep")
+    curves = collection.curves
+    # every evaluation record, exactly
+    val = curves[curves["metric"] == "val_bpb"]
+    assert list(val["step"]) == [0, 100, 25, 50, 75] and list(val["value"]) == [11.5, 1.5, 1.75, 1.5, 1.25]
+    # training records: steps 1..100 are 100 > 16, so every 8th step (100 / 8 = 12 <= 16 < 100 / 4) and the last
+    loss = curves[curves["metric"] == "train_loss"]
+    assert list(loss["step"]) == [*range(8, 100, 8), 100]
+    assert list(loss["value"]) == [5.0 - s for s in [*range(8, 100, 8), 100]]
+    # the numbers a running run shows come from every record, not the thinned ones
+    row = collection.runs.iloc[0]
+    assert row["step"] == 100 and row["tok_per_s"] == 200.0 and row["last_val_bpb"] == 1.25

@@ -202,3 +202,16 @@ def test_a_synthetic_sweep_whose_data_seed_follows_seed_keeps_its_variants(tmp_p
     assert {flat["data.seed"] for flat in collection.configs.values()} == {0, 1, 2}
     assert "data.seed" not in collection.axes
     assert collection.variant_keys == ["rope.split", "mlp_lr.name"]
+
+
+def test_no_override_value_can_name_a_run_folder_outside_the_runs_dir():
+    """Issue 26 item 10: every value Hydra writes into a run's folder name is checked for a `..`
+    component (a key the config validates later would give a less direct message); location keys,
+    which stay out of folder names, may hold relative paths."""
+    from harness.cli import check_run_location
+    from harness.errors import ConfigError
+
+    for override in ("+note=a/../../../x", "name=..", "seed=../1"):
+        with pytest.raises(ConfigError, match="would put the run folder outside paths.runs_dir"):
+            check_run_location([override])
+    check_run_location(["data.path=../data", "paths.runs_dir=../runs", "name=team/sweep", "+note=a..b"])

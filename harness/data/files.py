@@ -36,18 +36,17 @@ def parquet_row_groups(path: Path, column: str) -> int:
 
 
 def read_row_group(path: Path, row_group: int, column: str) -> list[str]:
-    table = pq.ParquetFile(path).read_row_group(row_group, columns=[column])
+    """One row group's `column`; a file that does not read is a ConfigError naming it and the group."""
+    try:
+        table = pq.ParquetFile(path).read_row_group(row_group, columns=[column])
+    except (pa.ArrowException, OSError) as error:
+        reason = " ".join(str(error).split())  # Arrow's messages run over several lines
+        raise ConfigError(f"{path}: row group {row_group} does not read ({reason}); the file is corrupt") from None
     return table.column(column).to_pylist()
 
 
 def read_jsonl(path: Path, field: str) -> list[str]:
-    texts = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            texts.append(_jsonl_text(path, number, line, field))
-    return texts
+    return [_jsonl_text(path, number, line, field) for number, line in _utf8_lines(path) if line.strip()]
 
 
 def read_txt(path: Path) -> list[str]:
@@ -60,24 +59,26 @@ def check_readable(path: Path, field: str) -> None:
     a parquet file whose footer, column or row groups do not read."""
     if path.suffix == ".parquet":
         for group in range(parquet_row_groups(path, field)):
-            try:
-                values = read_row_group(path, group, field)
-            except (pa.ArrowException, OSError) as error:
-                raise ConfigError(f"{path}: row group {group} does not read ({error}); the file is corrupt") from None
+            values = read_row_group(path, group, field)
             if any(not isinstance(v, str) for v in values):
                 raise ConfigError(f"{path}: row group {group} has non-string values in column {field!r}")
         return
+    for number, line in _utf8_lines(path):
+        if path.suffix == ".jsonl" and line.strip():
+            _jsonl_text(path, number, line, field)
+
+
+def _utf8_lines(path: Path):
+    """(line number, text) of each line; a line that is not UTF-8 is a ConfigError naming file:line."""
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
-                line = raw.decode("utf-8")
+                yield number, raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 bad = raw[error.start : error.start + 1]
                 raise ConfigError(
                     f"{path}:{number} is not UTF-8 text (byte {error.start + 1} of the line is {bad!r})"
                 ) from None
-            if path.suffix == ".jsonl" and line.strip():
-                _jsonl_text(path, number, line, field)
 
 
 def _jsonl_text(path: Path, number: int, line: str, field: str) -> str:

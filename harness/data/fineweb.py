@@ -10,10 +10,15 @@ shard (data.val_shard) is always the validation split, whatever num_shards is. F
 `data.dir` (default ${paths.data_dir}/<source>).
 
 Downloads are parallel and resumable: each shard is written to `<name>.partial` under a per-shard
-file lock (so two processes never write the same file), continued with an HTTP Range request when
-a partial exists, checked to open as parquet with a `text` column, and only then renamed to its
-final name. A final name therefore always means a complete shard; partial files never count.
-Server errors, timeouts and truncated or corrupt files are retried with exponential backoff.
+file lock (so two processes never write the same file), with the server's validator for it (ETag,
+else Last-Modified, and the length) recorded beside it in `<name>.partial.source.json`. A partial is
+continued with an HTTP Range request only when the server still names the same file by that
+validator; a partial without one (or from another file) is started over, so bytes of two files are
+never joined. A shard is then read whole (every row group of its `text` column) and only then
+renamed to its final name. A final name therefore always means a complete shard; partial files
+never count. Server errors, timeouts and truncated or corrupt files are retried with exponential
+backoff; a host that cannot be reached at all (no network, a wrong name, a closed port) stops the
+command at once, in one line.
 The 32768-token BPE is trained once on the first `data.tokenizer_max_chars` characters of the
 training shards (documents cropped to `data.tokenizer_doc_cap`) and stored in
 `data.dir/tokenizer_<vocab_size>`.
@@ -21,6 +26,7 @@ training shards (documents cropped to `data.tokenizer_doc_cap`) and stored in
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -30,6 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
+import urllib3
 from filelock import FileLock
 from tqdm import tqdm
 
@@ -62,6 +69,10 @@ class _Retryable(Exception):
 
 class _Corrupt(Exception):
     pass
+
+
+# Beside a partial download: the URL and the server's validator and length when it started.
+SOURCE_SUFFIX = ".source.json"
 
 
 class FinewebSource:
@@ -147,11 +158,17 @@ class FinewebSource:
         with ThreadPoolExecutor(workers) as pool, tqdm(total=len(indices), unit="shard", desc=self.data.source) as bar:
             futures = {pool.submit(self.download_shard, i): i for i in indices}
             for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 try:
                     future.result()
                 except (DownloadError, ConfigError) as error:
                     errors.append(error)
-                bar.update()
+                    if isinstance(error, Unreachable):  # every other shard would wait out the same
+                        for other in futures:
+                            other.cancel()
+                    continue
+                bar.update()  # only shards that are on disk count as progress
         if errors:
             raise errors[0]
 
@@ -171,14 +188,20 @@ class FinewebSource:
                     time.sleep(min(self.data.download_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
                 try:
                     self._fetch(url, partial)
-                    _verify(partial)
+                    _verify(partial, every_row_group=True)
                 except _Corrupt as error:
-                    partial.unlink(missing_ok=True)
+                    _discard(partial)
                     last_error = error
                 except (_Retryable, requests.RequestException) as error:
+                    if (reason := _unreachable(error)) is not None:
+                        raise Unreachable(
+                            f"cannot reach data.base_url={self.data.base_url} ({reason}); check the network "
+                            "or data.base_url, then re-run the same prepare command"
+                        ) from None
                     last_error = error
                 else:
                     os.replace(partial, final)
+                    _source_record(partial).unlink(missing_ok=True)
                     return True
             raise DownloadError(
                 f"{url}: failed {self.data.download_retries + 1} times, last: {last_error}; "
@@ -186,19 +209,29 @@ class FinewebSource:
             )
 
     def _fetch(self, url: str, partial: Path) -> None:
+        """Download `url` into `partial`: the rest of it when the server still serves the file the
+        partial began as (same validator and length), else the whole file from byte 0."""
+        started = _read_source_record(partial)
         have = partial.stat().st_size if partial.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        resume = have > 0 and started is not None and started["url"] == url
+        # If-Range: a server whose file changed sends all of it (200) instead of the rest.
+        headers = {"Range": f"bytes={have}-", "If-Range": started["validator"]} if resume else {}
         with requests.get(url, stream=True, timeout=self.data.download_timeout_s, headers=headers) as response:
             status = response.status_code
-            if status == 416:  # nothing after `have` bytes: the partial is already whole
-                return
+            if status == 416 and resume and have == started["length"]:
+                return  # nothing after `have` bytes of the same file: the partial is whole
             if status >= 500 or status in RETRY_STATUSES:
                 raise _Retryable(f"HTTP {status}")
+            if status == 416 or (status == 206 and not _same_file(response, started)):
+                _discard(partial)  # the server's file is not the one the partial began as: start over
+                return self._fetch(url, partial)
             if status >= 400:
                 raise ConfigError(
                     f"data.base_url={self.data.base_url} answered HTTP {status} for {url}; "
                     f"it must serve {SHARD_NAME.format(index=0)} .. {SHARD_NAME.format(index=self.data.val_shard)}"
                 )
+            if status != 206:
+                _write_source_record(partial, url, response)
             # A short body raises in `iter_content` (urllib3 checks Content-Length), leaving the
             # bytes received so far in the partial file for the next attempt to continue.
             with partial.open("ab" if status == 206 else "wb") as out:
@@ -261,11 +294,79 @@ class FinewebSource:
         return lines
 
 
-def _verify(path: Path) -> None:
-    """A shard counts only if its parquet footer reads and it has the text column."""
+class Unreachable(DownloadError):
+    """The host does not answer at all: retrying every shard would only wait longer."""
+
+
+def _unreachable(error: Exception) -> str | None:
+    """Why no connection could be made (name resolution, refused, no route), or None for errors
+    worth retrying (timeouts, resets, a server's bad moment)."""
+    if not isinstance(error, requests.ConnectionError) or isinstance(error, requests.ConnectTimeout):
+        return None
+    cause = error.args[0] if error.args else None
+    reason = getattr(cause, "reason", cause)
+    if not isinstance(reason, urllib3.exceptions.NewConnectionError):  # NameResolutionError is one too
+        return None
+    return str(reason).split(">: ", 1)[-1]  # urllib3 starts with the connection object's repr
+
+
+def _source_record(partial: Path) -> Path:
+    return partial.with_name(partial.name + SOURCE_SUFFIX)
+
+
+def _validator(response: requests.Response) -> str | None:
+    """The server's name for this version of the file: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
+
+
+def _write_source_record(partial: Path, url: str, response: requests.Response) -> None:
+    """Record what a fresh download is of; without a validator there is nothing to resume against,
+    so no record is written and an interrupted download starts over."""
+    record = _source_record(partial)
+    validator, length = _validator(response), response.headers.get("Content-Length")
+    if validator is None or length is None or not length.isdigit():
+        record.unlink(missing_ok=True)
+        return
+    record.write_text(json.dumps({"url": url, "validator": validator, "length": int(length)}))
+
+
+def _read_source_record(partial: Path) -> dict | None:
     try:
-        names = pq.ParquetFile(path).schema_arrow.names
+        record = json.loads(_source_record(partial).read_text())
+        if isinstance(record.get("validator"), str) and isinstance(record.get("length"), int):
+            return record
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def _same_file(response: requests.Response, started: dict | None) -> bool:
+    """A 206 answer continues the partial only if the server names the same file, of the same length."""
+    if started is None or _validator(response) != started["validator"]:
+        return False
+    total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    return total.isdigit() and int(total) == started["length"]
+
+
+def _discard(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    _source_record(partial).unlink(missing_ok=True)
+
+
+def _verify(path: Path, every_row_group: bool = False) -> None:
+    """A shard counts only if its parquet footer reads and it has the text column; a download also
+    reads every row group of that column (a footer can be whole over bytes from another file),
+    checking each page's CRC where the writer stored one."""
+    try:
+        parquet = pq.ParquetFile(path, page_checksum_verification=every_row_group)
+        names = parquet.schema_arrow.names
+        if TEXT_COLUMN in names and every_row_group:
+            for group in range(parquet.metadata.num_row_groups):
+                parquet.read_row_group(group, columns=[TEXT_COLUMN])
     except (pa.ArrowException, OSError) as error:
-        raise _Corrupt(f"not a readable parquet file ({error})") from None
+        raise _Corrupt(f"not a readable parquet file ({' '.join(str(error).split())})") from None
     if TEXT_COLUMN not in names:
         raise _Corrupt(f"parquet file without a {TEXT_COLUMN!r} column (columns: {', '.join(names)})")

@@ -71,14 +71,27 @@ class LocalSource:
         if self.data.val_path:
             self._folder("val_path")
         files = sorted(set(self.files("train") + self.files("val")))
-        key = fingerprint("local-readable", _listing(files), self.data.text_field)
-        if key in _READABLE or (self.cache_dir / f"readable-{key}").is_dir():
-            return
-        for path in files:
-            check_readable(path, self.data.text_field)
-        with contextlib.suppress(OSError):  # a read-only cache only means checking again next time
-            build_once(self.cache_dir / f"readable-{key}", lambda directory: None)
-        _READABLE.add(key)
+        # The inode's change time too: a file rewritten in place with its size and mtime put back still
+        # moves its ctime (no system call sets it), so a cached "clean" never vouches for new bytes.
+        key = fingerprint("local-readable", _listing(files), _changes(files), self.data.text_field)
+        if key not in _READABLE and not (self.cache_dir / f"readable-{key}").is_dir():
+            for path in files:
+                check_readable(path, self.data.text_field)
+            with contextlib.suppress(OSError):  # a read-only cache only means checking again next time
+                build_once(self.cache_dir / f"readable-{key}", lambda directory: None)
+            _READABLE.add(key)
+        self._check_units()
+
+    def _check_units(self) -> None:
+        """Every training stream needs a unit of its own (harness.data.loader.TrainLoader): a folder
+        with fewer .txt/.jsonl files and parquet row groups than data.streams cannot train."""
+        units = len(self.units("train"))
+        if units < self.data.streams:
+            raise ConfigError(
+                f"data.path={self.data.path} has {units} unit{'s' if units != 1 else ''} for data.streams="
+                f"{self.data.streams}; every stream needs at least one (a .txt or .jsonl file counts as one unit, "
+                "a parquet file one per row group): split the text into more files or lower data.streams"
+            )
 
     def files(self, split: str) -> list[Path]:
         root = self._folder("path")
@@ -174,6 +187,11 @@ class LocalSource:
     def corpus(self, split: str, tok: Tokenizer) -> TextCorpus:
         name = f"data=local {'training' if split == 'train' else 'validation'} split of {self.data.path}"
         return TextCorpus(name, self.units(split), lambda unit: self.texts(unit, split), tok)
+
+
+def _changes(files: list[Path]) -> list[tuple[int, int]]:
+    """Each file's inode and inode change time: they move when its bytes are rewritten in place."""
+    return [(p.stat().st_ino, p.stat().st_ctime_ns) for p in files]
 
 
 def _listing(files: list[Path]) -> list[tuple[str, int, int]]:

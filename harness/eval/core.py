@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from harness.config import to_dataclass
 from harness.errors import ConfigError
-from harness.eval.core_bundle import Bundle, CoreTask, download_bundle, load_bundle
+from harness.eval.core_bundle import Bundle, CoreTask, download_bundle, load_bundle, utf8_lines
 
 __all__ = [
     "Bundle",
@@ -114,18 +114,17 @@ def load_numbered_examples(task: CoreTask, max_per_task: int = -1) -> list[tuple
     """(line number, example) in evaluation order, so that an error can point at the file's line.
     Random.shuffle's permutation depends only on the length, so the order is load_examples'."""
     examples = []
-    with open(task.data_path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{task.data_path}:{line_number}: not JSON ({e.msg})") from None
-            missing = [k for k in REQUIRED_FIELDS[task.task_type] if not isinstance(item, dict) or k not in item]
-            if missing:
-                raise ConfigError(f"{task.data_path}:{line_number}: a {task.task_type} example needs '{missing[0]}'")
-            examples.append((line_number, item))
+    for line_number, line in utf8_lines(task.data_path):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{task.data_path}:{line_number}: not JSON ({e.msg})") from None
+        missing = [k for k in REQUIRED_FIELDS[task.task_type] if not isinstance(item, dict) or k not in item]
+        if missing:
+            raise ConfigError(f"{task.data_path}:{line_number}: a {task.task_type} example needs '{missing[0]}'")
+        examples.append((line_number, item))
     random.Random(SHUFFLE_SEED).shuffle(examples)
     if max_per_task > 0:
         examples = examples[:max_per_task]

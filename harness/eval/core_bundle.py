@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import http.client
+import io
 import math
 import os
 import tempfile
@@ -25,6 +26,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,13 @@ TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 DEFAULT_CONTINUATION_DELIMITER = " "
 DOWNLOAD_TIMEOUT_S = 60
 CHUNK_BYTES = 1 << 20
+# The recipe's archive (~162 MB of zipped JSONL) unpacks to well under 1 GB: text compresses about
+# 3-10x. An archive that would unpack past either limit (a zip bomb: 2 MB to 2 GB) is refused
+# before a byte is written. zipfile stops each member at its declared size (and then fails its
+# CRC), so the declared sizes bound what extraction writes.
+MAX_UNPACKED_BYTES = 4 << 30
+MAX_COMPRESSION_RATIO = 100
+MAX_MEMBERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ def _read_task_specs(path: Path) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: a CORE bundle needs core.yaml")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     specs = doc.get("icl_tasks") if isinstance(doc, dict) else None
@@ -109,13 +118,33 @@ def _read_task_specs(path: Path) -> list[dict]:
 def _read_baselines(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: a CORE bundle needs eval_meta_data.csv")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        for column in ("Eval Task", "Random baseline"):
-            if column not in columns:
-                raise ConfigError(f"{path} has no '{column}' column")
-        return {row["Eval Task"]: row["Random baseline"] for row in reader}
+    reader = csv.DictReader(io.StringIO(read_utf8(path, "utf-8-sig"), newline=""))
+    columns = reader.fieldnames or []
+    for column in ("Eval Task", "Random baseline"):
+        if column not in columns:
+            raise ConfigError(f"{path} has no '{column}' column")
+    return {row["Eval Task"]: row["Random baseline"] for row in reader}
+
+
+def read_utf8(path: Path, encoding: str = "utf-8") -> str:
+    """A bundle file's text; bytes that are not UTF-8 are a ConfigError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line} is not UTF-8 text (byte {data[e.start : e.start + 1]!r})") from None
+
+
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a task file, read line by line; a line that is not UTF-8 is a
+    ConfigError naming the file and line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{path}:{number} is not UTF-8 text (byte {raw[e.start : e.start + 1]!r})") from None
 
 
 def _task(root: Path, spec: dict, baselines: dict[str, str]) -> CoreTask:
@@ -217,6 +246,7 @@ def _download(url: str, destination: Path, progress: bool) -> None:
 def _unpack(archive: Path, destination: Path, url: str) -> Path:
     try:
         with zipfile.ZipFile(archive) as zf:
+            _check_unpacked_size(zf.infolist(), archive.stat().st_size, url)
             zf.extractall(destination)  # CRC-checked; member names are confined to destination
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise ConfigError(f"eval.core.bundle_url={url} is not a valid zip archive: {e}") from None
@@ -224,3 +254,14 @@ def _unpack(archive: Path, destination: Path, url: str) -> Path:
     if not root.is_dir():
         raise ConfigError(f"the archive at {url} has no top-level {ARCHIVE_ROOT}/ folder")
     return root
+
+
+def _check_unpacked_size(members: list[zipfile.ZipInfo], archive_bytes: int, url: str) -> None:
+    total = sum(m.file_size for m in members)
+    limit = min(MAX_UNPACKED_BYTES, MAX_COMPRESSION_RATIO * max(archive_bytes, 1))
+    if len(members) > MAX_MEMBERS or total > limit:
+        raise ConfigError(
+            f"the archive at {url} would unpack {len(members):,} files, {total:,} bytes from {archive_bytes:,} "
+            f"({total / max(archive_bytes, 1):.0f}x); a CORE bundle is at most {MAX_MEMBERS:,} files, "
+            f"{MAX_UNPACKED_BYTES >> 30} GiB and {MAX_COMPRESSION_RATIO}x its archive: refused unpacked"
+        )

@@ -4,6 +4,6 @@ rundir.py (the run directory, read and written), collect.py (runs and curves tab
 directories or wandb), stats.py (intervals, tests, power), compare.py (comparison tables),
 equivalence.py (TOST against margins), timing.py (speed confounded with time), sequential.py
 (looks declared up front), interactions.py (difference of differences), plots.py, render.py (a
-report folder), callback.py (the report at the end of a multirun), wandb_import.py, synthetic.py
-(sweeps with known numbers, for tests and previews).
+report folder), publish.py (its files replaced all at once), callback.py (the report at the end of
+a multirun), wandb_import.py, synthetic.py (sweeps with known numbers, for tests and previews).
 """

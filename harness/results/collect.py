@@ -34,8 +34,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ import yaml
 
 from harness.errors import ConfigError
 from harness.identity import is_bookkeeping
-from harness.results.rundir import RunDir, find_run_dirs
+from harness.results.rundir import RunDir, broken_links, find_run_dirs
 
 MISSING = "missing"
 COMPLETED = "completed"
@@ -86,6 +87,14 @@ SUMMARY_TEXT = ("device", "git_commit", "error", "started_at", "ended_at")
 SPEED_CONTEXT = ("device", "world_size", "device_batch_size", "total_batch_tokens", "grad_accum_steps")
 BATCH_KEYS = {"device_batch_size": "train.device_batch_size", "total_batch_tokens": "train.total_batch_tokens"}
 CORE_PREFIX = "core/"
+# The curves table keeps every evaluation record (val bpb, CORE: the numbers compared) exactly, and
+# at most this many training records per run: past it, those at steps that are multiples of k (the
+# smallest power of two that fits) and the last. Recipe runs log at most ~40k steps and are kept
+# whole; a runaway metrics.jsonl (GBs) then costs the report a bounded amount of memory.
+MAX_TRAIN_POINTS = 2**16
+EVAL_KEYS = ("val_bpb", "core")
+# summary.json keys that hold mappings of numbers; anything else there is a damaged summary.
+SUMMARY_MAPPINGS = ("param_counts", "core_tasks")
 
 
 @dataclass
@@ -96,7 +105,7 @@ class RunRecord:
     source: str
     config: dict
     summary: dict | None
-    metrics: list[dict]
+    metrics: Iterable[dict]  # a list, or a run directory's metrics.jsonl read anew on each pass
     problem: str = ""
     unreadable: str = ""  # why summary.json or config.yaml could not be read; the run is `unreadable`
 
@@ -140,7 +149,15 @@ def load_run_dirs(*roots: str | os.PathLike) -> list[RunRecord]:
             # The first root that reaches a folder names it (a sweep before one of its own runs).
             found.setdefault(run_dir.path.resolve(), (root, run_dir))
     names = _run_names({path: (root, run_dir.path) for path, (root, run_dir) in found.items()})
-    return [_read_run_dir(names[path], run_dir) for path, (_, run_dir) in found.items()]
+    records = [_read_run_dir(names[path], run_dir) for path, (_, run_dir) in found.items()]
+    return records + [_broken_link(Path(root), link) for root in roots for link in broken_links(root)]
+
+
+def _broken_link(root: Path, link: Path) -> RunRecord:
+    """A link whose folder is gone (storage unmounted, say): listed as unreadable, not left out."""
+    name = f"{root.name}/{link.relative_to(root).as_posix()}"
+    reason = f"skipped: a symbolic link to {os.readlink(link)}, which does not exist"
+    return RunRecord(name, str(link), {}, None, [], unreadable=reason)
 
 
 def _run_names(found: dict[Path, tuple[Path, Path]]) -> dict[Path, str]:
@@ -148,9 +165,9 @@ def _run_names(found: dict[Path, tuple[Path, Path]]) -> dict[Path, str]:
     root's parents are prepended until the names differ (two sweeps both called `smoke`)."""
 
     def name(root: Path, path: Path, parents: int) -> str:
+        relative = path.relative_to(root)  # as found below the root, through any symbolic link
         root = root.resolve()
         prefix = Path(*root.parts[max(len(root.parts) - 1 - parents, 1) :]) if parents else Path(root.name)
-        relative = path.resolve().relative_to(root)
         return prefix.as_posix() if relative == Path(".") else f"{prefix.as_posix()}/{relative.as_posix()}"
 
     names = {path: name(root, run, 0) for path, (root, run) in found.items()}
@@ -166,12 +183,17 @@ def _run_names(found: dict[Path, tuple[Path, Path]]) -> dict[Path, str]:
     return names
 
 
+class MetricsFile:
+    """A run's metrics.jsonl as an iterable that reads the file line by line on each pass."""
+
+    def __init__(self, run_dir: RunDir):
+        self.run_dir = run_dir
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.run_dir.iter_metrics()
+
+
 def _read_run_dir(run: str, run_dir: RunDir) -> RunRecord:
-    problem = ""
-    try:
-        metrics = run_dir.read_metrics()
-    except (ValueError, OSError) as e:
-        metrics, problem = [], str(e)
     unreadable = []
     config, config_problem = _read_config(run_dir)
     if config_problem:
@@ -179,7 +201,7 @@ def _read_run_dir(run: str, run_dir: RunDir) -> RunRecord:
     summary, summary_problem = _read_summary(run_dir)
     if summary_problem:
         unreadable.append(summary_problem)
-    return RunRecord(run, str(run_dir.path), config, summary, metrics, problem, "; ".join(unreadable))
+    return RunRecord(run, str(run_dir.path), config, summary, MetricsFile(run_dir), "", "; ".join(unreadable))
 
 
 def _read_config(run_dir: RunDir) -> tuple[dict, str]:
@@ -194,10 +216,18 @@ def _read_config(run_dir: RunDir) -> tuple[dict, str]:
         return {}, f"config.yaml unreadable: holds a {type(config).__name__}, not a mapping"
     if not text.endswith(b"\n"):
         return {}, "config.yaml unreadable: it does not end with a newline (cut short?)"
-    missing = [key for key in (SEED_KEY, DEPTH_KEY) if key not in flatten(config)]
+    flat = flatten(config)
+    missing = [key for key in (SEED_KEY, DEPTH_KEY) if key not in flat]
     if missing:
         return {}, f"config.yaml unreadable: no {', '.join(missing)} (cut short?)"
+    wrong = [f"{key}={flat[key]!r}" for key in (SEED_KEY, DEPTH_KEY) if not _is_integer(flat[key])]
+    if wrong:
+        return {}, f"config.yaml unreadable: {', '.join(wrong)} is not an integer"
     return config, ""
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _read_summary(run_dir: RunDir) -> tuple[dict | None, str]:
@@ -207,7 +237,29 @@ def _read_summary(run_dir: RunDir) -> tuple[dict | None, str]:
         return None, f"summary.json unreadable: {_one_line(e)}"
     if summary is not None and not isinstance(summary, dict):
         return None, f"summary.json unreadable: holds a {type(summary).__name__}, not an object"
+    wrong = _summary_type_error(summary or {})
+    if wrong:
+        return None, f"summary.json unreadable: {wrong}"
     return summary, ""
+
+
+def _summary_type_error(summary: dict) -> str:
+    """What in a summary has the wrong type to be read (hand-edited, or another tool's), or ''."""
+    status = summary.get("status")
+    if status is not None and not isinstance(status, str):
+        return f"status={status!r} is not a string"
+    for key in SUMMARY_MAPPINGS:
+        value = summary.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(v is None or isinstance(v, (int, float)) for v in value.values()):
+            return f"{key}={_short(value)} is not an object of numbers"
+    return ""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _one_line(error: BaseException) -> str:
@@ -335,6 +387,7 @@ def _format_value(value: Any) -> str:
 def collect(records: Iterable[RunRecord]) -> Collection:
     """Build the runs and curves tables from records of any source, each run once."""
     records, notes = deduplicate(sorted(records, key=lambda r: r.run))
+    digests = {r.run: _digest(r) for r in records}
     configs = {r.run: flatten(r.config) for r in records if r.config}
     # The axes see data.seed as "follows the seed" or a fixed value; configs keep what each run wrote.
     axis_configs = dict(zip(configs, data_order_view(list(configs.values())), strict=True))
@@ -354,13 +407,13 @@ def collect(records: Iterable[RunRecord]) -> Collection:
             "status": UNREADABLE if record.unreadable else (record.summary or {}).get("status") or MISSING,
         }
         row.update({axis: flat.get(axis) for axis in axes})
-        row.update(_headline_numbers(record))
+        row.update(_headline_numbers(record, digests[record.run]))
         row.update({column: flat.get(key) for column, key in BATCH_KEYS.items()})
         row["note"] = _note(record)
         row["path"] = record.source
         rows.append(row)
     runs = _tidy(pd.DataFrame(rows, columns=_run_columns(rows, axes)))
-    return Collection(runs, _curves(records), axes, keys, configs, notes)
+    return Collection(runs, _curves(digests), axes, keys, configs, notes)
 
 
 def deduplicate(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[str]]:
@@ -399,11 +452,11 @@ def _run_columns(rows: list[dict], axes: list[str]) -> list[str]:
     return [*head, *SUMMARY_NUMBERS[:HEADLINE], *tasks, *tail]
 
 
-def _headline_numbers(record: RunRecord) -> dict[str, Any]:
+def _headline_numbers(record: RunRecord, digest: MetricsDigest) -> dict[str, Any]:
     """From summary.json, absent keys NaN. A run with no summary yet, or only the stub a run
     writes when it starts, shows what its metrics say so far (never a `final_val_bpb`)."""
     summary = record.summary or {}
-    numbers = _numbers_from_metrics(record.metrics) if summary.get("status", "running") == "running" else {}
+    numbers = digest.numbers() if summary.get("status", "running") == "running" else {}
     for key in SUMMARY_NUMBERS:
         value = _number(summary.get(key))
         if math.isfinite(value) or key not in numbers:
@@ -415,24 +468,93 @@ def _headline_numbers(record: RunRecord) -> dict[str, Any]:
     return numbers
 
 
-def _numbers_from_metrics(metrics: list[dict]) -> dict[str, Any]:
-    numbers: dict[str, Any] = {}
-    if not metrics:
+class MetricsDigest:
+    """One pass over a run's metrics: what the report needs of them, in memory bounded by
+    MAX_TRAIN_POINTS whatever the file's size. Curve points (_curve_point): evaluation records
+    all, training records thinned (see MAX_TRAIN_POINTS) by doubling the step stride whenever
+    twice the limit has gathered."""
+
+    def __init__(self, run: str, numbers: bool = True):
+        self.run = run
+        self.keeps_numbers = numbers  # only a run without a final summary needs them (8 bytes a record)
+        self.evals: list[tuple] = []
+        self.train: list[tuple] = []
+        self.stride = 1
+        self.last: dict = {}
+        self.last_train: tuple | None = None
+        self.speeds: dict[str, array] = {"tok_per_s": array("d"), "mfu": array("d")}
+        self.val: list[float] = []
+        self.core: dict = {}
+
+    def add(self, position: int, record: dict) -> None:
+        self.last = record
+        for key, seen in self.speeds.items() if self.keeps_numbers else ():
+            if key in record:
+                seen.append(_number(record[key]))
+        if "val_bpb" in record:
+            self.val.append(_number(record["val_bpb"]))
+        if "core" in record:
+            self.core = {k: _number(v) for k, v in record.items() if k == "core" or k.startswith(CORE_PREFIX)}
+        point = _curve_point(position, record)
+        if any(key in record for key in EVAL_KEYS):
+            self.evals.append(point)
+            return
+        step = record.get("step")
+        self.last_train = (step if _is_integer(step) else position, point)
+        if self.last_train[0] % self.stride == 0:
+            self.train.append(self.last_train)
+            if len(self.train) > 2 * MAX_TRAIN_POINTS:
+                self.stride *= 2
+                self.train = [(k, p) for k, p in self.train if k % self.stride == 0]
+
+    def points(self) -> list[tuple]:
+        """Curve points in file order: training records thinned to at most MAX_TRAIN_POINTS."""
+        while len(self.train) > MAX_TRAIN_POINTS:
+            self.stride *= 2
+            self.train = [(k, p) for k, p in self.train if k % self.stride == 0]
+        kept = [p for _, p in self.train]
+        if self.last_train is not None and (not self.train or self.train[-1] is not self.last_train):
+            kept.append(self.last_train[1])
+        return sorted(kept + self.evals, key=lambda p: p[0])  # file order
+
+    def numbers(self) -> dict[str, Any]:
+        """What the metrics say so far, for a run without a final summary."""
+        numbers: dict[str, Any] = {}
+        if not self.last:
+            return numbers
+        numbers.update({k: _number(self.last.get(k)) for k in ("step", "tokens", "flops")})
+        numbers["train_time_s"] = _number(self.last.get("time_s"))
+        if self.val:
+            numbers["last_val_bpb"] = self.val[-1]
+            numbers["min_val_bpb"] = float(np.nanmin(self.val)) if np.isfinite(self.val).any() else math.nan
+        for key, seen in self.speeds.items():
+            values = np.frombuffer(seen, dtype=np.float64) if len(seen) else np.array([])
+            numbers[key] = float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
+        numbers.update(self.core)
         return numbers
-    last = metrics[-1]
-    numbers.update({k: _number(last.get(k)) for k in ("step", "tokens", "flops")})
-    numbers["train_time_s"] = _number(last.get("time_s"))
-    val = [_number(r["val_bpb"]) for r in metrics if "val_bpb" in r]
-    if val:
-        numbers["last_val_bpb"] = val[-1]
-        numbers["min_val_bpb"] = float(np.nanmin(val)) if np.isfinite(val).any() else math.nan
-    for key in ("tok_per_s", "mfu"):
-        seen = [_number(r[key]) for r in metrics if key in r]
-        numbers[key] = float(np.nanmedian(seen)) if np.isfinite(seen).any() else math.nan
-    core = [r for r in metrics if "core" in r]
-    if core:
-        numbers.update({k: _number(v) for k, v in core[-1].items() if k == "core" or k.startswith(CORE_PREFIX)})
-    return numbers
+
+
+def _curve_point(position: int, record: dict) -> tuple:
+    """(position in the file, step, tokens, flops, time_s, ((metric, value), ...)): every numeric
+    metric (null is a gap, NaN), text and nested values left out."""
+    values = tuple(
+        (metric, _number(value))
+        for metric, value in record.items()
+        if metric not in CURVE_INDEX and not isinstance(value, (str, bool, dict, list))
+    )
+    return (position, *(_number(record.get(k)) for k in CURVE_INDEX), values)
+
+
+def _digest(record: RunRecord) -> MetricsDigest:
+    """Read the record's metrics once; a corrupt line leaves the run without curves, with a note."""
+    digest = MetricsDigest(record.run, numbers=(record.summary or {}).get("status", "running") == "running")
+    try:
+        for position, entry in enumerate(record.metrics):
+            digest.add(position, entry)
+    except (ValueError, OSError) as e:
+        record.problem = str(e)
+        return MetricsDigest(record.run)
+    return digest
 
 
 def _note(record: RunRecord) -> str:
@@ -467,20 +589,22 @@ def _tidy(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def _curves(records: Sequence[RunRecord]) -> pd.DataFrame:
-    columns: dict[str, list] = {c: [] for c in CURVE_COLUMNS}
-    for record in records:
-        for entry in record.metrics:
-            index = [_number(entry.get(k)) for k in CURVE_INDEX]
-            for metric, value in entry.items():
-                if metric in CURVE_INDEX or isinstance(value, (str, bool, dict, list)):
-                    continue
-                columns["run"].append(record.run)
-                for name, x in zip(CURVE_INDEX, index, strict=True):
-                    columns[name].append(x)
-                columns["metric"].append(metric)
-                columns["value"].append(_number(value))
-    curves = pd.DataFrame(columns)
+def _curves(digests: dict[str, MetricsDigest]) -> pd.DataFrame:
+    """The long table, one run at a time into typed arrays (a Python object per cell would cost
+    more memory than the points themselves)."""
+    parts = []
+    for run, digest in digests.items():
+        rows = [(*point[1:5], metric, value) for point in digest.points() for metric, value in point[5]]
+        if not rows:
+            continue
+        index = np.array([row[:4] for row in rows], dtype=np.float64).reshape(-1, 4)
+        part = {"run": np.full(len(rows), run, dtype=object)}
+        part.update({name: index[:, i] for i, name in enumerate(CURVE_INDEX)})
+        part["metric"] = np.array([row[4] for row in rows], dtype=object)
+        part["value"] = np.array([row[5] for row in rows], dtype=np.float64)
+        parts.append(pd.DataFrame(part))
+    curves = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in CURVE_COLUMNS})
+    curves = curves[list(CURVE_COLUMNS)]
     curves["run"] = curves["run"].astype(str)
     curves["metric"] = curves["metric"].astype(str)
     return curves

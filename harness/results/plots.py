@@ -62,6 +62,9 @@ MIN_WIDTH = 7.0  # inches: room for a two-line title above a single panel
 MAX_COLUMNS = 4
 # Curves with this few points per run (validation every N steps) get a marker at each point.
 SPARSE_POINTS = 40
+# A panel is ~800 pixels wide at DPI: a curve drawn with more points looks the same thinned (the EMA
+# is taken over every point first), only slower to draw and larger as SVG.
+MAX_PLOT_POINTS = 2000
 DPI = 150
 
 
@@ -156,7 +159,18 @@ def _series(by_run: Mapping[str, pd.DataFrame], run: str, metric: str, x: str) -
     values = rows["value"].to_numpy()
     if metric == "train_loss":
         values = ema(values)
-    return pd.DataFrame({"x": rows[x].to_numpy(), "value": values}, index=rows["step"].to_numpy())
+    return _thin(pd.DataFrame({"x": rows[x].to_numpy(), "value": values}, index=rows["step"].to_numpy()))
+
+
+def _thin(series: pd.DataFrame) -> pd.DataFrame:
+    """At most MAX_PLOT_POINTS of a curve: the steps that are multiples of a power of two, and the
+    last. Runs of one length keep the same steps, so their mean and band still line up."""
+    if len(series) <= MAX_PLOT_POINTS:
+        return series
+    stride = 1 << math.ceil(math.log2(len(series) / MAX_PLOT_POINTS))
+    keep = np.asarray(series.index) % stride == 0
+    keep[-1] = True
+    return series[keep]
 
 
 def curve_figure(collection: Collection, metric: str, x: str, baselines: Mapping[int, str] | None = None):

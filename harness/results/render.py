@@ -47,6 +47,7 @@ from harness.results.compare import (
 from harness.results.equivalence import NO_MARGINS, Margins
 from harness.results.interactions import interaction_table, interactions_legend, interactions_markdown
 from harness.results.plots import all_plots, save_figure
+from harness.results.publish import staged_folder
 from harness.results.sequential import Design, design_from_configs
 from harness.results.stats import ALPHA, POWER
 
@@ -104,23 +105,24 @@ def build_report(
             judge(table, interactions, margins, design)  # one Holm family with the comparison table
     markdown = comparison_markdown(table, collection.variant_keys, [*notes, *design_notes])
     spread = spread_table(collection, table)
-    save_tables(collection, out_dir)
-    save_comparison(table, markdown, out_dir)
-    spread.to_csv(out_dir / "spread.csv", index=False)
-    if not interactions.empty:
-        interactions.to_csv(out_dir / "interactions.csv", index=False)
-    runs_markdown = runs_table_markdown(collection)
-    (out_dir / "runs.md").write_text(runs_markdown + "\n")
-    baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
-    plots = []
-    for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
-        save_figure(plot.figure, out_dir / "plots", plot.stem)
-        plots.append((plot.stem, plot.title))
-    title = title or (Path(roots[0]).name if roots else "wandb")
-    text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command)
-    text = _with_design(text, collection, design, margins, interactions)
     report_path = out_dir / "report.md"
-    report_path.write_text(text)
+    with staged_folder(out_dir) as staging:  # every file replaced at once at the end (publish.py)
+        save_tables(collection, staging)
+        save_comparison(table, markdown, staging)
+        spread.to_csv(staging / "spread.csv", index=False)
+        if not interactions.empty:
+            interactions.to_csv(staging / "interactions.csv", index=False)
+        runs_markdown = runs_table_markdown(collection)
+        (staging / "runs.md").write_text(runs_markdown + "\n")
+        baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
+        plots = []
+        for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
+            save_figure(plot.figure, staging / "plots", plot.stem)
+            plots.append((plot.stem, plot.title))
+        title = title or (Path(roots[0]).name if roots else "wandb")
+        text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command)
+        text = _with_design(text, collection, design, margins, interactions)
+        (staging / "report.md").write_text(text)
     stems = [stem for stem, _ in plots]
     return Report(out_dir, report_path, collection, table, markdown, spread, stems, interactions)
 

@@ -158,20 +158,28 @@ class RunDir:
             os.close(fd)
 
     def iter_metrics(self) -> Iterator[dict]:
-        """Yield the records in order. A torn last line (the run died mid-write) is skipped;
-        a corrupt line anywhere else is an error, since that is not how appends fail."""
+        """Yield the records in order, reading the file line by line (a long run's file is never
+        whole in memory). A torn last line (the run died mid-write) is skipped; a corrupt line
+        anywhere else, or a line that is JSON but not an object, is an error naming the line, since
+        that is not how appends fail."""
         if not self.metrics_path.exists():
             return
-        lines = self.metrics_path.read_text().splitlines()
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    return
-                raise ValueError(f"{self.metrics_path}:{i + 1}: corrupt metrics line") from None
+        with open(self.metrics_path, "rb") as lines:
+            pending: tuple[int, bytes] | None = None  # a line that does not parse: torn if it is the last
+            for number, line in enumerate(lines, start=1):
+                if pending is not None:
+                    raise ValueError(f"{self.metrics_path}:{pending[0]}: corrupt metrics line") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    pending = (number, line)
+                    continue
+                if not isinstance(record, dict):
+                    kind = "null" if record is None else type(record).__name__
+                    raise ValueError(f"{self.metrics_path}:{number}: metrics line is a JSON {kind}, not an object")
+                yield record
 
     def read_metrics(self) -> list[dict]:
         return list(self.iter_metrics())
@@ -358,19 +366,48 @@ def _save_torch(path: Path, state: dict) -> dict:
 
 def find_run_dirs(*roots: str | os.PathLike) -> list[RunDir]:
     """Every run directory (a folder holding config.yaml) under the roots, at any depth, sorted.
-    A run's earlier attempts (<run>/attempts/<n>/) are part of that run, not runs of their own."""
+    A run's earlier attempts (<run>/attempts/<n>/) are part of that run, not runs of their own.
+    Symbolic links to folders are followed (runs moved to other storage), each folder once, so a
+    link back up the tree cannot loop; broken_links lists the links whose target is missing."""
+    return [RunDir(p) for p in sorted(_walk_runs(roots)[0])]
+
+
+def broken_links(*roots: str | os.PathLike) -> list[Path]:
+    """Symbolic links under the roots (outside run folders) whose target does not exist."""
+    return sorted(_walk_runs(roots)[1])
+
+
+# Hydra's .hydra/ and wandb's files/ hold config.yaml files of their own.
+_NOT_RUNS = {".hydra", "wandb"}
+
+
+def _walk_runs(roots) -> tuple[set[Path], set[Path]]:
     found: set[Path] = set()
+    broken: set[Path] = set()
+    visited: set[tuple[int, int]] = set()  # (device, inode) of every folder walked: links cannot loop
     for root in roots:
-        root = Path(root)
-        if (root / "config.yaml").exists():
-            found.add(root)
-        # Hydra's .hydra/ and wandb's files/ hold config.yaml files of their own.
-        found.update(
-            p.parent
-            for p in root.rglob("config.yaml")
-            if not {".hydra", "wandb"} & set(p.parts) and not _is_attempt(p.parent)
-        )
-    return [RunDir(p) for p in sorted(found)]
+        for folder, subfolders, files in os.walk(Path(root), followlinks=True):
+            here = Path(folder)
+            try:
+                stat = here.stat()
+            except OSError:  # removed while walking (a run being started over, a temporary folder)
+                subfolders.clear()
+                continue
+            if (stat.st_dev, stat.st_ino) in visited:
+                subfolders.clear()
+                continue
+            visited.add((stat.st_dev, stat.st_ino))
+            subfolders[:] = sorted(d for d in subfolders if d not in _NOT_RUNS)
+            is_run = "config.yaml" in files
+            if is_run and not _is_attempt(here):
+                found.add(here)
+            if not is_run:
+                broken.update(here / name for name in (*subfolders, *files) if _is_broken_link(here / name))
+    return found, broken
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _is_attempt(path: Path) -> bool:
