@@ -565,7 +565,30 @@ def _note(record: RunRecord) -> str:
         notes.append("no summary.json: numbers from metrics so far")
     elif record.summary.get("status") == "running":
         notes.append("running (or killed without a summary): numbers from metrics so far")
+    if record.summary and not record.unreadable:
+        notes += _evaluation_notes(record.summary)
     return "; ".join(notes)
+
+
+def _evaluation_notes(summary: dict) -> list[str]:
+    """Which number the report compares when harness.evaluate measured another (summary.json's
+    `evaluations`): training's, unless training recorded none and the evaluation filled it."""
+    evaluations = [e for e in summary.get("evaluations") or [] if isinstance(e, dict)]
+    notes = []
+    for key, measured, protocol in (("final_val_bpb", "val_bpb", "val_tokens"), ("core", "core", "core_max_per_task")):
+        if any(key in (e.get("filled") or []) for e in evaluations):
+            notes.append(f"{key} is harness.evaluate's (training recorded none)")
+            continue
+        trained = _number(summary.get(key))
+        measured_values = [(e, _number(e.get(measured))) for e in evaluations]
+        other = [e for e, value in measured_values if math.isfinite(value) and value != trained]
+        if other and math.isfinite(trained):
+            latest = other[-1]
+            notes.append(
+                f"{key} {trained:.4f} is training's; harness.evaluate measured {_number(latest.get(measured)):.4f} "
+                f"at step {latest.get('step')} ({protocol} {latest.get(protocol)})"
+            )
+    return notes
 
 
 def _number(value: Any) -> float:

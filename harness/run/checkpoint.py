@@ -71,12 +71,14 @@ def set_aside_rejected(rundir: RunDir, valid: Path) -> None:
 
 
 def checkpoint_for_evaluation(rundir: RunDir) -> Path:
-    """The newest valid checkpoint (rank 0 calls this); none is a RunStopped."""
+    """The newest valid checkpoint (rank 0 calls this, under the run's lock); newer ones that fail
+    verification go to checkpoints/rejected/; none valid is a RunStopped that moves nothing."""
     if not rundir.list_checkpoints():
         raise ConfigError(f"run_dir={rundir.path} has no checkpoint in {rundir.checkpoints_dir}")
     checkpoint, problems = newest_valid_checkpoint(rundir)
     if checkpoint is None:
         raise RunStopped(f"{rundir.checkpoints_dir}: no valid checkpoint to evaluate ({'; '.join(problems)})")
+    set_aside_rejected(rundir, checkpoint)  # as a resume does: the newer, damaged ones to rejected/
     return checkpoint
 
 

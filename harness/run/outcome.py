@@ -80,7 +80,10 @@ class Summary:
     tokenizer: str | Any = ABSENT  # its digest: a checkpoint is refused with another
     started_at: str | Any = ABSENT
     ended_at: str | Any = ABSENT
-    evaluation: dict | Any = ABSENT  # what harness.evaluate measured, and how
+    evaluation: dict | Any = ABSENT  # the last harness.evaluate before `evaluations` (older files)
+    # every harness.evaluate, in order: what it measured and how (step, val_tokens, CORE settings,
+    # `filled`: the headline numbers it supplied because training recorded none)
+    evaluations: list | Any = ABSENT
     extra: dict = field(default_factory=dict)
 
     @classmethod

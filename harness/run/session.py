@@ -116,7 +116,11 @@ def train_claimed(
         raise
     except Exception as e:
         status, error = ended_by(e)
-        refused = isinstance(e, ConfigError) and (trainer is None or trainer.state.step in (0, resume_step(resume)))
+        refused = (
+            resume is not None
+            and isinstance(e, ConfigError)
+            and (trainer is None or trainer.state.step in (0, resume_step(resume)))
+        )
         if not is_environment_fault(e):
             if not isinstance(e, ConfigError):  # a user mistake is one line, printed by the entry point
                 log.error(traceback.format_exc())
