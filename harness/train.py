@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -117,7 +118,30 @@ def preflight(argv: list[str]) -> None:
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     launch = plan_launch([a for a in argv if not a.startswith("-")], multirun)
+    check_distinct_folders(launch.jobs)
     check_jobs(launch.jobs, check)
+
+
+def check_distinct_folders(jobs: list[list[str]]) -> None:
+    """Jobs that differ only in keys kept out of folder names (data.path, say) would share one run
+    directory: the second would find the first "already completed" and never train."""
+    hydra_cfg = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["hydra"]
+    # name and paths.runs_dir are left out of the job's folder name but are part of its path.
+    hidden = set(hydra_cfg["job"]["config"]["override_dirname"]["exclude_keys"]) - {"name", "paths.runs_dir"}
+    seen: dict[tuple, dict] = {}
+    for number, job in enumerate(jobs, 1):
+        values = dict(override.lstrip("+~").partition("=")[::2] for override in job)
+        folder = tuple(sorted((k, v) for k, v in values.items() if k not in hidden))
+        if folder in seen and seen[folder]["values"] != values:
+            first = seen[folder]
+            keys = values.keys() | first["values"].keys()
+            differ = sorted(k for k in keys if values.get(k) != first["values"].get(k))
+            raise ConfigError(
+                f"jobs {first['number']} and {number} of the sweep map to one run folder: they differ only in "
+                f"{', '.join(differ)}, kept out of folder names; sweep it in separate commands, each with its own "
+                "name=..."
+            )
+        seen.setdefault(folder, {"number": number, "values": values})
 
 
 def check_job(cfg: DictConfig) -> None:

@@ -578,3 +578,65 @@ def test_resume_force_across_a_shape_change_is_refused_touching_nothing(tmp_path
     assert line.startswith(f"error: checkpoint {rundir.checkpoint_path(STEPS)} does not fit the config's model"), line
     assert "Traceback" not in refused.stderr
     assert snapshot(rundir) == before
+
+
+def text_folder(path: Path, seed: int) -> Path:
+    """A data=local folder of 40 short documents drawn from a small vocabulary."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "light", "north", "paper", "green", "quiet"]
+    path.mkdir(parents=True)
+    for i in range(40):
+        (path / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(400)))
+    return path
+
+
+def local_command(tmp_path, data_path, *extra, multirun=False):
+    return [
+        sys.executable,
+        "-m",
+        "harness.train",
+        *(["-m"] if multirun else []),
+        "experiment=smoke",
+        "data=local",
+        f"data.path={data_path}",
+        "data.val_fraction=0.25",
+        "train.num_iterations=4",
+        "eval.val_every=4",
+        "eval.val_tokens=2048",
+        f"paths.runs_dir={tmp_path}/runs",
+        f"paths.data_dir={tmp_path}/cache",
+        *extra,
+    ]
+
+
+def test_a_run_knows_its_data_and_is_not_skipped_or_resumed_for_other_data(tmp_path):
+    first, second = text_folder(tmp_path / "A", 0), text_folder(tmp_path / "B", 1)
+    subprocess.run(local_command(tmp_path, first), check=True, capture_output=True)
+    rundir = only_run(tmp_path / "runs")
+    fingerprint = rundir.read_summary()["data_fingerprint"]
+    before = snapshot(rundir)
+    refused = subprocess.run(local_command(tmp_path, second), capture_output=True, text=True)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {rundir.path} was trained on other data (fingerprint {fingerprint}"), line
+    assert line.endswith("give this data its own run with name=...")
+    assert snapshot(rundir) == before
+    # A run recorded before fingerprints existed: unknown, not different; resuming records it.
+    summary = rundir.read_summary()
+    del summary["data_fingerprint"]
+    rundir.write_summary({**summary, "status": "interrupted"})
+    subprocess.run(local_command(tmp_path, first), check=True, capture_output=True)
+    assert rundir.read_summary()["data_fingerprint"] == fingerprint
+    assert rundir.read_summary()["status"] == "completed"
+
+
+def test_a_sweep_whose_jobs_share_one_folder_is_refused_before_any_run(tmp_path):
+    first, second = text_folder(tmp_path / "A", 0), text_folder(tmp_path / "B", 1)
+    command = local_command(tmp_path, f"{first},{second}", "hydra.sweeper.params={}", multirun=True)
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "error: jobs 1 and 2 of the sweep map to one run folder: they differ only in data.path, kept out of "
+        "folder names; sweep it in separate commands, each with its own name=..."
+    )
+    assert not (tmp_path / "runs").exists()

@@ -8,6 +8,7 @@ that carry the decision out. The one answer to "what happens when I re-run this 
 | a start-over cut short (attempts/<n>/.moving)  | the move is finished first, then as above  |
 | a different config (a changed default, say)    | refused in one line, nothing touched;      |
 |                                                | train.resume=force continues anyway        |
+| other data (summary's data_fingerprint)        | refused in one line, nothing touched       |
 | a completed run                                | nothing to do                              |
 | a failed or diverged run                       | nothing to do; sweep.retry_failed=true     |
 |                                                | starts over, the old files in attempts/<n>/|
@@ -73,9 +74,12 @@ def config_differences(saved: dict, current: dict, ignored: set[str] = frozenset
 
 
 # the decision -------------------------------------------------------------------------------------
-def decide(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignored: set[str]) -> Decision:
-    """The table in the module docstring. Reads only; raises ConfigError (changed config) or
-    RunStopped (checkpoints but none valid) without touching anything."""
+def decide(
+    rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignored: set[str], data: str | None = None
+) -> Decision:
+    """The table in the module docstring. Reads only; raises ConfigError (changed config, other
+    data: `data` is RunData.fingerprint) or RunStopped (checkpoints but none valid) without touching
+    anything."""
     if not rundir.exists():
         found = [name for name in ATTEMPT_FILES if (rundir.path / name).exists()]
         if found:
@@ -93,6 +97,7 @@ def decide(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignore
             f"{rundir.path} holds a run with a different config ({shown}); "
             f"use another name=..., or train.resume=force to continue anyway, or train.resume=never to restart"
         )
+    check_data(rundir, data)
     status = read_status(rundir)
     if status == "completed":
         return Decision("skip", "already completed; nothing to do")
@@ -118,6 +123,21 @@ def decide(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignore
         rejected=problems,
         write_config=bool(changed),
     )
+
+
+def check_data(rundir: RunDir, data: str | None) -> None:
+    """A run is resumed or skipped only for the data it was trained on. Data locations are kept out
+    of folder names (harness.identity), so the same command pointed at another folder finds this
+    run; a run recorded before fingerprints existed is unknown, not different."""
+    try:
+        recorded = (rundir.read_summary() or {}).get("data_fingerprint")
+    except (OSError, ValueError):
+        return
+    if data is not None and isinstance(recorded, str) and recorded != data:
+        raise ConfigError(
+            f"{rundir.path} was trained on other data (fingerprint {recorded}, the data now gives {data}: "
+            "data.* points at another text or tokenizer); give this data its own run with name=..."
+        )
 
 
 def read_status(rundir: RunDir) -> str | None:

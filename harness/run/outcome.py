@@ -78,6 +78,10 @@ class Summary:
     tok_per_s: float | None | Any = ABSENT
     mfu: float | None | Any = ABSENT
     tokenizer: str | Any = ABSENT  # its digest: a checkpoint is refused with another
+    # what the run was trained on (harness.run.build.RunData.fingerprint): a re-run on other data
+    # is refused; absent in runs written before it was recorded (unknown, recorded on resume)
+    data_fingerprint: str | Any = ABSENT
+    earlier_versions: list | Any = ABSENT  # a run resumed under other library versions: those before
     started_at: str | Any = ABSENT
     ended_at: str | Any = ABSENT
     evaluation: dict | Any = ABSENT  # the last harness.evaluate before `evaluations` (older files)
@@ -178,6 +182,21 @@ def record_worker_failure(rundir: RunDir, summary: Summary | None, rank: int, me
     if summary.ended_at is ABSENT:
         summary.ended_at = now()
     write_summary(rundir, summary.update(status=status, error=f"rank {rank}: {message}"))
+
+
+def carry_over(before: Summary | None, summary: Summary) -> Summary:
+    """A resumed run's summary keeps what its earlier attempts recorded: the library versions they
+    ran under (a mixed run's provenance) and the evaluations of its checkpoints."""
+    if before is None:
+        return summary
+    earlier = list(before.earlier_versions) if isinstance(before.earlier_versions, list) else []
+    if isinstance(before.versions, dict) and before.versions != summary.versions and before.versions not in earlier:
+        earlier.append(before.versions)
+    if earlier:
+        summary.earlier_versions = earlier
+    if before.evaluations is not ABSENT:
+        summary.evaluations = before.evaluations
+    return summary
 
 
 def started_summary(spec: RunSpec, status: Status, **values) -> Summary:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.distributed import broadcast, destroy_process_group, init_process_group
+from harness.distributed import destroy_process_group, init_process_group
 from harness.errors import ConfigError, RunStopped
 from harness.identity import location_keys
 from harness.loggers import build_logger
@@ -26,6 +26,7 @@ from harness.run.checkpoint import LoadedCheckpoint, check_model_shapes, load_fo
 from harness.run.decision import Decision, broadcast_decision, decide, finish_start_over, prepare
 from harness.run.lock import RunBusy, claimed
 from harness.run.outcome import (
+    carry_over,
     ended_by,
     is_environment_fault,
     now,
@@ -48,15 +49,17 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
     config = resolved_config(cfg)
     init_process_group(spec.dist, spec.device)
     try:
-        # A new run's data is loaded before its directory is made: a mistake found only now (a split
-        # that tokenizes to fewer validation rows than eval.val_tokens) leaves no half-made run.
-        new_run = broadcast(not rundir.exists() if spec.dist.is_main else None)
-        data = RunData.load(spec) if new_run else None
+        # The data is loaded before the run directory is made or touched: a mistake found only now (a
+        # split that tokenizes to fewer validation rows than eval.val_tokens) leaves no half-made run,
+        # and an existing run is resumed or skipped only for the data it was trained on.
+        data = RunData.load(spec)
+        fingerprint = data.fingerprint()
         with claimed(rundir, "trained", spec.dist.is_main):
 
             def decide_on_main() -> Decision:
                 finish_start_over(rundir)
-                return decide(rundir, config, spec.train.resume, bool(cfg.sweep.retry_failed), location_keys(cfg))
+                retry, ignored = bool(cfg.sweep.retry_failed), location_keys(cfg)
+                return decide(rundir, config, spec.train.resume, retry, ignored, fingerprint)
 
             decision = broadcast_decision(decide_on_main)
             if decision.action == "skip":
@@ -66,7 +69,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
             if decision.action == "resume":
                 resume = load_for_resume(Path(decision.checkpoint), spec.dist.rank, spec.device)
                 check_model_shapes(resume.path, resume.main["model"], spec.model)  # before anything is written
-            return train_claimed(spec, rundir, config, decision, resume, run_name, data)
+            return train_claimed(spec, rundir, config, decision, resume, run_name, data, fingerprint)
     except RunBusy as e:
         log.warning(str(e))  # that process trains it; a sweep moves on to its next run
         return {}
@@ -81,7 +84,8 @@ def train_claimed(
     decision: Decision,
     resume: LoadedCheckpoint | None,
     run_name: str,
-    data: RunData | None,
+    data: RunData,
+    fingerprint: str | None,
 ) -> dict:
     """The run, its directory claimed: prepare it as decided, build, loop, record how it ended."""
     cfg = spec.cfg
@@ -95,7 +99,8 @@ def train_claimed(
     try:
         if spec.dist.is_main:
             log.info(f"{rundir.path}: {decision.reason}")
-            prepare(rundir, decision, config, started_summary(spec, "running", started_at=started_at))
+            running = started_summary(spec, "running", started_at=started_at, data_fingerprint=fingerprint)
+            prepare(rundir, decision, config, carry_over(before, running))
         logger = build_logger(
             cfg.logger,
             run_dir=rundir.path,
@@ -104,7 +109,7 @@ def train_claimed(
             config=config,
             rank=spec.dist.rank,
         )
-        trainer = Trainer(spec, rundir, logger, data or RunData.load(spec))
+        trainer = Trainer(spec, rundir, logger, data)
         if spec.dist.is_main:
             rundir.params_path.write_text(format_parameter_table(trainer.param_rows))
             log.info(describe_spec(spec, trainer))
@@ -129,7 +134,9 @@ def train_claimed(
         raise RunStopped(f"{rundir.path}: {error}; interrupted, re-run the same command to resume") from None
     finally:
         summary = trainer.summary(status, error) if trainer else started_summary(spec, status, error=error)
-        summary.update(started_at=started_at, ended_at=now())
+        summary = carry_over(
+            before, summary.update(started_at=started_at, ended_at=now(), data_fingerprint=fingerprint)
+        )
         if refused:  # the run's record as it was (or the `running` stub prepare wrote: it resumes too)
             summary = before or read_summary(rundir) or summary
         if spec.dist.is_main:
