@@ -640,3 +640,40 @@ def test_a_sweep_whose_jobs_share_one_folder_is_refused_before_any_run(tmp_path)
         "folder names; sweep it in separate commands, each with its own name=..."
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoints_from_before_manifests_are_verified_by_loading_and_resume(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    for checkpoint in rundir.list_checkpoints():
+        rundir.manifest_path(checkpoint).unlink()  # as the release before manifests wrote them
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "harness.evaluate", f"run_dir={rundir.path}", "core=false"],
+        capture_output=True,
+        text=True,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert rundir.read_summary()["evaluations"][-1]["checkpoint"] == rundir.checkpoint_path(STEPS).name
+    # A shard that does not load is still refused: the one before is used.
+    newest = rundir.checkpoint_path(STEPS)
+    RunDir.shard_path(newest, 0).write_bytes(b"\0" * 64)
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    assert rundir.read_summary()["status"] == "completed"
+    assert history(rundir) == history(reference)
+    assert (rundir.checkpoints_dir / "rejected" / newest.name).exists()
+
+
+def test_a_loader_state_of_another_version_says_resuming_is_impossible_by_design(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    for checkpoint in rundir.list_checkpoints():
+        shard_path = RunDir.shard_path(checkpoint, 0)
+        shard = torch.load(shard_path, weights_only=True)
+        torch.save({**shard, "loader": {**shard["loader"], "version": 1}}, shard_path)
+        rewrite_manifest(rundir, checkpoint)
+    before = snapshot(rundir)
+    refused = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "data loader state is version 1" in line and "cannot be resumed by design" in line, line
+    assert "Traceback" not in refused.stderr
+    assert snapshot(rundir) == {**before, **{p: d for p, d in snapshot(rundir).items() if p.name == "params.tsv"}}
+    assert rundir.read_summary()["status"] == "interrupted"

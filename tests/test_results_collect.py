@@ -299,3 +299,14 @@ def test_the_note_says_which_number_is_compared_when_an_evaluation_measured_anot
         "final_val_bpb 1.5000 is training's; harness.evaluate measured 1.6100 at step 4 (val_tokens 128); "
         "core is harness.evaluate's (training recorded none)"
     )
+
+
+def test_runs_of_one_config_on_different_data_are_not_compared_as_one(tmp_path):
+    write_run(tmp_path / "r" / "on_a", summary_extra={"data_fingerprint": "aaaa"}, final=1.5)
+    write_run(tmp_path / "r" / "on_b", summary_extra={"data_fingerprint": "bbbb"}, final=1.9)
+    collection = collect_dirs(tmp_path / "r")
+    assert collection.notes == []  # not "two folders hold the same run"
+    assert "data.fingerprint" in collection.axes
+    runs = collection.runs.set_index("run")
+    assert runs.loc["r/on_a", "data.fingerprint"] == "aaaa" and runs.loc["r/on_b", "data.fingerprint"] == "bbbb"
+    assert runs.loc["r/on_a", "variant"] != runs.loc["r/on_b", "variant"]

@@ -52,12 +52,29 @@ def newest_valid_checkpoint(rundir: RunDir) -> tuple[Path | None, list[str]]:
     problems = []
     for checkpoint in reversed(rundir.list_checkpoints()):
         problem = rundir.verify_checkpoint(checkpoint)
+        if problem is not None and not rundir.manifest_path(checkpoint).exists():
+            problem = verify_by_loading(checkpoint)
         if problem is None:
             return checkpoint, problems
         line = f"checkpoint {checkpoint.parent / checkpoint.stem}: {problem}"
         log.warning(line + "; trying the one before")
         problems.append(line)
     return None, problems
+
+
+def verify_by_loading(checkpoint: Path) -> str | None:
+    """A checkpoint without a manifest: written before manifests existed (or killed after its main
+    file, the last of its files, was renamed into place). Its files are whole if each loads, weights
+    only: the main file and the shard of every rank it names."""
+    try:
+        main = RunDir.load_checkpoint(checkpoint)
+        for rank in range(int(main.get("world_size", 1))):
+            RunDir.load_checkpoint(checkpoint, rank=rank)
+    except (CheckpointRefused, OSError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"it has no manifest and does not load ({reason})"
+    log.info(f"checkpoint {checkpoint}: no manifest (written before manifests existed); verified by loading it")
+    return None
 
 
 def set_aside_rejected(rundir: RunDir, valid: Path) -> None:
