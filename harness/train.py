@@ -13,6 +13,8 @@ reading order); this module must not be imported by any other.
 from __future__ import annotations
 
 import contextlib
+import logging
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -42,6 +44,8 @@ def main(cfg: DictConfig) -> dict | float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = hydra_cfg.job.override_dirname
+    # The job's log (<run_dir>/train.log) is appended to by every attempt: each says how it was started.
+    logging.getLogger("ablate.train").info(f"command: {command_line()}")
     try:
         if chooses_trials():  # Optuna: this trial's values were not known to the preflight
             check_job(cfg)
@@ -60,13 +64,25 @@ def main(cfg: DictConfig) -> dict | float | None:
         print(f"error: {e}", file=sys.stderr)  # one line; the run directory says interrupted or is untouched
         if not multirun:
             sys.exit(1)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as e:
+        # Stopped by Ctrl-C or SIGTERM (checkpointed when the loop was running): one line, no traceback.
+        stopped = f" ({e.args[0]})" if e.args else ""
+        print(f"interrupted{stopped}; resume with: {command_line()}", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except Exception:
         if not multirun:
             raise
     # In a sweep a failed run is recorded in its summary and the sweep goes on with the next one.
     return sweep_return(cfg, None)
+
+
+# As a shell reports a process ended by SIGINT: the stop was asked for, not a failure of the run.
+INTERRUPTED_EXIT_CODE = 130
+
+
+def command_line() -> str:
+    """The command that started this process, to paste again: it resumes the run (or the sweep)."""
+    return shlex.join([sys.executable, "-m", "harness.train", *sys.argv[1:]])
 
 
 def remove_unstarted(run_dir: Path, runs_dir: Path, job_name: str) -> None:

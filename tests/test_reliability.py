@@ -5,6 +5,7 @@ sweep trains nothing. Real processes, real signals, the tiny smoke model on CPU.
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -116,12 +117,20 @@ def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tmp_p
 
 def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
     stopped = start_and_stop_at(tmp_path, 6, signal.SIGTERM)
-    assert stopped.returncode != 0
+    assert stopped.returncode == 130
+    stderr = stopped.stderr.read()
+    assert "Traceback" not in stderr  # one line, with the command that resumes
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted (stopped by signal {int(signal.SIGTERM)}; checkpoint saved, re-run to resume); resume with: "
+        + shlex.join(train_command(tmp_path))
+    )
     rundir = only_run(tmp_path)
     summary = rundir.read_summary()
     assert summary["status"] == "interrupted"
     assert rundir.latest_checkpoint() == rundir.checkpoint_path(summary["step"])  # saved where it stopped
     subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    commands = [line for line in (rundir.path / "train.log").read_text().splitlines() if "] - command: " in line]
+    assert [line.split("] - command: ")[1] for line in commands] == [shlex.join(train_command(tmp_path))] * 2
     assert rundir.read_summary()["status"] == "completed"
     assert history(rundir) == history(reference)
 
