@@ -28,9 +28,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.distributed import dist_info_from_env
-from harness.errors import ConfigError
+from harness.errors import ConfigError, RunStopped
 from harness.results.rundir import RunDir
-from harness.run.outcome import read_summary, record_worker_failure, stopped_on_request
+from harness.run.outcome import Summary, read_summary, record_worker_failure, stopped_on_request
 from harness.run.session import run_training
 
 log = logging.getLogger("ablate.launch")
@@ -185,4 +185,6 @@ def worker_failure(error, rundir: RunDir) -> Exception:
         return ConfigError(message[len(config_error) :])
     # A worker killed by a signal, or one failing before rank 0's own summary names the cause.
     record_worker_failure(rundir, summary, rank, message, killed=failure.exitcode < 0)
+    if (read_summary(rundir) or Summary()).status == "interrupted":  # the machine's fault: one line, resumable
+        return RunStopped(f"{rundir.path}: rank {rank}: {message}")
     return WorkerFailed(f"{rundir.path}: rank {rank} failed: {message}")

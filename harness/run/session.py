@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.distributed import destroy_process_group, init_process_group
+from harness.distributed import destroy_process_group, init_process_group, is_collective_timeout, silent_ranks
 from harness.errors import ConfigError, RunStopped
 from harness.identity import location_keys
 from harness.loggers import build_logger
@@ -47,7 +47,7 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "") -> dict:
     spec = resolve_run(cfg)
     rundir = RunDir(run_dir)
     config = resolved_config(cfg)
-    init_process_group(spec.dist, spec.device)
+    init_process_group(spec.dist, spec.device, cfg.launcher.get("timeout_s"))
     try:
         # The data is loaded before the run directory is made or touched: a mistake found only now (a
         # split that tokenizes to fewer validation rows than eval.val_tokens) leaves no half-made run,
@@ -121,6 +121,11 @@ def train_claimed(
         raise
     except Exception as e:
         status, error = ended_by(e)
+        if is_collective_timeout(e):  # a rank went silent (stopped, hung): resumable once it is gone
+            silent = ", ".join(map(str, silent_ranks())) or "unknown"
+            timeout_s = cfg.launcher.get("timeout_s")
+            status, error = "interrupted", f"rank {silent} went silent (no answer for launcher.timeout_s={timeout_s} s)"
+            raise RunStopped(f"{rundir.path}: {error}; interrupted, re-run the same command to resume") from None
         refused = (
             resume is not None
             and isinstance(e, ConfigError)
