@@ -108,6 +108,12 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    # [first, last]: torch.profiler records those steps into <run_dir>/profile/ (harness/run/profile.py).
+    steps: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     total_batch_tokens: int
     device_batch_size: int
@@ -133,6 +139,8 @@ class TrainConfig:
     batch_exponent: float = 0.383
     # nearest: round(ratio x P / B) (348fbb3) | floor: int(ratio x P) // B (92d63d4).
     horizon_rounding: str = "nearest"
+    # A profiler window (bookkeeping: not part of what the run computes).
+    profile: ProfileConfig = ProfileConfig()
 
 
 @dataclass(frozen=True)
@@ -230,14 +238,11 @@ def check_seed(seed: Any) -> int:
 
 
 def check_logger(logger: Any) -> None:
-    """The logger's kind and mode, before a run directory exists (building the logger checks them
-    again, on every rank)."""
-    from harness.loggers import LOGGER_KINDS, WANDB_MODES
+    """The logger's kinds, mode, tags and notes, before a run directory exists (building the logger
+    checks them again, on every rank)."""
+    from harness.loggers import logger_kinds
 
-    kind = logger.get("kind", "none")
-    _require_choice("logger.kind", kind, LOGGER_KINDS)
-    if kind != "none":
-        _require_choice("logger.mode", logger.get("mode", "online"), WANDB_MODES)
+    logger_kinds(logger)
 
 
 # sections --------------------------------------------------------------------------------

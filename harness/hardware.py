@@ -1,6 +1,10 @@
-"""Device facts the harness needs: which device to train on and its datasheet peak for MFU."""
+"""Device facts the harness needs: which device to train on, its datasheet peak for MFU, and the
+peak memory a run has used so far (metrics.jsonl's and summary.json's `peak_memory_gib`)."""
 
 from __future__ import annotations
+
+import resource
+import sys
 
 import torch
 
@@ -37,3 +41,20 @@ def peak_flops(device: torch.device) -> float | None:
         if key in name:
             return flops
     return None
+
+
+GIB = 2**30
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The most memory this process has held so far: on a GPU, the most its tensors occupied
+    (torch.cuda.max_memory_allocated, as torchtitan logs it; the caching allocator's reserve is
+    more); on CPU, the process's peak resident set (everything it held, Python and libraries too)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sys.platform)
+
+
+def maxrss_bytes(ru_maxrss: int, platform: str) -> int:
+    """getrusage's ru_maxrss in bytes: Linux counts KiB (getrusage(2)), macOS bytes."""
+    return ru_maxrss if platform == "darwin" else ru_maxrss * 1024

@@ -36,8 +36,9 @@ LOCATION_KEYS = (
 # `hydra` is Hydra's own (never in a saved config.yaml; the report sees it in a multirun's overrides).
 BOOKKEEPING_SECTIONS = ("paths", "logger", "launcher", "sweep", "stats", "hydra")
 # Single keys of bookkeeping: the sweep's name and experiment file (the folder already says them),
-# how a re-invocation treats the run (train.resume), what a study optimizes, and where data lives.
-BOOKKEEPING_KEYS = ("name", "experiment", "train.resume", "optimized_metric", *LOCATION_KEYS)
+# how a re-invocation treats the run (train.resume), which steps are profiled (train.profile.steps),
+# what a study optimizes, and where data lives.
+BOOKKEEPING_KEYS = ("name", "experiment", "train.resume", "train.profile.steps", "optimized_metric", *LOCATION_KEYS)
 
 
 def is_bookkeeping(key: str) -> bool:

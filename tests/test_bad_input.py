@@ -31,7 +31,8 @@ def config_keys(section: str, *optional: str) -> str:
 TRAIN_KEYS = (
     "batch_exponent, checkpoint_every, compile, device, device_batch_size, divergence_after_steps, "
     "divergence_factor, dtype, final_lr_frac, horizon_rounding, keep_checkpoints, num_iterations, print_every, "
-    "resume, target_flops, target_param_data_ratio, total_batch_tokens, warmdown_ratio, warmup_ratio, warmup_steps"
+    "profile, resume, target_flops, target_param_data_ratio, total_batch_tokens, warmdown_ratio, warmup_ratio, "
+    "warmup_steps"
 )
 
 CASES = [

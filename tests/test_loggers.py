@@ -61,8 +61,8 @@ def test_only_rank_zero_logs(tmp_path, monkeypatch):
 
 
 def test_bad_kind_or_mode_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"logger.kind='tensorboard' is not one of: none, wandb"):
-        build({"kind": "tensorboard"}, tmp_path)
+    with pytest.raises(ConfigError, match=r"logger.kind='mlflow' is not one of: none, wandb, tensorboard, many"):
+        build({"kind": "mlflow"}, tmp_path)
     with pytest.raises(ConfigError, match=r"logger.mode='later' is not one of: online, offline, disabled"):
         build({**WANDB_OFFLINE, "mode": "later"}, tmp_path)
 

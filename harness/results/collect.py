@@ -74,6 +74,7 @@ SUMMARY_NUMBERS = (
     "core",
     "tok_per_s",
     "mfu",
+    "peak_memory_gib",
     "train_time_s",
     "wall_time_s",
     "params",
@@ -82,7 +83,7 @@ SUMMARY_NUMBERS = (
     "grad_accum_steps",
 )
 HEADLINE = 8  # SUMMARY_NUMBERS[:HEADLINE] come before the CORE task columns
-SUMMARY_TEXT = ("device", "git_commit", "error", "started_at", "ended_at")
+SUMMARY_TEXT = ("device", "git_commit", "error", "started_at", "ended_at", "tags", "notes")
 # What a run's tok/s depends on besides the model: runs that differ in one of these are not
 # compared for speed (compare.py). Missing values (older runs) are unknown, not different.
 SPEED_CONTEXT = ("device", "world_size", "device_batch_size", "total_batch_tokens", "grad_accum_steps")
@@ -484,6 +485,8 @@ def _headline_numbers(record: RunRecord, digest: MetricsDigest) -> dict[str, Any
     for task, value in (summary.get("core_tasks") or {}).items():
         numbers[f"{CORE_PREFIX}{task}"] = _number(value)
     numbers.update({key: summary.get(key) for key in SUMMARY_TEXT})
+    if isinstance(numbers["tags"], list):  # logger.tags, one cell: "rope, first-try"
+        numbers["tags"] = ", ".join(str(tag) for tag in numbers["tags"])
     return numbers
 
 
@@ -504,12 +507,15 @@ class MetricsDigest:
         self.speeds: dict[str, array] = {"tok_per_s": array("d"), "mfu": array("d")}
         self.val: list[float] = []
         self.core: dict = {}
+        self.peak_memory_gib = math.nan  # the highest a record shows (each record's is the peak so far)
 
     def add(self, position: int, record: dict) -> None:
         self.last = record
         for key, seen in self.speeds.items() if self.keeps_numbers else ():
             if key in record:
                 seen.append(_number(record[key]))
+        if self.keeps_numbers and "peak_memory_gib" in record:
+            self.peak_memory_gib = float(np.fmax(self.peak_memory_gib, _number(record["peak_memory_gib"])))
         if "val_bpb" in record:
             self.val.append(_number(record["val_bpb"]))
         if "core" in record:
@@ -549,6 +555,7 @@ class MetricsDigest:
         for key, seen in self.speeds.items():
             values = np.frombuffer(seen, dtype=np.float64) if len(seen) else np.array([])
             numbers[key] = float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
+        numbers["peak_memory_gib"] = self.peak_memory_gib
         numbers.update(self.core)
         return numbers
 

@@ -255,6 +255,7 @@ def _row(
             "tok_per_s_ci_low": throughput.low,
             "tok_per_s_ci_high": throughput.high,
             "mfu_mean": mean_interval(done["mfu"]).mean,
+            "peak_memory_gib_mean": mean_interval(done["peak_memory_gib"]).mean,
         }
     )
     base_done = base_runs[base_runs["status"] == COMPLETED]

@@ -166,8 +166,12 @@ def runs_table_markdown(collection: Collection) -> str:
     several_depths = len(collection.depths) > 1
     has_core = runs["core"].notna().any()
     has_mfu = runs["mfu"].notna().any()
+    has_memory = runs["peak_memory_gib"].notna().any()
     header = [*keys, *(["depth"] if several_depths else []), "seed", "status", "steps", "final val bpb"]
     header += ["min val bpb", *(["CORE"] if has_core else []), "train time", "tok/s", *(["MFU"] if has_mfu else [])]
+    header += ["peak memory"] if has_memory else []
+    labels = [k for k in ("tags", "notes") if k in runs and runs[k].map(_text).ne("").any()]
+    header += labels
     header += ["note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, run in runs.iterrows():
@@ -177,6 +181,8 @@ def runs_table_markdown(collection: Collection) -> str:
         cells += [_number(run["min_val_bpb"], ".4f")] + ([_number(run["core"], ".4f")] if has_core else [])
         cells += [_duration(run["train_time_s"]), _number(run["tok_per_s"], ",.0f")]
         cells += [_number(run["mfu"], ".1%")] if has_mfu else []
+        cells += [_memory(run["peak_memory_gib"])] if has_memory else []
+        cells += [_text(run[k]).replace("|", "\\|") for k in labels]
         cells += [_note(run)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -207,6 +213,15 @@ def _finite(value: Any) -> bool:
 
 def _number(value: Any, spec: str) -> str:
     return format(value, spec) if _finite(value) else "—"
+
+
+def _text(value: Any) -> str:
+    """A text cell: empty for a run that recorded none (NaN in a column no run filled)."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
+
+
+def _memory(gib: Any) -> str:
+    return f"{gib:.2f} GiB" if _finite(gib) else "—"
 
 
 def _duration(seconds: Any) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from harness.errors import RunStopped
+from harness.loggers import run_labels
 from harness.provenance import provenance
 from harness.results.rundir import RunDir
 
@@ -77,6 +78,7 @@ class Summary:
     wall_time_s: float | Any = ABSENT
     tok_per_s: float | None | Any = ABSENT
     mfu: float | None | Any = ABSENT
+    peak_memory_gib: float | Any = ABSENT  # rank 0's: CUDA max allocated, or the process's peak RSS on CPU
     tokenizer: str | Any = ABSENT  # its digest: a checkpoint is refused with another
     # what the run was trained on (harness.run.build.RunData.fingerprint): a re-run on other data
     # is refused; absent in runs written before it was recorded (unknown, recorded on resume)
@@ -88,6 +90,8 @@ class Summary:
     # every harness.evaluate, in order: what it measured and how (step, val_tokens, CORE settings,
     # `filled`: the headline numbers it supplied because training recorded none)
     evaluations: list | Any = ABSENT
+    tags: list | Any = ABSENT  # logger.tags: bookkeeping, as the researcher labelled the run
+    notes: str | Any = ABSENT  # logger.notes: free text
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -209,5 +213,6 @@ def started_summary(spec: RunSpec, status: Status, **values) -> Summary:
         device=torch.cuda.get_device_name(spec.device) if spec.device.type == "cuda" else "cpu",
         world_size=spec.dist.world_size,
         status=status,
+        **run_labels(spec.cfg.logger),
         **values,
     )

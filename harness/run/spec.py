@@ -41,6 +41,7 @@ from harness.eval.core import check_bundle
 from harness.hardware import resolve_device
 from harness.optim import parameter_table
 from harness.precision import check_precision
+from harness.run.profile import check_profile
 from models.gpt import GPT, GPTConfig
 
 
@@ -89,6 +90,7 @@ def resolve_run(cfg: DictConfig, check_inputs: bool = True, world_size: int | No
     fpt = meta_model.flops_per_token()
     parameter_table(meta_model, optim, placement, train.total_batch_tokens)  # rejects LR-placement typos
     steps = num_iterations(train, counts["scaling"], fpt)
+    check_profile(train.profile.steps, steps)
     check_seed(cfg.seed)
     check_logger(cfg.logger)
     if evals.val_every <= 0:

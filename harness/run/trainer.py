@@ -21,7 +21,7 @@ from harness.data import build_train_loader
 from harness.distributed import all_reduce_mean, any_rank
 from harness.eval.bpb import evaluate_bpb
 from harness.eval.core import core_config, run_core_eval
-from harness.hardware import peak_flops
+from harness.hardware import GIB, peak_flops, peak_memory_bytes
 from harness.optim import summarize_parameter_table
 from harness.precision import full_precision_linears
 from harness.results.rundir import RunDir
@@ -36,6 +36,7 @@ from harness.run.checkpoint import (
     write_checkpoint,
 )
 from harness.run.outcome import Summary, started_summary
+from harness.run.profile import StepProfiler
 from harness.run.spec import RunSpec, resolved_config
 from harness.schedules import lr_multiplier, muon_momentum, weight_decay_multiplier
 
@@ -58,6 +59,7 @@ class TrainState:
     loss_ema: float | None = None
     core: dict = field(default_factory=dict)
     step_tok_per_s: list = field(default_factory=list)
+    peak_memory_bytes: int = 0  # the most any attempt of this run held so far (harness.hardware)
 
 
 class Diverged(Exception):
@@ -82,6 +84,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.divergence: str | None = None
         self.saved_step: int | None = None  # the step of the checkpoint on disk that this process wrote or read
+        self.profiler = StepProfiler(spec.train.profile.steps, rundir.path, spec.dist.rank, self.device)
 
     # the loop ------------------------------------------------------------------------------
     def run(self, resume: LoadedCheckpoint | None) -> str:
@@ -104,8 +107,10 @@ class Trainer:
                 self.save_checkpoint()
                 return "interrupted"
             lrm = self.apply_schedules(step)
+            self.profiler.before_step(step)
             loss, step_time = self.timed_train_step()
             self.state.step += 1
+            self.profiler.after_step(self.state.step)
             self.state.train_time_s += step_time
             self.state.wall_time_s += step_time
             self.log_step(loss, lrm, step_time)
@@ -295,12 +300,21 @@ class Trainer:
             return None
         return self.spec.flops_per_token * tok_per_s / (self.peak_flops * self.spec.dist.world_size)
 
+    def peak_memory_gib(self) -> float:
+        """This rank's peak memory so far, over every attempt of the run (bookkeeping: it changes
+        nothing the run computes, and no resume check compares it)."""
+        self.state.peak_memory_bytes = max(self.state.peak_memory_bytes, peak_memory_bytes(self.device))
+        return self.state.peak_memory_bytes / GIB
+
     def log_step(self, loss: float, lrm: float, step_time: float) -> None:
         spec = self.spec
         tok_per_s = spec.train.total_batch_tokens / step_time
         self.state.step_tok_per_s.append(tok_per_s)
         mfu = self.mfu(tok_per_s)
-        self.record({"train_loss": loss, "lr_multiplier": lrm, "tok_per_s": tok_per_s, "mfu": mfu})
+        peak_gib = self.peak_memory_gib()
+        self.record(
+            {"train_loss": loss, "lr_multiplier": lrm, "tok_per_s": tok_per_s, "mfu": mfu, "peak_memory_gib": peak_gib}
+        )
         step = self.state.step
         if spec.dist.is_main and (step % spec.train.print_every == 0 or step == spec.num_iterations):
             remaining = (spec.num_iterations - step) * step_time
@@ -346,6 +360,7 @@ class Trainer:
             wall_time_s=state.wall_time_s,
             tok_per_s=tok_per_s,
             mfu=self.mfu(tok_per_s),
+            peak_memory_gib=self.peak_memory_gib(),
             tokenizer=self.tokenizer_hash,
             error=error,
         )
