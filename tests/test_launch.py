@@ -252,7 +252,7 @@ def test_a_stopped_rank_ends_the_run_interrupted_naming_it_within_launcher_timeo
         tmp_path,
         "launcher=torchrun",
         "launcher.nproc_per_node=2",
-        "launcher.timeout_s=10",
+        "launcher.timeout_s=30",  # above rank 0's startup work (it tokenizes while rank 1 waits)
         "launcher.shutdown_timeout_s=5",
         "train.num_iterations=400",
         multirun=False,
@@ -280,7 +280,7 @@ def test_a_stopped_rank_ends_the_run_interrupted_naming_it_within_launcher_timeo
     # torch's agent logs its own view of the failed worker too; the harness's line is the last of its own.
     line = [line for line in stderr.splitlines() if line.startswith("error: ")][-1]
     assert line == (
-        f"error: {rundir.path}: rank 1 went silent (no answer for launcher.timeout_s=10 s); interrupted, "
+        f"error: {rundir.path}: rank 1 went silent (no answer for launcher.timeout_s=30 s); interrupted, "
         "re-run the same command to resume"
     ), stderr[-4000:]
     summary = rundir.read_summary()
