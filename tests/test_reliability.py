@@ -686,3 +686,16 @@ def test_a_loader_state_of_another_version_says_resuming_is_impossible_by_design
     assert "Traceback" not in refused.stderr
     assert snapshot(rundir) == {**before, **{p: d for p, d in snapshot(rundir).items() if p.name == "params.tsv"}}
     assert rundir.read_summary()["status"] == "interrupted"
+
+
+def test_a_run_resumed_under_other_library_versions_keeps_the_earlier_ones(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    summary = rundir.read_summary()
+    earlier = {**summary["versions"], "torch": "2.0.0"}
+    rundir.write_summary({**summary, "versions": earlier, "evaluations": [{"step": 12, "val_bpb": 3.0}]})
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    resumed = rundir.read_summary()
+    assert resumed["status"] == "completed"
+    assert resumed["versions"]["torch"] == torch.__version__
+    assert resumed["earlier_versions"] == [earlier]
+    assert resumed["evaluations"] == [{"step": 12, "val_bpb": 3.0}]
