@@ -137,8 +137,10 @@ class TrainConfig:
     warmup_steps: int = 0
     # total_batch_tokens = -1 picks the batch by the Power Lines rule with this exponent.
     batch_exponent: float = 0.383
-    # nearest: round(ratio x P / B) (348fbb3) | floor: int(ratio x P) // B (92d63d4).
-    horizon_rounding: str = "nearest"
+    # floor: int(ratio x P) // B, as both 348fbb3 and 92d63d4 compute it | nearest: round(ratio x P / B),
+    # what this harness did before (one step more in 8 of 96 scanned configurations; no reference rounds so),
+    # kept so that runs saved with it still load.
+    horizon_rounding: str = "floor"
     # A profiler window (bookkeeping: not part of what the run computes).
     profile: ProfileConfig = ProfileConfig()
 

@@ -542,6 +542,31 @@ class DistMuonAdamW(MuonAdamW):
         return finish
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): there oneDNN's bf16 matmuls
+    run 3-5x faster than float32 ones (measured on a Sapphire Rapids VM, experiments/rope_mlp_lr/
+    PERFORMANCE.md); elsewhere bf16 is emulated and slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_compile(setting, device_type: str, model_compiled: bool) -> bool:
+    """optim.compile: auto compiles where the recipe does (CUDA) and on a CPU whose run compiles its
+    model anyway (train.compile; the smoke does not, its 60 steps would not pay the compilation back)."""
+    if setting == "auto":
+        return device_type == "cuda" or model_compiled
+    return setting is True
+
+
+def resolve_ortho_dtype(name: str, device_type: str, compiled: bool) -> torch.dtype:
+    """optim.muon.dtype: auto is bf16 where the recipe orthogonalizes in bf16 (its compiled update,
+    on CUDA; on a CPU with bf16 units when the update is compiled) and float32 for the eager CPU
+    update, so the smoke and the tests' eager references keep their float32 numbers."""
+    if name == "auto":
+        bf16 = device_type == "cuda" or (compiled and cpu_has_bf16_matmul())
+        name = "bfloat16" if bf16 else "float32"
+    return getattr(torch, name)
+
+
 def build_optimizer(
     model: torch.nn.Module,
     optim: OptimConfig,
@@ -550,16 +575,15 @@ def build_optimizer(
     device_type: str,
     world_size: int = 1,
     rank: int = 0,
+    model_compiled: bool = False,
 ) -> tuple[MuonAdamW, list[ParamRow]]:
     """The recipe's optimizer for `model`; the sharded data-parallel one when world_size > 1. Its
-    update math is compiled when optim.compile says so (auto: on CUDA, where the recipe compiles it)."""
+    update math is compiled when optim.compile says so (`resolve_compile`), and Muon orthogonalizes
+    in optim.muon.dtype (`resolve_ortho_dtype`)."""
     rows = parameter_table(model, optim, placement, total_batch_tokens)
-    dtype_name = optim.muon.dtype
-    if dtype_name == "auto":
-        dtype_name = "bfloat16" if device_type == "cuda" else "float32"
-    ortho_dtype = getattr(torch, dtype_name)
+    compile = resolve_compile(optim.compile, device_type, model_compiled)
+    ortho_dtype = resolve_ortho_dtype(optim.muon.dtype, device_type, compile)
     params = dict(model.named_parameters())
-    compile = optim.compile is True or (optim.compile == "auto" and device_type == "cuda")
     if world_size > 1:
         return DistMuonAdamW(params, rows, optim, ortho_dtype, world_size, rank, compile), rows
     return MuonAdamW(params, rows, optim, ortho_dtype, compile), rows

@@ -7,6 +7,10 @@ parameters, training FLOPs per token, steps, tokens, FLOPs and estimated GPU-hou
 measured throughput (--throughput, the JSON `harness.bench throughput` writes; matched on depth
 and window pattern) or else an assumed MFU of the H100's bf16 peak.
 
+Each run also gets its estimated peak memory per GPU (`harness.memory`: parameters, gradients,
+optimizer state sharded over the world size, and one traced training step at the device batch);
+runs over --gpu-memory-gib (80) are flagged with the largest device batch that fits.
+
 With --spread-from SWEEP_DIR, it also reads the seed-to-seed spread of an earlier sweep and says
 how many seeds a chosen difference (--detect, in final val bpb; --detect-core, in CORE) needs
 to be found with 80% power, paired by seed and unpaired, for each comparison of that sweep from its
@@ -35,6 +39,8 @@ from harness.errors import USAGE_EXIT_CODE, ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 H100_BF16_PEAK_FLOPS = 989e12
 DEFAULT_MFU = 0.45
+# An H100 or A100 80GB; torch sees about 79.1 GiB of it, so runs near 80 are flagged as tight.
+DEFAULT_GPU_MEMORY_GIB = 80.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class PlannedRun:
     gpus: int
     gpu_hours: float
     estimate: str
+    device_batch_size: int
+    peak_memory_gib: float
+    fits: bool
+    fitting_batch: int  # the largest power-of-two device batch that fits (the planned one when it does)
 
     @property
     def hours(self) -> float:
@@ -69,7 +79,12 @@ def jobs_and_shared(overrides: Sequence[str]) -> tuple[list[list[str]], list[str
 
 # sizing one run ----------------------------------------------------------------------------
 def plan_run(
-    job: Sequence[str], shared: Sequence[str], throughputs: list[dict], mfu: float, peak_flops: float
+    job: Sequence[str],
+    shared: Sequence[str],
+    throughputs: list[dict],
+    mfu: float,
+    peak_flops: float,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
 ) -> PlannedRun:
     """One job, checked as the training preflight checks it (batch arithmetic for the world size
     the launcher starts, horizon, LR placement), without needing its data to be prepared yet."""
@@ -86,6 +101,8 @@ def plan_run(
     gpu_hours, estimate = _gpu_hours(tokens, tokens * fpt, depth, pattern, seq, throughputs, mfu, peak_flops)
     if run.train.device == "cpu":
         gpus, gpu_hours, estimate = 0, math.nan, "CPU run"
+    device_batch = run.train.device_batch_size
+    peak_gib, fitting_batch = _peak_memory(run, device_batch, max(gpus, 1), gpu_memory_gib)
     return PlannedRun(
         overrides=" ".join(o for o in job if o not in shared) or "(single run)",
         depth=depth,
@@ -100,7 +117,27 @@ def plan_run(
         gpus=gpus,
         gpu_hours=gpu_hours,
         estimate=estimate,
+        device_batch_size=device_batch,
+        peak_memory_gib=peak_gib,
+        fits=fitting_batch == device_batch,
+        fitting_batch=fitting_batch,
     )
+
+
+def _peak_memory(run, device_batch: int, world_size: int, limit_gib: float) -> tuple[float, int]:
+    """(estimated peak GiB per device, the largest device batch that fits in limit_gib): the planned
+    batch when it fits. A CPU run is estimated with its CPU dtypes."""
+    from harness import memory
+    from harness.optim import parameter_table
+    from models.gpt import GPT
+
+    device_type = "cpu" if run.train.device == "cpu" else "cuda"
+    rows = parameter_table(GPT.on_meta(run.model), run.optim, run.placement, run.train.total_batch_tokens)
+    args = (run.model, rows, device_batch, device_type, world_size, run.train.dtype, run.train.compile)
+    peak = memory.estimate(*args).peak
+    limit = limit_gib * memory.GIB
+    fitting = device_batch if peak <= limit else memory.largest_fitting_batch(*args, limit)
+    return peak / memory.GIB, fitting
 
 
 def _gpu_hours(tokens, flops, depth, pattern, seq, throughputs, mfu, peak_flops) -> tuple[float, str]:
@@ -285,6 +322,7 @@ def runs_markdown(runs: list[PlannedRun]) -> str:
         "FLOPs",
         "GPUs",
         "GPU-hours",
+        "peak GiB/GPU",
         "hours",
         "estimate from",
     ]
@@ -301,12 +339,33 @@ def runs_markdown(runs: list[PlannedRun]) -> str:
             f"{r.flops:.3g}",
             str(r.gpus),
             _hours(r.gpu_hours),
+            f"{r.peak_memory_gib:.1f}" + ("" if r.fits else " (over)"),
             _hours(r.hours),
             r.estimate,
         ]
         for i, r in enumerate(runs, 1)
     ]
-    return _markdown(header, rows) + "\n\n" + depth_totals_markdown(runs) + f"\n\nTotal: {_total(runs)}."
+    # The memory flags follow the table they refer to; the plan still ends with its total.
+    table = _markdown(header, rows) + memory_flags(runs)
+    return table + "\n\n" + depth_totals_markdown(runs) + f"\n\nTotal: {_total(runs)}."
+
+
+def memory_flags(runs: list[PlannedRun]) -> str:
+    """One line per run whose estimated peak exceeds the GPU's memory, with the batch that fits."""
+    lines = []
+    for i, r in enumerate(runs, 1):
+        if r.fits:
+            continue
+        advice = (
+            f"the largest device batch that fits is {r.fitting_batch} (train.device_batch_size={r.fitting_batch})"
+            if r.fitting_batch
+            else "not even device batch 1 fits"
+        )
+        lines.append(
+            f"Run {i} needs an estimated {r.peak_memory_gib:.1f} GiB per GPU at device batch "
+            f"{r.device_batch_size}, over --gpu-memory-gib; {advice}."
+        )
+    return "".join("\n\n" + line for line in lines)
 
 
 def depth_totals_markdown(runs: list[PlannedRun]) -> str:
@@ -463,12 +522,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="one config value of the baseline variant (repeat the flag for more)",
     )
+    parser.add_argument(
+        "--gpu-memory-gib",
+        type=float,
+        default=DEFAULT_GPU_MEMORY_GIB,
+        metavar="GIB",
+        help="memory per GPU; runs whose estimated peak exceeds it are flagged (80: H100/A100 80GB)",
+    )
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the run list as CSV")
     args = parser.parse_intermixed_args(argv)
     if (args.detect or args.detect_core) and not args.spread_from:
         parser.error("--detect and --detect-core need --spread-from SWEEP_DIR")
     if not 0 < args.mfu <= 1:
         parser.error(f"--mfu={args.mfu} must be in (0, 1]")
+    if not args.gpu_memory_gib > 0:
+        parser.error(f"--gpu-memory-gib={args.gpu_memory_gib} must be positive")
     if args.tests is not None and args.tests < 1:
         parser.error(f"--tests={args.tests} must be at least 1")
     return args
@@ -481,7 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--peak-flops={args.peak_flops:g} must be a positive, finite FLOP/s per GPU")
         jobs, shared = jobs_and_shared(args.overrides)
         throughputs = load_throughputs(args.throughput)
-        runs = check_jobs(jobs, lambda job: plan_run(job, shared, throughputs, args.mfu, args.peak_flops))
+        runs = check_jobs(
+            jobs, lambda job: plan_run(job, shared, throughputs, args.mfu, args.peak_flops, args.gpu_memory_gib)
+        )
         print(f"Overrides shared by every run: {' '.join(shared) or '(none)'}\n")
         print(runs_markdown(runs))
         if args.csv:
@@ -509,10 +579,12 @@ def planned(
     throughput: Path | None = None,
     mfu: float = DEFAULT_MFU,
     peak_flops: float = H100_BF16_PEAK_FLOPS,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
 ) -> list[PlannedRun]:
     """The planned runs as data, for scripts and tests."""
     jobs, shared = jobs_and_shared(overrides)
-    return [plan_run(job, shared, load_throughputs(throughput), mfu, peak_flops) for job in jobs]
+    throughputs = load_throughputs(throughput)
+    return [plan_run(job, shared, throughputs, mfu, peak_flops, gpu_memory_gib) for job in jobs]
 
 
 if __name__ == "__main__":

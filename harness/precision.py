@@ -3,10 +3,11 @@
 bf16 is the harness as it always was: the matmuls run in `train.dtype` (auto: bf16 autocast on CUDA,
 float32 on CPU) and no module changes. fp8 is the reference's float8 training (nanochat, 2026-02-03,
 `--fp8`) through torchao: before compilation every `nn.Linear` whose in and out features are multiples
-of 16 becomes torchao's `Float8Linear`, which casts input, weight and output gradient to float8 with
-dynamic scales (recipe `tensorwise`: one scale per tensor, the reference's only recipe; `rowwise`: one
-per row) and multiplies them with `torch._scaled_mm`. The weight stays the same float32 Parameter, so
-the optimizer, the LR table and the checkpoint's keys are the same as bf16's.
+of 16, the smaller of them at least 128, becomes torchao's `Float8Linear`, which casts input, weight
+and output gradient to float8 with dynamic scales (recipe `tensorwise`: one scale per tensor, the
+reference's only recipe; `rowwise`: one per row) and multiplies them with `torch._scaled_mm`. The
+weight stays the same float32 Parameter, so the optimizer, the LR table and the checkpoint's keys are
+the same as bf16's.
 
 On a CPU (no float8 matmul there) torchao's emulation does the same casts and multiplies in high
 precision, so the whole path trains and is tested without a GPU.
@@ -36,10 +37,12 @@ log = logging.getLogger("ablate.precision")
 
 PRECISIONS = ("bf16", "fp8")
 RECIPES = ("tensorwise", "rowwise")
-# torch._scaled_mm needs both matmul dimensions to be multiples of 16. The reference also asked for
-# min(in, out) >= 128; at d12..d24 that selects the same layers (the skipped ones, the value-embedding
-# gates, have n_head = 6..12 outputs), and on the tiny CPU model it would leave nothing in float8.
+# torch._scaled_mm needs both matmul dimensions to be multiples of 16; the reference (92d63d4's
+# fp8_module_filter) also skips layers too small to gain, min(in, out) < 128. The second rule matters
+# from d32 (January recipe: its 16 value-embedding gates, 32 -> 16, pass the first) and on small models:
+# the tiny CPU model (dim 64) has nothing in float8; dim 128 (model.aspect_ratio=32) converts every matrix.
 FLOAT8_MULTIPLE = 16
+FLOAT8_MIN_FEATURES = 128
 # Float8 matmuls need compute capability 8.9 (Ada) or newer: H100/H200 are 9.0.
 FLOAT8_MIN_CAPABILITY = (8, 9)
 
@@ -121,6 +124,7 @@ def float8_eligible(module: nn.Module) -> bool:
         isinstance(module, nn.Linear)
         and module.in_features % FLOAT8_MULTIPLE == 0
         and module.out_features % FLOAT8_MULTIPLE == 0
+        and min(module.in_features, module.out_features) >= FLOAT8_MIN_FEATURES
     )
 
 
@@ -155,7 +159,7 @@ def describe_float8(model: nn.Module, precision: PrecisionConfig, device_type: s
     lines = [
         f"float8 (precision=fp8, recipe {precision.recipe}, {mode} on {device_type}): "
         f"{len(converted)} Linear layers converted, {len(kept)} kept in {'bf16' if device_type == 'cuda' else 'fp32'} "
-        f"(in and out features must be multiples of {FLOAT8_MULTIPLE})",
+        f"(in and out features must be multiples of {FLOAT8_MULTIPLE}, the smaller at least {FLOAT8_MIN_FEATURES})",
         *(f"  float8  {pattern}" for pattern in collapse_layers(with_shapes(converted))),
         *(f"  kept    {pattern}" for pattern in collapse_layers(with_shapes(kept))),
     ]

@@ -10,6 +10,7 @@ comparison table and the report's path.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -46,6 +47,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--title", help="report title (default: the first sweep dir's name)")
     parser.add_argument(
+        "--target-bpb",
+        type=float,
+        metavar="X",
+        help="val bpb whose time, tokens and FLOPs to reach are compared (default: the baseline's mean final "
+        "val bpb at each depth)",
+    )
+    parser.add_argument(
         "--equivalence-margin",
         nargs="*",
         metavar="NAME=VALUE",
@@ -63,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from harness.results.render import build_report
 
+    if args.target_bpb is not None and not (math.isfinite(args.target_bpb) and args.target_bpb > 0):
+        print(f"error: --target-bpb={args.target_bpb} must be a positive number (a val bpb)", file=sys.stderr)
+        return USAGE_EXIT_CODE
     name = args.sweep_dirs[0].name if args.sweep_dirs else args.wandb[0].split("/")[-1]
     out = args.out or Path("results") / name
     command = "python -m harness.report " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -71,7 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--out {out} is a file; give a folder for the report (report.md, tables and plots)")
         margins = parse_margins(args.equivalence_margin)
         report = build_report(
-            args.sweep_dirs, out, args.baseline, args.wandb, title=args.title, command=command, margins=margins
+            args.sweep_dirs,
+            out,
+            args.baseline,
+            args.wandb,
+            title=args.title,
+            command=command,
+            margins=margins,
+            target_bpb=args.target_bpb,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -108,13 +108,43 @@ def test_sequence_longer_than_the_rotary_cache_is_rejected():
 def test_horizon_from_ratio_flops_or_steps():
     meta = GPT.on_meta(model_config(compose(["model=d12"])))
     scaling, fpt = meta.parameter_counts()["scaling"], meta.flops_per_token()
-    # ratio 10.5 x 110,101,632 scaling params / 524,288 tokens per step = 2204.99 -> 2205 steps
+    # int(10.5 x 110,101,632 scaling params) // 524,288 tokens per step = 2205 (2205.02 before flooring)
     assert num_iterations(train_config(compose(["model=d12"])), scaling, fpt) == 2205
     assert num_iterations(train_config(compose(["train.num_iterations=7"])), scaling, fpt) == 7
     budget = 1000 * fpt * 524288
     assert num_iterations(train_config(compose([f"train.target_flops={budget}"])), scaling, fpt) == 1000
     with pytest.raises(ConfigError, match="no horizon"):
         num_iterations(train_config(compose(["train.target_param_data_ratio=-1"])), scaling, fpt)
+
+
+def reference_ratio_horizon(ratio: float, scaling_params: int, total_batch: int) -> int:
+    """nanochat 348fbb3 and 92d63d4 base_train.py, written out: target_tokens = int(ratio x P), then
+    num_iterations = target_tokens // total_batch."""
+    target_tokens = int(ratio * scaling_params)
+    return target_tokens // total_batch
+
+
+def test_the_january_horizon_floors_as_the_reference():
+    """d12 at ratio 10.5 with a 2^20 batch: 1102.5 steps, which the reference floors to 1102 (rounding to
+    the nearest step gave 1103)."""
+    meta = GPT.on_meta(model_config(compose(["model=d12"])))
+    scaling, fpt = meta.parameter_counts()["scaling"], meta.flops_per_token()
+    train = train_config(compose(["model=d12", "train.total_batch_tokens=1048576"]))
+    assert num_iterations(train, scaling, fpt) == 1102 == reference_ratio_horizon(10.5, scaling, 2**20)
+
+
+@pytest.mark.parametrize("depth", [8, 12, 16, 20, 24, 26])
+@pytest.mark.parametrize("ratio", [8, 10.5, 12, 20])
+@pytest.mark.parametrize("batch", [2**19, 2**20])
+def test_the_january_ratio_horizon_is_the_references_at_every_size(depth, ratio, batch):
+    cfg = compose(
+        [f"model.depth={depth}", f"train.target_param_data_ratio={ratio}", f"train.total_batch_tokens={batch}"]
+    )
+    meta = GPT.on_meta(model_config(cfg))
+    scaling = meta.parameter_counts()["scaling"]
+    assert num_iterations(train_config(cfg), scaling, meta.flops_per_token()) == reference_ratio_horizon(
+        ratio, scaling, batch
+    )
 
 
 def test_every_config_file_is_reachable():

@@ -37,14 +37,16 @@ def rank_gradients(model, rank: int, step: int) -> dict:
 
 
 VARIANTS = [(mlp_lr, depth) for mlp_lr in ("c_fc_2x", "c_proj_2x", "none", "pr492_shape_rule") for depth in (4, 3)]
-# optim.compile=true on the sharded path: one variant (compiling is slow on CPU), with padded stacks.
+# optim.compile=true on the sharded path: one variant (compiling is slow on CPU), with padded stacks;
+# in float32, as the eager reference (auto would pick bf16 for a compiled update on a CPU with bf16 units).
 COMPILED = ("pr492_shape_rule", 3)
+COMPILED_OVERRIDES = ("optim.compile=true", "optim.muon.dtype=float32")
 
 
 def _distributed_worker(rank, out_dir):
     """Every variant in one process group: starting processes is the slow part on CPU."""
     join_group(rank, out_dir)
-    for mlp_lr, depth, *extra in [*VARIANTS, (*COMPILED, "optim.compile=true")]:
+    for mlp_lr, depth, *extra in [*VARIANTS, (*COMPILED, *COMPILED_OVERRIDES)]:
         model, cfg = fresh_model(mlp_lr, depth, *extra)
         opt, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu", WORLD, rank)
         assert isinstance(opt, DistMuonAdamW) and opt.compiled == bool(extra)

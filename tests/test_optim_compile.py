@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from harness.cli import compose
 from harness.config import lr_placement, model_config, optim_config
 from harness.errors import ConfigError
-from harness.optim import adamw_update, build_optimizer, muon_stack_update
+from harness.optim import adamw_update, build_optimizer, cpu_has_bf16_matmul, muon_stack_update
 from models.gpt import GPT
 
 STEPS = 3
@@ -20,7 +20,9 @@ STEPS = 3
 def model_and_optimizer(compile_setting: str, device_type: str = "cpu"):
     # depth 2: every kind of group (square, tall and wide Muon stacks, the value-embedding gate; the
     # AdamW embeddings, lm_head and both scalar vectors) with the fewest shapes to compile.
-    cfg = compose(["experiment=smoke", "model.depth=2", f"optim.compile={compile_setting}"])
+    # float32 on both sides: the compiled update must compute the eager one's math (auto would pick
+    # bf16 for the compiled one on a CPU with bf16 units).
+    cfg = compose(["experiment=smoke", "model.depth=2", f"optim.compile={compile_setting}", "optim.muon.dtype=float32"])
     torch.manual_seed(0)
     model = GPT(model_config(cfg))
     model.init_weights()
@@ -65,12 +67,15 @@ def test_the_compiled_step_equals_the_eager_step_for_every_group():
             torch.testing.assert_close(compiled_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_auto_compiles_on_cuda_only_and_bad_values_are_refused():
+def test_auto_compiles_on_cuda_and_with_a_compiled_model_and_bad_values_are_refused():
     _, on_cpu = model_and_optimizer("auto")
-    assert not on_cpu.compiled
+    assert not on_cpu.compiled and on_cpu.ortho_dtype == torch.float32
     cfg = compose(["experiment=smoke", "model.depth=2"])
-    model = GPT.on_meta(model_config(cfg))
+    model = GPT.on_meta(model_config(cfg))  # built on meta: nothing runs, only the choices are checked
     on_cuda, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cuda")
-    assert on_cuda.compiled  # built on meta: nothing runs, only the choice is checked
+    assert on_cuda.compiled and on_cuda.ortho_dtype == torch.bfloat16
+    with_model, _ = build_optimizer(model, optim_config(cfg), lr_placement(cfg), 2048, "cpu", model_compiled=True)
+    assert with_model.compiled
+    assert with_model.ortho_dtype == (torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32)
     with pytest.raises(ConfigError, match=r"optim.compile='maybe' is not one of: auto, true, false"):
         optim_config(compose(["experiment=smoke", "optim.compile=maybe"]))

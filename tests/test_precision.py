@@ -41,8 +41,13 @@ def quantize(t: torch.Tensor, dim: int | None, power_of_2: bool) -> tuple[torch.
     return (t * scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).float(), scale
 
 
+# The smoke model at dim 128: the smallest width whose every block matrix and lm_head pass the reference's
+# float8 filter (dim 64 has no Linear with min(in, out) >= 128).
+WIDE = "model.aspect_ratio=32"
+
+
 def smoke_model(*overrides: str):
-    cfg = compose(["experiment=smoke", *overrides])
+    cfg = compose(["experiment=smoke", WIDE, *overrides])
     model = materialize(model_config(cfg), CPU, seed=0)
     with torch.no_grad():
         for p in model.parameters():  # zero output projections would make every float8 matmul trivial
@@ -57,6 +62,38 @@ def test_d12_converts_the_block_matrices_and_lm_head_as_the_reference():
     converted, kept = float8_selection(model)
     assert len(converted) == 73 and "lm_head" in converted
     assert sorted(kept) == sorted(f"transformer.h.{i}.attn.ve_gate" for i in (1, 3, 5, 7, 9, 11))
+
+
+def reference_fp8_filter(module: torch.nn.Module) -> bool:
+    """nanochat 92d63d4's fp8_module_filter (scripts/base_train.py), written out: a Linear whose in and
+    out features both divide by 16 and whose smaller side is at least 128."""
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    if module.in_features % 16 != 0 or module.out_features % 16 != 0:
+        return False
+    return min(module.in_features, module.out_features) >= 128
+
+
+@pytest.mark.parametrize("recipe", ["nanochat_2026_01", "nanochat_2026_07"])
+@pytest.mark.parametrize("depth", [4, 8, 12, 16, 20, 24, 26, 28, 32, 40])
+def test_float8_selection_is_the_references_filter_at_every_depth(recipe, depth):
+    model = GPT.on_meta(model_config(compose([f"recipe={recipe}", f"model.depth={depth}"])))
+    expected = [name for name, m in model.named_modules() if reference_fp8_filter(m)]
+    converted, _ = float8_selection(model)
+    assert converted == expected
+
+
+def test_d32_keeps_its_value_embedding_gates_as_the_reference():
+    """January recipe at d32: ve_gate is 32 -> 16, both multiples of 16, but smaller than 128: kept."""
+    model = GPT.on_meta(model_config(compose(["model.depth=32"])))
+    converted, kept = float8_selection(model)
+    assert sorted(kept) == sorted(f"transformer.h.{i}.attn.ve_gate" for i in range(1, 32, 2))
+    assert len(converted) == 32 * 6 + 1
+
+
+def test_the_tiny_smoke_model_has_nothing_large_enough_for_float8():
+    model = GPT.on_meta(model_config(compose(["experiment=smoke"])))
+    assert float8_selection(model)[0] == []
 
 
 @pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
@@ -128,6 +165,7 @@ def test_inspect_lists_the_float8_matrices_only_under_fp8():
     assert "73 Linear layers converted, 6 kept" in shown
     assert "float8  transformer.h.*.mlp.c_fc  768 -> 3072  x12" in shown
     assert "kept    transformer.h.*.attn.ve_gate  32 -> 6  x6" in shown
+    assert "the smaller at least 128" in shown
     assert "float8" not in describe(["model=d12"])
 
 
@@ -138,6 +176,7 @@ STEPS = 8
 def run_args(tmp_path, *extra):
     return [
         "experiment=smoke",
+        WIDE,
         f"paths.data_dir={tmp_path / 'data'}",
         "data.corpus_bytes=400000",  # a tenth of the smoke corpus: the tokenizer trains in about a second
         f"train.num_iterations={STEPS}",
@@ -179,7 +218,7 @@ def test_fp8_smoke_logs_its_float8_layers_learns_like_bf16_and_resumes_bitwise(t
 def test_real_float8_matmuls_on_cuda_compute_the_quantized_matmul(recipe):
     """torch._scaled_mm (not the emulation) under bf16 autocast, as training runs it on a GPU."""
     cuda = torch.device("cuda")
-    cfg = compose(["experiment=smoke", "precision=fp8", f"precision.recipe={recipe}", "train.device=cuda"])
+    cfg = compose(["experiment=smoke", WIDE, "precision=fp8", f"precision.recipe={recipe}", "train.device=cuda"])
     model = materialize(model_config(cfg), cuda, seed=0)
     layer = model.transformer.h[0].mlp.c_fc
     with torch.no_grad():

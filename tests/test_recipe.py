@@ -182,18 +182,33 @@ def test_pr492_shape_rule_reads_the_new_gates_shape(depth, heads, expected):
     assert rows["transformer.h.0.mlp.c_fc.weight"].multiplier == 1.0
 
 
-def test_d26_gate_is_tall_and_the_legacy_rule_boosts_it():
+def reference_muon_multiplier(shape: tuple[int, ...]) -> float:
+    """92d63d4 nanochat/optim.py, written out: the Muon LR of a stacked group is
+    lr x max(1, shape[-2] / shape[-1])^0.5, on the stored (out, in) shape."""
+    return max(1.0, shape[-2] / shape[-1]) ** 0.5
+
+
+def test_d26_gate_is_tall_and_the_recipes_default_boosts_it():
     """Fact sheet section 4: ve_gate (n_head x 12) is tall above 12 heads, 1.041x at d26 under the
-    reference's rule; c_fc_2x states 2x on c_fc alone, so the two placements part there."""
-    _, model, _, _, legacy = plan_of("model=d26", "mlp_lr=legacy_shape_rule")
-    assert model.parameter_counts()["scaling"] == 918423532
-    gate = legacy["transformer.h.1.attn.ve_gate.weight"]
-    assert gate.shape == (13, 12) and gate.multiplier == pytest.approx(math.sqrt(13 / 12)) == pytest.approx(
-        1.041, abs=5e-4
-    )
-    assert legacy["transformer.h.0.mlp.c_fc.weight"].multiplier == 2.0
-    _, _, _, _, explicit = plan_of("model=d26", "mlp_lr=c_fc_2x")
-    assert explicit["transformer.h.1.attn.ve_gate.weight"].multiplier == 1.0
+    reference's rule, which the recipe's default placement (c_fc_2x) applies as legacy_shape_rule does."""
+    for placement in ("legacy_shape_rule", "c_fc_2x"):
+        _, model, _, _, rows = plan_of("model=d26", f"mlp_lr={placement}")
+        assert model.parameter_counts()["scaling"] == 918423532
+        gate = rows["transformer.h.1.attn.ve_gate.weight"]
+        assert gate.shape == (13, 12) and gate.multiplier == pytest.approx(math.sqrt(13 / 12)) == pytest.approx(
+            1.0408, abs=5e-5
+        )
+        assert rows["transformer.h.0.mlp.c_fc.weight"].multiplier == 2.0
+
+
+@pytest.mark.parametrize("recipe", ["nanochat_2026_01", "nanochat_2026_07"])
+@pytest.mark.parametrize("depth", [4, 12, 20, 24, 26, 28, 32, 40])
+def test_the_default_placement_is_the_references_shape_rule_at_every_depth(recipe, depth):
+    cfg = compose([f"recipe={recipe}", f"model.depth={depth}"])
+    model = GPT.on_meta(model_config(cfg))
+    rows = parameter_table(model, optim_config(cfg), lr_placement(cfg), train_config(cfg).total_batch_tokens)
+    muon = [r for r in rows if r.optimizer == "muon"]
+    assert muon and all(r.multiplier == pytest.approx(reference_muon_multiplier(r.shape), rel=1e-12) for r in muon)
 
 
 def test_individual_keys_override_the_recipe():

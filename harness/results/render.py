@@ -8,7 +8,9 @@
       comparison.md, .csv        per depth and variant, against the baseline (compare.py)
       spread.csv                 seed-to-seed spread and detectable differences per depth
       interactions.csv           when the sweep crosses two axes: the difference of differences (interactions.py)
-      plots/*.png, *.svg         (plots.py)
+      target.csv                 per run: time, tokens and FLOPs to the target val bpb (target.py)
+      scale.csv, scale_trend.csv two depths or more: the effect across scale (scale.py)
+      plots/*.png, *.svg         (plots.py; scale_effect from scale.py)
 
 `python -m harness.report` and the multirun callback both call `build_report`.
 """
@@ -48,8 +50,10 @@ from harness.results.equivalence import NO_MARGINS, Margins
 from harness.results.interactions import interaction_table, interactions_legend, interactions_markdown
 from harness.results.plots import all_plots, save_figure
 from harness.results.publish import staged_folder
+from harness.results.scale import effect_across_scale
 from harness.results.sequential import Design, design_from_configs
 from harness.results.stats import ALPHA, POWER
+from harness.results.target import add_time_to_target, target_markdown
 
 
 @dataclass
@@ -79,6 +83,7 @@ def build_report(
     title: str | None = None,
     command: str | None = None,
     margins: Margins = NO_MARGINS,
+    target_bpb: float | None = None,
 ) -> Report:
     """Collect the runs under `roots` (and wandb projects), write every table and plot, and report.md.
     `margins`: equivalence margins (equivalence.py); the sequential design is the one the runs declared."""
@@ -97,12 +102,13 @@ def build_report(
     table, notes = comparison_table(
         collection, parse_baseline(baseline), strict=baseline is not None, margins=margins, design=design
     )
-    interactions = pd.DataFrame()
+    interactions, baselines = pd.DataFrame(), {}
     if not table.empty:
         baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
         interactions = interaction_table(collection, baselines, margins, design)
         if not interactions.empty:
             judge(table, interactions, margins, design)  # one Holm family with the comparison table
+    table, per_run_target = add_time_to_target(table, collection.runs, collection.curves, baselines, target_bpb)
     markdown = comparison_markdown(table, collection.variant_keys, [*notes, *design_notes])
     spread = spread_table(collection, table)
     report_path = out_dir / "report.md"
@@ -114,13 +120,24 @@ def build_report(
             interactions.to_csv(staging / "interactions.csv", index=False)
         runs_markdown = runs_table_markdown(collection)
         (staging / "runs.md").write_text(runs_markdown + "\n")
-        baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
+        per_run_target.to_csv(staging / "target.csv", index=False)
         plots = []
         for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
             save_figure(plot.figure, staging / "plots", plot.stem)
             plots.append((plot.stem, plot.title))
+        sections = [("Time to target", target_markdown(table, target_bpb is not None))]
+        scale = effect_across_scale(collection.runs, baselines)
+        if scale is not None:
+            scale.scale.to_csv(staging / "scale.csv", index=False)
+            scale.trend.to_csv(staging / "scale_trend.csv", index=False)
+            sections.insert(0, ("The effect across scale", scale.markdown))
+            if scale.figure is not None:
+                save_figure(scale.figure, staging / "plots", "scale_effect")
+                plots.append(("scale_effect", "the effect across scale: Δ vs training FLOPs"))
         title = title or (Path(roots[0]).name if roots else "wandb")
-        text = _report_text(title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command)
+        text = _report_text(
+            title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command, sections
+        )
         text = _with_design(text, collection, design, margins, interactions)
         (staging / "report.md").write_text(text)
     stems = [stem for stem, _ in plots]
@@ -235,7 +252,9 @@ def _duration(seconds: Any) -> str:
 
 
 # report.md ---------------------------------------------------------------------------------
-def _report_text(title, sources, collection, comparison_md, spread, runs_md, plots, baseline, command) -> str:
+def _report_text(
+    title, sources, collection, comparison_md, spread, runs_md, plots, baseline, command, sections=()
+) -> str:
     runs = collection.runs
     counts = runs["status"].value_counts()
     status_line = ", ".join(f"{n} {status}" for status, n in counts.items())
@@ -266,6 +285,8 @@ def _report_text(title, sources, collection, comparison_md, spread, runs_md, plo
         lines.append("")
     lines += ["## Comparison with the baseline", "", comparison_md.strip(), ""]
     lines += ["## What this sweep could detect", "", *_power_text(spread), ""]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body, ""]
     lines += ["## Every run", "", runs_md, ""]
     lines += ["## Plots", ""]
     for stem, plot_title in plots:
@@ -284,6 +305,7 @@ def _report_text(title, sources, collection, comparison_md, spread, runs_md, plo
         "- [curves.csv](curves.csv) / curves.parquet: one row per (run, step, metric)",
         "- [comparison.csv](comparison.csv) / [comparison.md](comparison.md): the comparison tables",
         "- [runs.md](runs.md): the per-run table; [spread.csv](spread.csv): seed-to-seed spread",
+        "- [target.csv](target.csv): per run, time, tokens and FLOPs to the target val bpb",
         "",
     ]
     return "\n".join(lines)

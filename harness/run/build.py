@@ -117,6 +117,7 @@ def build_training_step(spec: RunSpec) -> TrainingStep:
         spec.device.type,
         spec.dist.world_size,
         spec.dist.rank,
+        model_compiled=spec.train.compile,
     )
     return TrainingStep(spec, model, step_model, optimizer, param_rows, autocast_for(spec.device, spec.train.dtype))
 
