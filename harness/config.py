@@ -227,6 +227,8 @@ class LauncherConfig:
     nproc_per_node: int = 1
     start_method: str = "spawn"
     shutdown_timeout_s: int = 30  # the torchrun launcher's grace before it kills a hung worker
+    # Seconds a collective waits for a silent rank before the run stops, resumable (torch: 30 minutes).
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ class StatsConfig:
 
     sequential: bool = False
     looks: tuple[int, ...] = ()
+    baseline: tuple[str, ...] | None = None  # the variant compared with, as KEY=VALUE items; null: the default
 
 
 @dataclass(frozen=True)
@@ -583,9 +586,20 @@ def grad_accum_steps(train: TrainConfig, sequence_len: int, world_size: int) -> 
         raise ConfigError(
             f"train.total_batch_tokens={train.total_batch_tokens} is not divisible by "
             f"train.device_batch_size x model.sequence_len x world_size = "
-            f"{train.device_batch_size} x {sequence_len} x {world_size} = {tokens_per_micro_step}"
+            f"{train.device_batch_size} x {sequence_len} x {world_size} = {tokens_per_micro_step}; "
+            + _batch_suggestion(train, sequence_len, world_size)
         )
     return train.total_batch_tokens // tokens_per_micro_step
+
+
+def _batch_suggestion(train: TrainConfig, sequence_len: int, world_size: int) -> str:
+    """A device batch that divides: the largest one up to the chosen one; else a total batch that does."""
+    rows = train.total_batch_tokens // (sequence_len * world_size)
+    if rows and train.total_batch_tokens % (sequence_len * world_size) == 0:
+        fits = max(b for b in range(1, min(train.device_batch_size, rows) + 1) if rows % b == 0)
+        return f"a device batch that divides it: train.device_batch_size={fits} ({rows // fits} accumulation step(s))"
+    tokens = train.device_batch_size * sequence_len * world_size
+    return f"the total must be a multiple of model.sequence_len x world_size: e.g. train.total_batch_tokens={tokens}"
 
 
 def num_iterations(train: TrainConfig, scaling_params: int, flops_per_token: float) -> int:

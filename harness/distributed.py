@@ -7,7 +7,9 @@ torch.distributed. harness.launch arranges that environment.
 
 from __future__ import annotations
 
+import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +51,10 @@ def has_rank_env() -> bool:
     return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
 
 
-def init_process_group(info: DistInfo, device: torch.device) -> None:
-    """NCCL on CUDA, gloo on CPU; a no-op for a single process or an existing group."""
+def init_process_group(info: DistInfo, device: torch.device, timeout_s: float | None = None) -> None:
+    """NCCL on CUDA, gloo on CPU; a no-op for a single process or an existing group. `timeout_s`
+    (launcher.timeout_s) bounds how long a collective waits for a silent rank (torch's default: 30
+    minutes), after which it raises on the ranks still running (`silent_ranks` names the others)."""
     if not info.distributed or dist.is_initialized():
         return
     if device.type == "cuda":
@@ -60,7 +64,32 @@ def init_process_group(info: DistInfo, device: torch.device) -> None:
         rank=info.rank,
         world_size=info.world_size,
         device_id=device if device.type == "cuda" else None,
+        **({"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}),
     )
+
+
+# After a collective timed out, how long the ranks still running take to say so in the store (they
+# all waited in the same collective, so they time out within moments of each other).
+ROLL_CALL_S = 5.0
+
+
+def is_collective_timeout(error: BaseException) -> bool:
+    """A collective gave up waiting (launcher.timeout_s): gloo raises a RuntimeError saying so."""
+    return dist.is_available() and dist.is_initialized() and "timed out" in str(error).lower()
+
+
+def silent_ranks() -> list[int]:
+    """After a collective timed out: every rank still running answers a roll call in the process
+    group's store; those that do not (stopped, hung) are returned. Every running rank calls it."""
+    store = dist.distributed_c10d._get_default_store()  # the rendezvous store every rank reaches
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    store.set(f"ablate/alive/{rank}", "1")
+    deadline = time.monotonic() + ROLL_CALL_S
+    while True:
+        missing = [r for r in range(world_size) if not store.check([f"ablate/alive/{r}"])]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.1)
 
 
 def destroy_process_group() -> None:

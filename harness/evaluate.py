@@ -3,7 +3,9 @@
 Loads the run's saved config and its newest valid checkpoint (harness.run.checkpoint verifies it,
 harness.run.lock holds the run meanwhile), measures validation bits per byte and
 CORE, appends one metrics record at the checkpoint's step and adds the numbers to summary.json,
-without training. Under torchrun every rank scores its share and rank 0 writes.
+without training. Under torchrun every rank scores its share and rank 0 writes. What training
+recorded is never replaced: each evaluation is appended to the summary's `evaluations`, with how it
+was measured; a headline number training did not record (CORE with eval.core disabled) is filled.
 """
 
 from __future__ import annotations
@@ -30,18 +32,20 @@ from harness.eval.core_bundle import find_bundle
 from harness.hardware import resolve_device
 from harness.results.rundir import CheckpointRefused, RunDir
 from harness.run.build import autocast_for, materialize
-from harness.run.checkpoint import check_tokenizer, checkpoint_for_evaluation
+from harness.run.checkpoint import check_model_shapes, check_tokenizer, checkpoint_for_evaluation
 from harness.run.decision import broadcast_decision
 from harness.run.lock import RunBusy, claimed
 from harness.run.outcome import Summary, now, read_summary, write_summary
+from harness.run.spec import resolve_run
 from models.gpt import GPT, GPTConfig
 
 DESCRIPTION = """\
 Score the latest checkpoint of a run directory again: validation bits per byte (eval.val_tokens
 held-out tokens) and CORE (eval.core.max_per_task examples per task, from eval.core.bundle_dir),
-with the run's own config. Appends one metrics record at the checkpoint's step and updates
-summary.json: core, core_tasks (centered accuracy per task), final_val_bpb (when the checkpoint
-is the run's last step) and an `evaluation` entry with what was measured and how.
+with the run's own config. Appends one metrics record at the checkpoint's step and adds an entry
+to summary.json's `evaluations` (what was measured and how: step, val tokens, CORE settings).
+Training's own numbers are kept; core, core_tasks and final_val_bpb (when the checkpoint is the
+run's last step) are filled only where training recorded none.
 
 Arguments are KEY=VALUE:
   run_dir=PATH     the run directory (required)
@@ -134,6 +138,7 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
     if not rundir.exists():
         raise ConfigError(f"run_dir={run_dir} has no config.yaml; it is not a run directory")
     cfg = run_config(rundir, overrides)
+    resolve_run(cfg, check_inputs=False)  # the overrides checked as training checks them
     if not rundir.list_checkpoints():
         raise ConfigError(f"run_dir={run_dir} has no checkpoint in {rundir.checkpoints_dir}")
     if options["core"]:
@@ -152,6 +157,7 @@ def evaluate_run(run_dir: Path, options: dict[str, bool], overrides: list[str]) 
         with claimed(rundir, "evaluated", info.is_main):
             checkpoint = Path(broadcast_decision(lambda: str(checkpoint_for_evaluation(rundir))))
             state = RunDir.load_checkpoint(checkpoint)  # weights-only: a checkpoint cannot run code
+            check_model_shapes(checkpoint, state["model"], model_config(tree))  # model.* overrides
             tokenizer = build_tokenizer(data_config(tree))
             check_tokenizer(checkpoint, state["tokenizer"], tokenizer)
             model = load_model(model_config(tree), state["model"], device)
@@ -214,16 +220,30 @@ def metrics_record(cfg: Mapping[str, Any], state: dict, values: dict) -> dict:
 
 
 def update_summary(rundir: RunDir, evaluation: dict, values: dict) -> None:
+    """Append the evaluation to the summary's `evaluations`; training's numbers stay as they are (the
+    report compares them, and says so where an evaluation measured differently). A headline number
+    training did not record is filled, and the entry says which (`filled`)."""
     # A run killed before its first summary still has checkpoints; it ended without saying so.
     summary = read_summary(rundir) or Summary(status="interrupted")
     evaluation["evaluated_at"] = now()
-    summary.evaluation = evaluation
-    if "val_bpb" in values and evaluation["step"] == summary.get("num_iterations"):
+    filled = []
+    at_horizon = evaluation["step"] == summary.get("num_iterations")
+    if "val_bpb" in values and at_horizon and not recorded(summary, "final_val_bpb"):
         summary.final_val_bpb = values["val_bpb"]
-    if "core" in values:
+        filled.append("final_val_bpb")
+    if "core" in values and not recorded(summary, "core"):
         summary.core = values["core"]
         summary.core_tasks = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("core/")}
+        filled.append("core")
+    evaluation["filled"] = filled
+    earlier = summary.evaluations if isinstance(summary.evaluations, list) else []
+    summary.evaluations = [*earlier, evaluation]
     write_summary(rundir, summary)
+
+
+def recorded(summary: Summary, key: str) -> bool:
+    value = summary.get(key)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @exit_on_config_error

@@ -151,6 +151,19 @@ def _gpu_hours(tokens, flops, depth, pattern, seq, throughputs, mfu, peak_flops)
     return flops / (mfu * peak_flops) / 3600, f"assumed MFU {mfu:.0%} of {peak_flops:.3g} FLOP/s"
 
 
+def unmatched_throughput(runs: Sequence[PlannedRun], throughputs: list[dict], path: Path) -> list[str]:
+    """One line per (depth, window pattern) of a GPU run that no entry of --throughput matches, so a
+    measurement of another model is never silently replaced by the assumed MFU."""
+    have = sorted({(int(t["model_depth"]), str(t["window_pattern"])) for t in throughputs})
+    listed = ", ".join(f"depth {d} pattern {p}" for d, p in have) or "no entries"
+    missing = sorted({(r.depth, r.window_pattern) for r in runs if r.gpus and r.estimate.startswith("assumed")})
+    return [
+        f"--throughput {path} has no entry for depth {depth} pattern {pattern} (it has {listed}); "
+        "those runs are estimated from the assumed MFU"
+        for depth, pattern in missing
+    ]
+
+
 def load_throughputs(path: Path | None) -> list[dict]:
     """Entries of a `harness.bench throughput` JSON: one object, a list, or {"results": [...]}."""
     if path is None:
@@ -552,6 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = check_jobs(
             jobs, lambda job: plan_run(job, shared, throughputs, args.mfu, args.peak_flops, args.gpu_memory_gib)
         )
+        if args.throughput is not None:
+            for warning in unmatched_throughput(runs, throughputs, args.throughput):
+                print(f"warning: {warning}", file=sys.stderr)
         print(f"Overrides shared by every run: {' '.join(shared) or '(none)'}\n")
         print(runs_markdown(runs))
         if args.csv:

@@ -3,7 +3,7 @@
 Walks the run directories under the given folders (any depth; a Hydra multirun folder as it is),
 optionally adds the runs of wandb projects, and writes to --out (default results/<name of the
 first folder>): report.md, runs and curves tables (parquet and CSV), comparison tables against
-the baseline (Markdown and CSV), the seed-to-seed spread, and plots (PNG and SVG). Prints the
+the baseline (Markdown and CSV; LaTeX with --latex), the seed-to-seed spread, and plots (PNG and SVG). Prints the
 comparison table and the report's path.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import USAGE_EXIT_CODE, ConfigError
-from harness.results.compare import DEFAULT_BASELINE
+from harness.results.compare import BASELINE_KEY
 from harness.results.equivalence import parse_margins
 
 
@@ -36,7 +36,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         action="extend",
         metavar="KEY=VALUE",
-        help=f"config values that pick the baseline variant at each depth (default: {' '.join(DEFAULT_BASELINE)})",
+        help="config values that pick the baseline variant at each depth (default: what the runs declare in "
+        f"{BASELINE_KEY}, else each axis at its composed default, or its first value in sorted order)",
     )
     parser.add_argument(
         "--wandb",
@@ -60,6 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="test equivalence (TOST) within these margins: bpb (absolute val bpb), core (absolute CORE), speed "
         "(percent of tok/s); a name left out takes its default (bpb=0.002 core=0.005 speed=1); "
         'without the flag a null result stays "not significant"',
+    )
+    parser.add_argument(
+        "--latex", action="store_true", help="also write the comparison table as LaTeX: comparison.tex (booktabs)"
     )
     args = parser.parse_args(argv)
     if not args.sweep_dirs and not args.wandb:
@@ -89,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             title=args.title,
             command=command,
             margins=margins,
+            latex=args.latex,
             target_bpb=args.target_bpb,
         )
     except ConfigError as e:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -43,6 +46,8 @@ def main(cfg: DictConfig) -> dict | float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     run_name = hydra_cfg.job.override_dirname
     metric = str(cfg.get("optimized_metric"))  # what a sweeper that chooses trials is told (harness.objective)
+    # The job's log (<run_dir>/train.log) is appended to by every attempt: each says how it was started.
+    logging.getLogger("ablate.train").info(f"command: {command_line()}")
     try:
         if chooses_trials():  # Optuna: this trial's values were not known to the preflight
             check_job(cfg)
@@ -61,13 +66,25 @@ def main(cfg: DictConfig) -> dict | float | None:
         print(f"error: {e}", file=sys.stderr)  # one line; the run directory says interrupted or is untouched
         if not multirun:
             sys.exit(1)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt as e:
+        # Stopped by Ctrl-C or SIGTERM (checkpointed when the loop was running): one line, no traceback.
+        stopped = f" ({e.args[0]})" if e.args else ""
+        print(f"interrupted{stopped}; resume with: {command_line()}", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except Exception:
         if not multirun:
             raise
     # In a sweep a failed run is recorded in its summary and the sweep goes on with the next one.
     return sweep_return(metric, None)
+
+
+# As a shell reports a process ended by SIGINT: the stop was asked for, not a failure of the run.
+INTERRUPTED_EXIT_CODE = 130
+
+
+def command_line() -> str:
+    """The command that started this process, to paste again: it resumes the run (or the sweep)."""
+    return shlex.join([sys.executable, "-m", "harness.train", *sys.argv[1:]])
 
 
 def remove_unstarted(run_dir: Path, runs_dir: Path, job_name: str) -> None:
@@ -119,7 +136,30 @@ def preflight(argv: list[str]) -> None:
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     launch = plan_launch([a for a in argv if not a.startswith("-")], multirun)
+    check_distinct_folders(launch.jobs)
     check_jobs(launch.jobs, check)
+
+
+def check_distinct_folders(jobs: list[list[str]]) -> None:
+    """Jobs that differ only in keys kept out of folder names (data.path, say) would share one run
+    directory: the second would find the first "already completed" and never train."""
+    hydra_cfg = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text())["hydra"]
+    # name and paths.runs_dir are left out of the job's folder name but are part of its path.
+    hidden = set(hydra_cfg["job"]["config"]["override_dirname"]["exclude_keys"]) - {"name", "paths.runs_dir"}
+    seen: dict[tuple, dict] = {}
+    for number, job in enumerate(jobs, 1):
+        values = dict(override.lstrip("+~").partition("=")[::2] for override in job)
+        folder = tuple(sorted((k, v) for k, v in values.items() if k not in hidden))
+        if folder in seen and seen[folder]["values"] != values:
+            first = seen[folder]
+            keys = values.keys() | first["values"].keys()
+            differ = sorted(k for k in keys if values.get(k) != first["values"].get(k))
+            raise ConfigError(
+                f"jobs {first['number']} and {number} of the sweep map to one run folder: they differ only in "
+                f"{', '.join(differ)}, kept out of folder names; sweep it in separate commands, each with its own "
+                "name=..."
+            )
+        seen.setdefault(folder, {"number": number, "values": values})
 
 
 def check_job(cfg: DictConfig) -> None:

@@ -49,7 +49,8 @@ CASES = [
     (
         f"{SMOKE} train.total_batch_tokens=1000",
         "train.total_batch_tokens=1000 is not divisible by train.device_batch_size x model.sequence_len x "
-        "world_size = 16 x 128 x 1 = 2048",
+        "world_size = 16 x 128 x 1 = 2048; the total must be a multiple of model.sequence_len x world_size: "
+        "e.g. train.total_batch_tokens=2048",
     ),
     (f"{SMOKE} train.device_batch_size=0", "train.device_batch_size=0 must be positive"),
     ("train.device=tpu", "train.device='tpu' is not one of: auto, cpu, cuda"),
@@ -106,12 +107,14 @@ CASES = [
     (
         f"{SMOKE} launcher=torchrun launcher.nproc_per_node=2",
         "train.total_batch_tokens=2048 is not divisible by train.device_batch_size x model.sequence_len x "
-        "world_size = 16 x 128 x 2 = 4096",
+        "world_size = 16 x 128 x 2 = 4096; a device batch that divides it: train.device_batch_size=8 "
+        "(1 accumulation step(s))",
     ),
     (
         f"{SMOKE} launcher=slurm launcher.nodes=4 train.device_batch_size=1",
         "train.total_batch_tokens=2048 is not divisible by train.device_batch_size x model.sequence_len x "
-        "world_size = 1 x 128 x 32 = 4096",
+        "world_size = 1 x 128 x 32 = 4096; the total must be a multiple of model.sequence_len x world_size: "
+        "e.g. train.total_batch_tokens=4096",
     ),
     (f"{SMOKE} launcher=torchrun launcher.nproc_per_node=0", "launcher.nproc_per_node=0 must be a positive integer"),
     (

@@ -119,7 +119,8 @@ def test_evaluate_scores_the_checkpoint_and_updates_summary_and_metrics(tmp_path
     assert summary["final_val_bpb"] == record["val_bpb"]
     assert summary["core"] == pytest.approx(core.core)
     assert summary["core_tasks"] == pytest.approx({label: t["centered"] for label, t in core.tasks.items()})
-    evaluation = summary["evaluation"]
+    (evaluation,) = summary["evaluations"]
+    assert evaluation["filled"] == ["final_val_bpb", "core"]  # training recorded neither
     assert evaluation["step"] == STEP and evaluation["checkpoint"] == f"step_{STEP:08d}.pt"
     assert evaluation["core_max_per_task"] == -1 and evaluation["core_examples"] == 23
     assert evaluation["val_tokens"] == 4096
@@ -241,7 +242,7 @@ def test_a_moved_bundle_is_found_under_the_current_data_dir(tmp_path, config, mo
     main([f"run_dir={rundir.path}", "bpb=false"])
     _, core = reference_scores(rundir)  # scored on FIXTURE, the same tasks
     assert rundir.read_summary()["core"] == pytest.approx(core.core)
-    assert rundir.read_summary()["evaluation"]["core_examples"] == 23
+    assert rundir.read_summary()["evaluations"][-1]["core_examples"] == 23
 
 
 def test_a_bundle_found_nowhere_is_one_line_naming_every_path_tried(tmp_path, config, monkeypatch, capsys):
@@ -320,3 +321,50 @@ def test_a_task_file_error_during_training_is_one_line_without_a_traceback(tmp_p
     assert str(error.value).endswith("does not fit in max_seq_len=128")
     assert "Traceback" not in caplog.text
     assert RunDir(tmp_path / "run").read_summary()["status"] == "failed"
+
+
+def test_evaluate_keeps_what_training_recorded_and_lists_each_evaluation(tmp_path, config):
+    rundir = make_run(tmp_path / "run", config)
+    trained = {"final_val_bpb": 2.5619, "core": 0.125, "core_tasks": {"task": 0.125}}
+    rundir.write_summary({**rundir.read_summary(), **trained})
+    main([f"run_dir={rundir.path}", "core=false"])
+    main([f"run_dir={rundir.path}", "core=false", "eval.val_tokens=2048"])
+    summary = rundir.read_summary()
+    assert {key: summary[key] for key in trained} == trained
+    first, second = summary["evaluations"]
+    assert (first["val_tokens"], second["val_tokens"]) == (4096, 2048)
+    assert first["val_bpb"] != second["val_bpb"] and first["filled"] == second["filled"] == []
+    assert [r["val_bpb"] for r in rundir.read_metrics()] == [first["val_bpb"], second["val_bpb"]]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.val_tokens=abc", "eval.val_tokens"),
+        ("eval.val_tokens=-5", "eval.val_tokens=-5"),
+        ("train.device_batch_size=0", "train.device_batch_size=0"),
+        ("train.device=tpu", "train.device"),
+        ("model.depth=2", "does not fit the config's model"),
+    ],
+)
+def test_overrides_are_checked_as_training_checks_them(tmp_path, config, capsys, override, message):
+    rundir = make_run(tmp_path / "run", config)
+    before = {p: p.read_bytes() for p in rundir.path.rglob("*") if p.is_file() and not p.name.startswith("run.lock")}
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"run_dir={rundir.path}", "core=false", override])
+    assert exit_info.value.code == USAGE_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    after = {p: p.read_bytes() for p in rundir.path.rglob("*") if p.is_file() and not p.name.startswith("run.lock")}
+    assert after == before
+
+
+def test_a_damaged_checkpoint_found_by_evaluate_goes_to_rejected(tmp_path, config):
+    rundir = make_run(tmp_path / "run", config)
+    state = RunDir.load_checkpoint(rundir.latest_checkpoint())
+    rundir.save_checkpoint(STEP + 1, {**state, "step": STEP + 1}, keep_last=2)
+    newest = rundir.checkpoint_path(STEP + 1)
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    main([f"run_dir={rundir.path}", "core=false"])
+    assert rundir.read_summary()["evaluations"][-1]["step"] == STEP
+    assert (rundir.checkpoints_dir / "rejected" / newest.name).exists() and not newest.exists()

@@ -4,6 +4,7 @@ tasks is preempted (SIGUSR2, what SLURM sends before the time limit), checkpoint
 submitit and resumes to exactly the loss history of the torchrun sweep's uninterrupted run of the
 same config."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -242,3 +243,45 @@ def test_submitit_local_runs_the_smoke_experiment_and_shows_its_progress(tmp_pat
     followed = [line for line in done.stdout.splitlines() if line.startswith(prefix)]
     assert any("step     2/4" in line for line in followed) and any("step     4/4" in line for line in followed)
     assert done.stdout.index(prefix) < done.stdout.index("report: ")
+
+
+def test_a_stopped_rank_ends_the_run_interrupted_naming_it_within_launcher_timeout(tmp_path):
+    """SIGSTOP (not dead: the elastic agent sees nothing) on rank 1: rank 0's next collective gives up
+    after launcher.timeout_s, and the run ends `interrupted` (resumable) in one line naming rank 1."""
+    command = train_command(
+        tmp_path,
+        "launcher=torchrun",
+        "launcher.nproc_per_node=2",
+        "launcher.timeout_s=30",  # above rank 0's startup work (it tokenizes while rank 1 waits)
+        "launcher.shutdown_timeout_s=5",
+        "train.num_iterations=400",
+        multirun=False,
+    )
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=one_thread_env()
+    )
+    stopped = None
+    try:
+        # On the run's own progress: a few steps logged, then rank 1 stopped.
+        wait_until(lambda: process.poll() is not None or any(train_steps(r) for r in find_run_dirs(tmp_path)), 1800)
+        workers = [p for p in children(process.pid) if "spawn_main" in command_line(p)]
+        assert len(workers) == 2, [command_line(p) for p in children(process.pid)]
+        stopped = workers[-1]  # the younger worker: local rank 1
+        os.kill(stopped, signal.SIGSTOP)
+        stderr = process.communicate(timeout=1800)[1]
+    finally:
+        if stopped is not None:
+            for signum in (signal.SIGCONT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, signum)
+        process.kill()
+    (rundir,) = find_run_dirs(tmp_path)
+    assert process.returncode == 1, stderr[-3000:]
+    # torch's agent logs its own view of the failed worker too; the harness's line is the last of its own.
+    line = [line for line in stderr.splitlines() if line.startswith("error: ")][-1]
+    assert line == (
+        f"error: {rundir.path}: rank 1 went silent (no answer for launcher.timeout_s=30 s); interrupted, "
+        "re-run the same command to resume"
+    ), stderr[-4000:]
+    summary = rundir.read_summary()
+    assert summary["status"] == "interrupted" and "rank 1 went silent" in summary["error"]

@@ -1,14 +1,15 @@
 """harness.run (lock, decision, checkpoints) and the run directory's checkpoint files, without training: the manifest
-catches what a disk does to a file, a stale lock never blocks, a cut of metrics.jsonl counts what
-it drops, a start-over keeps the previous attempt, shared caches follow the umask."""
+catches what a disk does to a file, one lock holder ever (a stale label never breaks a held lock), a
+cut of metrics.jsonl counts what it drops, a start-over keeps the previous attempt, shared caches follow the umask."""
 
-import fcntl
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -145,19 +146,105 @@ def test_the_lock_names_its_holder_and_one_whose_process_is_gone_is_taken_over(t
     assert not (tmp_path / "run.lock.json").exists()
 
 
-def test_an_os_lock_that_outlived_its_named_holder_is_broken(tmp_path):
-    """The holder file names a pid that is gone, but the OS lock is still held (a child process
-    inherited the descriptor): the lock is taken over rather than blocking forever."""
-    rundir = RunDir(tmp_path)
-    (tmp_path / "run.lock.json").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
-    orphan = open(tmp_path / "run.lock", "w")
-    fcntl.flock(orphan, fcntl.LOCK_EX | fcntl.LOCK_NB)
+# A lock contender for the race below: it takes part in one trial per `go.<n>` file, with a delay
+# injected between taking the OS lock and writing its label (the window a stale label used to open).
+CONTENDER = """
+import os, sys, time
+from pathlib import Path
+import harness.run.lock as lock_module
+from harness.results.rundir import RunDir
+
+root, trials, delay = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+write_label = lock_module.atomic_write_json
+def slow_label(path, obj):
+    time.sleep(delay)
+    write_label(path, obj)
+lock_module.atomic_write_json = slow_label
+for trial in range(trials):
+    while not (root / f"go.{trial}").exists():
+        time.sleep(0.001)
+    lock = lock_module.RunLock(RunDir(root / f"run{trial}"), "trained")
     try:
-        lock = RunLock(rundir, "trained")
         lock.acquire()
+    except lock_module.RunBusy:
+        pass
+    else:
+        try:  # a second holder finds the marker of the first
+            os.close(os.open(root / f"run{trial}" / "holding", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            (root / f"double.{trial}.{os.getpid()}").touch()
+        time.sleep(delay)
+        (root / f"run{trial}" / "holding").unlink(missing_ok=True)
+        lock.release()
+    (root / f"done.{trial}.{os.getpid()}").touch()
+"""
+
+
+def dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def test_a_stale_label_never_makes_two_holders(tmp_path):
+    """Three processes start together on a run whose label names a dead pid (what every killed run
+    leaves); the one that takes the OS lock is slow to name itself. Exactly one holds the lock."""
+    trials, contenders = 30, 3
+    stale = json.dumps({"host": socket.gethostname(), "pid": dead_pid(), "since": "earlier", "purpose": "trained"})
+    for trial in range(trials):
+        (tmp_path / f"run{trial}").mkdir()
+        (tmp_path / f"run{trial}" / "run.lock").touch()
+        (tmp_path / f"run{trial}" / "run.lock.json").write_text(stale)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CONTENDER, str(tmp_path), str(trials), "0.05"])
+        for _ in range(contenders)
+    ]
+    try:
+        for trial in range(trials):
+            (tmp_path / f"go.{trial}").touch()
+            while len(list(tmp_path.glob(f"done.{trial}.*"))) < contenders:
+                assert all(p.poll() in (None, 0) for p in processes), "a contender crashed"
+                time.sleep(0.005)
+    finally:
+        for p in processes:
+            p.wait(timeout=600)
+    assert [p.returncode for p in processes] == [0] * contenders
+    assert sorted(p.name for p in tmp_path.glob("double.*")) == []
+    assert all((tmp_path / f"run{trial}" / "run.lock").exists() for trial in range(trials))
+
+
+def test_a_held_lock_with_a_stale_label_is_busy_and_a_forked_child_does_not_keep_it(tmp_path):
+    """The kernel decides: a lock held under a label naming a dead pid is busy, never broken; and
+    a child forked by the holder (a data loader worker) does not keep the lock after the holder exits."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time; from harness.run.lock import RunLock; from harness.results.rundir import RunDir\n"
+            "lock = RunLock(RunDir(sys.argv[1]), 'trained'); lock.acquire()\n"
+            "child = os.fork()\n"
+            "if child == 0:\n"
+            "    time.sleep(120); os._exit(0)\n"
+            "print(child, flush=True); sys.stdin.readline(); os._exit(0)",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(holder.stdout.readline())
+    try:
+        (tmp_path / "run.lock.json").write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
+        with pytest.raises(RunBusy, match="has not named itself yet"):
+            RunLock(RunDir(tmp_path), "evaluated").acquire()
+        holder.stdin.write("exit\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+        lock = RunLock(RunDir(tmp_path), "trained")
+        lock.acquire()  # the forked child still runs, but holds nothing
         lock.release()
     finally:
-        orphan.close()
+        os.kill(child, signal.SIGKILL)
 
 
 def test_cache_entries_follow_the_umask(tmp_path):

@@ -59,7 +59,8 @@ def test_launcher_size_sets_gpus_and_the_batch_split_is_checked_for_it(capsys):
     assert plan.main([*D12, "launcher=slurm", "launcher.nodes=4"]) == 2
     assert capsys.readouterr().err == (
         "error: train.total_batch_tokens=524288 is not divisible by train.device_batch_size x "
-        "model.sequence_len x world_size = 32 x 2048 x 32 = 2097152\n"
+        "model.sequence_len x world_size = 32 x 2048 x 32 = 2097152; a device batch that divides it: "
+        "train.device_batch_size=8 (1 accumulation step(s))\n"
     )
     (cluster,) = plan.planned([*D12, "launcher=slurm", "launcher.nodes=4", "train.device_batch_size=8"])
     assert cluster.gpus == 32
@@ -132,6 +133,27 @@ def test_the_plan_ends_with_a_total_per_depth(capsys):
         row = next(line for line in lines if line.startswith(f"| {depth} | "))
         assert row.split(" | ")[1:3] == ["4", plan._si(sum(r.tokens for r in at_depth))]
         assert f"| {hours:.2f} |" in row
+
+
+def test_a_throughput_file_for_another_depth_warns_in_a_real_process(tmp_path):
+    """Issue 27: a measurement that matches no planned run is named on stderr, not silently ignored."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    measured = tmp_path / "throughput.json"
+    measured.write_text(json.dumps({"model_depth": 24, "window_pattern": "SSSL", "tok_per_s": 1e5}))
+    command = [sys.executable, "-m", "harness.plan", *D12, "--throughput", str(measured)]
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"warning: --throughput {measured} has no entry for depth 12 pattern SSSL" in result.stderr
+    assert "(it has depth 24 pattern SSSL)" in result.stderr and "assumed MFU" in result.stdout
+    matching = tmp_path / "d12.json"
+    matching.write_text(json.dumps({"model_depth": 12, "window_pattern": "SSSL", "tok_per_s": 4e5}))
+    command[-1] = str(matching)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=300)
+    assert result.returncode == 0 and "warning" not in result.stderr
 
 
 # issue 26 item 10: a bad estimate input is one line, exit 2 ------------------------------------

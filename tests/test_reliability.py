@@ -5,6 +5,7 @@ sweep trains nothing. Real processes, real signals, the tiny smoke model on CPU.
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -79,17 +80,23 @@ def train_records(rundir: RunDir) -> int:
     return sum('"train_loss"' in line for line in rundir.metrics_path.read_text().splitlines())
 
 
+# A generous bound on a tiny run's progress: far above its minute of work even at a load of 10.
+PROGRESS_CEILING_S = 1800
+
+
 def start_and_stop_at(runs, step: int, signum: int) -> subprocess.Popen:
-    """Start a run and send `signum` once it has logged `step` training steps."""
+    """Start a run and send `signum` once it has logged `step` training steps. Waits on the run's
+    own progress for as long as it lives (startup alone can take minutes on a loaded machine); the
+    ceiling only keeps a hung run from hanging the suite."""
     process = subprocess.Popen(train_command(runs), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + PROGRESS_CEILING_S
     while time.monotonic() < deadline and process.poll() is None:
         runs_found = find_run_dirs(runs)
         if runs_found and train_records(runs_found[0]) >= step:
             process.send_signal(signum)
             break
         time.sleep(0.02)
-    process.wait(timeout=120)
+    process.wait(timeout=PROGRESS_CEILING_S)
     return process
 
 
@@ -110,12 +117,20 @@ def test_sigkill_at_a_random_step_then_resume_equals_the_uninterrupted_run(tmp_p
 
 def test_sigterm_checkpoints_marks_interrupted_and_resumes(tmp_path, reference):
     stopped = start_and_stop_at(tmp_path, 6, signal.SIGTERM)
-    assert stopped.returncode != 0
+    assert stopped.returncode == 130
+    stderr = stopped.stderr.read()
+    assert "Traceback" not in stderr  # one line, with the command that resumes
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted (stopped by signal {int(signal.SIGTERM)}; checkpoint saved, re-run to resume); resume with: "
+        + shlex.join(train_command(tmp_path))
+    )
     rundir = only_run(tmp_path)
     summary = rundir.read_summary()
     assert summary["status"] == "interrupted"
     assert rundir.latest_checkpoint() == rundir.checkpoint_path(summary["step"])  # saved where it stopped
     subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    commands = [line for line in (rundir.path / "train.log").read_text().splitlines() if "] - command: " in line]
+    assert [line.split("] - command: ")[1] for line in commands] == [shlex.join(train_command(tmp_path))] * 2
     assert rundir.read_summary()["status"] == "completed"
     assert history(rundir) == history(reference)
 
@@ -493,3 +508,194 @@ def test_deleting_the_summary_of_a_completed_run_adds_no_records_and_a_torn_line
     assert len(warned) == 1 and "0 are missing and 1 unreadable" in warned[0], warned
     expected = history(reference)
     assert history(rundir) == expected[:2] + expected[3:]
+
+
+# run integrity, second pass (issue 26) ------------------------------------------------------------------------------
+def run_with_hook(hook: str, command: list[str]) -> subprocess.CompletedProcess:
+    """`command` (a harness.train command line) run in a process that first executes `hook`."""
+    script = f"import sys\n{hook}\nsys.argv = {command[2:]!r}\nfrom harness.train import cli_main\ncli_main()"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+# Killed the moment a start-over moves summary.json into attempts/<n>/: part of the attempt has moved.
+KILL_MID_START_OVER = """
+import os, signal
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if str(src).endswith("summary.json") and "attempts" in str(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+"""
+
+
+def test_a_start_over_killed_part_way_is_finished_and_nothing_is_lost(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path, status="completed")
+    before = snapshot(rundir)
+    killed = run_with_hook(KILL_MID_START_OVER, train_command(tmp_path, "train.resume=never"))
+    assert killed.returncode == -signal.SIGKILL
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    attempt = rundir.path / "attempts" / "1"
+    kept = {Path(name): (attempt / name).read_bytes() for name in map(str, before) if (attempt / name).is_file()}
+    assert kept == {name: data for name, data in before.items() if name.parts[0] != "attempts"}
+    assert not (attempt / ".moving").exists()
+    assert rundir.read_summary()["status"] == "completed"  # the new attempt trained from step 0
+    assert history(rundir) == history(reference)
+
+
+def test_a_run_dir_without_its_config_is_refused_and_untouched(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    rundir.config_path.unlink()
+    before = snapshot(rundir)
+    refused = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"error: {rundir.path} holds params.tsv, metrics.jsonl")
+    assert "no config.yaml" in refused.stderr and "Traceback" not in refused.stderr
+    assert snapshot(rundir) == before
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was_and_resumes_once_fixed(tmp_path, reference, reference_root):
+    """A checkpoint trained with another tokenizer is refused after the run dir is claimed: the
+    run's summary stays as it was (not `failed`), so the re-run after the fix resumes."""
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    newest = rundir.checkpoint_path(STEPS)
+    original = {p: p.read_bytes() for p in (newest, rundir.manifest_path(newest))}
+    state = torch.load(newest, weights_only=True)
+    torch.save({**state, "tokenizer": "another-tokenizer"}, newest)
+    rewrite_manifest(rundir, newest)
+    before = rundir.read_summary()
+    refused = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "was trained with tokenizer another-tokenizer" in refused.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in refused.stderr
+    assert rundir.read_summary() == before
+    for path, data in original.items():  # the cause fixed
+        path.write_bytes(data)
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    assert rundir.read_summary()["status"] == "completed"
+    assert history(rundir) == history(reference)
+
+
+def test_resume_force_across_a_shape_change_is_refused_touching_nothing(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    before = snapshot(rundir)
+    # A shape-changing default, as the run's folder sees it: its own directory, another depth.
+    command = train_command(tmp_path, "model.depth=2", "train.resume=force", f"hydra.run.dir='{rundir.path}'")
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: checkpoint {rundir.checkpoint_path(STEPS)} does not fit the config's model"), line
+    assert "Traceback" not in refused.stderr
+    assert snapshot(rundir) == before
+
+
+def text_folder(path: Path, seed: int) -> Path:
+    """A data=local folder of 40 short documents drawn from a small vocabulary."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "light", "north", "paper", "green", "quiet"]
+    path.mkdir(parents=True)
+    for i in range(40):
+        (path / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(400)))
+    return path
+
+
+def local_command(tmp_path, data_path, *extra, multirun=False):
+    return [
+        sys.executable,
+        "-m",
+        "harness.train",
+        *(["-m"] if multirun else []),
+        "experiment=smoke",
+        "data=local",
+        f"data.path={data_path}",
+        "data.val_fraction=0.25",
+        "train.num_iterations=4",
+        "eval.val_every=4",
+        "eval.val_tokens=2048",
+        f"paths.runs_dir={tmp_path}/runs",
+        f"paths.data_dir={tmp_path}/cache",
+        *extra,
+    ]
+
+
+def test_a_run_knows_its_data_and_is_not_skipped_or_resumed_for_other_data(tmp_path):
+    first, second = text_folder(tmp_path / "A", 0), text_folder(tmp_path / "B", 1)
+    subprocess.run(local_command(tmp_path, first), check=True, capture_output=True)
+    rundir = only_run(tmp_path / "runs")
+    fingerprint = rundir.read_summary()["data_fingerprint"]
+    before = snapshot(rundir)
+    refused = subprocess.run(local_command(tmp_path, second), capture_output=True, text=True)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {rundir.path} was trained on other data (fingerprint {fingerprint}"), line
+    assert line.endswith("give this data its own run with name=...")
+    assert snapshot(rundir) == before
+    # A run recorded before fingerprints existed: unknown, not different; resuming records it.
+    summary = rundir.read_summary()
+    del summary["data_fingerprint"]
+    rundir.write_summary({**summary, "status": "interrupted"})
+    subprocess.run(local_command(tmp_path, first), check=True, capture_output=True)
+    assert rundir.read_summary()["data_fingerprint"] == fingerprint
+    assert rundir.read_summary()["status"] == "completed"
+
+
+def test_a_sweep_whose_jobs_share_one_folder_is_refused_before_any_run(tmp_path):
+    first, second = text_folder(tmp_path / "A", 0), text_folder(tmp_path / "B", 1)
+    command = local_command(tmp_path, f"{first},{second}", "hydra.sweeper.params={}", multirun=True)
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "error: jobs 1 and 2 of the sweep map to one run folder: they differ only in data.path, kept out of "
+        "folder names; sweep it in separate commands, each with its own name=..."
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoints_from_before_manifests_are_verified_by_loading_and_resume(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    for checkpoint in rundir.list_checkpoints():
+        rundir.manifest_path(checkpoint).unlink()  # as the release before manifests wrote them
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "harness.evaluate", f"run_dir={rundir.path}", "core=false"],
+        capture_output=True,
+        text=True,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert rundir.read_summary()["evaluations"][-1]["checkpoint"] == rundir.checkpoint_path(STEPS).name
+    # A shard that does not load is still refused: the one before is used.
+    newest = rundir.checkpoint_path(STEPS)
+    RunDir.shard_path(newest, 0).write_bytes(b"\0" * 64)
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    assert rundir.read_summary()["status"] == "completed"
+    assert history(rundir) == history(reference)
+    assert (rundir.checkpoints_dir / "rejected" / newest.name).exists()
+
+
+def test_a_loader_state_of_another_version_says_resuming_is_impossible_by_design(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    for checkpoint in rundir.list_checkpoints():
+        shard_path = RunDir.shard_path(checkpoint, 0)
+        shard = torch.load(shard_path, weights_only=True)
+        torch.save({**shard, "loader": {**shard["loader"], "version": 1}}, shard_path)
+        rewrite_manifest(rundir, checkpoint)
+    before = snapshot(rundir)
+    refused = subprocess.run(train_command(tmp_path), capture_output=True, text=True)
+    assert refused.returncode == 2
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "data loader state is version 1" in line and "cannot be resumed by design" in line, line
+    assert "Traceback" not in refused.stderr
+    assert snapshot(rundir) == {**before, **{p: d for p, d in snapshot(rundir).items() if p.name == "params.tsv"}}
+    assert rundir.read_summary()["status"] == "interrupted"
+
+
+def test_a_run_resumed_under_other_library_versions_keeps_the_earlier_ones(tmp_path, reference, reference_root):
+    rundir = copy_of_reference(reference, reference_root, tmp_path)
+    summary = rundir.read_summary()
+    earlier = {**summary["versions"], "torch": "2.0.0"}
+    rundir.write_summary({**summary, "versions": earlier, "evaluations": [{"step": 12, "val_bpb": 3.0}]})
+    subprocess.run(train_command(tmp_path), check=True, capture_output=True)
+    resumed = rundir.read_summary()
+    assert resumed["status"] == "completed"
+    assert resumed["versions"]["torch"] == torch.__version__
+    assert resumed["earlier_versions"] == [earlier]
+    assert resumed["evaluations"] == [{"step": 12, "val_bpb": 3.0}]

@@ -285,3 +285,28 @@ def test_curves_keep_every_evaluation_and_thin_long_training_records_by_a_power_
     # the numbers a running run shows come from every record, not the thinned ones
     row = collection.runs.iloc[0]
     assert row["step"] == 100 and row["tok_per_s"] == 200.0 and row["last_val_bpb"] == 1.25
+
+
+def test_the_note_says_which_number_is_compared_when_an_evaluation_measured_another(tmp_path):
+    evaluations = [
+        {"step": 4, "val_bpb": 1.61, "val_tokens": 128, "filled": []},
+        {"step": 4, "core": 0.2, "core_max_per_task": -1, "filled": ["core"]},
+    ]
+    write_run(tmp_path / "r" / "a", final=1.5, summary_extra={"evaluations": evaluations, "core": 0.2})
+    (run,) = collect_dirs(tmp_path / "r").runs.to_dict("records")
+    assert run["final_val_bpb"] == 1.5  # training's, the number compared
+    assert run["note"] == (
+        "final_val_bpb 1.5000 is training's; harness.evaluate measured 1.6100 at step 4 (val_tokens 128); "
+        "core is harness.evaluate's (training recorded none)"
+    )
+
+
+def test_runs_of_one_config_on_different_data_are_not_compared_as_one(tmp_path):
+    write_run(tmp_path / "r" / "on_a", summary_extra={"data_fingerprint": "aaaa"}, final=1.5)
+    write_run(tmp_path / "r" / "on_b", summary_extra={"data_fingerprint": "bbbb"}, final=1.9)
+    collection = collect_dirs(tmp_path / "r")
+    assert collection.notes == []  # not "two folders hold the same run"
+    assert "data.fingerprint" in collection.axes
+    runs = collection.runs.set_index("run")
+    assert runs.loc["r/on_a", "data.fingerprint"] == "aaaa" and runs.loc["r/on_b", "data.fingerprint"] == "bbbb"
+    assert runs.loc["r/on_a", "variant"] != runs.loc["r/on_b", "variant"]

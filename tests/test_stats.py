@@ -228,3 +228,19 @@ def test_holm_by_hand():
     # m = 3: sorted 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> held at 0.06 (monotone).
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
     assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]
+
+
+def test_fieller_is_unbounded_exactly_when_the_baseline_mean_is_not_distinguishable_from_zero():
+    """Issue 27: not `[−129%, +74377%]`. scipy's one-sample test of the paired baseline values
+    against 0 decides, independently of the code, whether the interval may have finite bounds."""
+    import math
+
+    from scipy import stats as scipy_stats
+
+    from harness.results.stats import ratio_compare
+
+    variant = [(0, 1000.0), (1, 1010.0), (2, 1020.0)]
+    for baseline_values in ([-9.0, 1.0, 11.0], [900.0, 905.0, 915.0]):
+        result = ratio_compare(variant, list(enumerate(baseline_values)))
+        unbounded = scipy_stats.ttest_1samp(baseline_values, 0).pvalue >= 0.05
+        assert math.isinf(result.low_pct) == math.isinf(result.high_pct) == unbounded

@@ -14,6 +14,7 @@ import torch
 
 from harness.bench.common import (
     build_training_step,
+    cpu_batch,
     cpu_defaults,
     device_name,
     provenance_fields,
@@ -61,6 +62,7 @@ def run_ab(args: argparse.Namespace, argv: list[str]) -> dict:
     device = resolve_bench_device(args.device)
     sides = {"a": shlex.split(args.a), "b": shlex.split(args.b)}
     defaults = cpu_defaults([*args.overrides, *sides["a"], *sides["b"]], device)
+    defaults += cpu_batch([*args.overrides, *sides["a"], *sides["b"]], defaults, device)
     if defaults:
         print(f"CPU: using {' '.join(defaults)} (name any of them on the command line to choose)")
     # The shared overrides first, so that A's and B's own settings win where they name the same key.

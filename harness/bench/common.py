@@ -28,6 +28,7 @@ DEFAULT_OUT_DIR = Path("results/benchmarks")
 # CPU-sized choices used when the device is the CPU, for the keys the command line does not name
 # (the smoke experiment's model, batch and vocabulary).
 CPU_DEFAULTS = {"model": "tiny", "train": "smoke", "data.vocab_size": "2048"}
+BATCH_KEYS = ("train.device_batch_size", "train.total_batch_tokens")
 # Datasheet HBM bandwidth (bytes/s) per device name substring, first match wins.
 DATASHEET_BANDWIDTH = {
     "H100 PCIe": 2.0e12,
@@ -154,6 +155,19 @@ def cpu_defaults(overrides: list[str], device: torch.device) -> list[str]:
         return []
     named = {o.split("=", 1)[0] for o in overrides}
     return [f"{key}={value}" for key, value in CPU_DEFAULTS.items() if key not in named]
+
+
+def cpu_batch(overrides: list[str], defaults: list[str], device: torch.device) -> list[str]:
+    """On CPU, a batch that divides when the command names a model but no batch: a named model keeps
+    its sequence length (d12: 2,048), which train=smoke's 2,048-token batch of 16 rows cannot hold;
+    one row of one sequence divides on any model. None on CUDA or when the batch already divides."""
+    named = {o.split("=", 1)[0] for o in overrides}
+    if device.type != "cpu" or "model" not in named or named & {"train", *BATCH_KEYS}:
+        return []
+    cfg = compose([*defaults, *overrides])
+    if cfg.train.total_batch_tokens % (cfg.train.device_batch_size * cfg.model.sequence_len) == 0:
+        return []
+    return ["train.device_batch_size=1", "train.total_batch_tokens=${model.sequence_len}"]
 
 
 # one training step -------------------------------------------------------------------------

@@ -5,7 +5,10 @@ in interleaved blocks."""
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import sys
+import time
 
 import torch
 from tqdm import tqdm
@@ -98,6 +101,20 @@ def rope_comparisons(times: dict, reference: str, confidence: float) -> dict[str
     return out
 
 
+def _say_how_long(first_s: float, args: argparse.Namespace, splits: int) -> None:
+    """On CPU the default grid takes minutes (5.5 on a shared 2-core machine): after the first
+    depth, the remaining time at its pace (deeper models have more heads, so a lower bound), and
+    how to shorten it."""
+    left = first_s * (len(args.depths) - 1)
+    calls = len(args.depths) * splits * args.blocks * len(ROPE_KINDS)
+    tqdm.write(
+        f"CPU: the first of {len(args.depths)} depths took {first_s:.0f} s ({calls} timed blocks of {args.iters} "
+        f"iterations in all); the rest will take at least {left / 60:.1f} min. "
+        "--depths 12 --blocks 3 --iters 5 gives a quick look.",
+        file=sys.stderr,
+    )
+
+
 def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
 
     device = resolve_bench_device(args.device)
@@ -120,7 +137,10 @@ def run_rope(args: argparse.Namespace, argv: list[str]) -> dict:
     datasheet = datasheet_bandwidth(device)
     results = []
     reference = next((s for s in splits if s not in skipped), None)  # what the others are compared with
-    for depth in tqdm(args.depths, desc="rope", unit="depth"):
+    started = time.perf_counter()
+    for i, depth in enumerate(tqdm(args.depths, desc="rope", unit="depth")):
+        if i == 1 and not on_cuda:
+            _say_how_long(time.perf_counter() - started, args, len(splits) - len(skipped))
         shape_cfg = config_from_depth(depth, int(cfg.model.aspect_ratio), int(cfg.model.head_dim))
         heads, head_dim = shape_cfg.n_head, shape_cfg.head_dim
         cos, sin = rotary_tables(seq_len, head_dim, base.rope_base, device)
@@ -167,7 +187,9 @@ def _versus(x: dict, kind: str) -> str:
     if f"{kind}_delta_pct" not in x:
         return "(reference)"
     low, high = x[f"{kind}_ci_low_pct"], x[f"{kind}_ci_high_pct"]
-    return f"{x[f'{kind}_delta_pct']:+.1f}% [{low:+.1f}%, {high:+.1f}%] p={x[f'{kind}_p_value']:.2g}"
+    # Fieller's interval has no finite bounds when the reference time is not distinguishable from 0.
+    interval = f"[{low:+.1f}%, {high:+.1f}%]" if math.isfinite(low) and math.isfinite(high) else "[unbounded]"
+    return f"{x[f'{kind}_delta_pct']:+.1f}% {interval} p={x[f'{kind}_p_value']:.2g}"
 
 
 def format_rope(r: dict) -> str:

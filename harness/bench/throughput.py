@@ -9,6 +9,7 @@ import torch
 
 from harness.bench.common import (
     autocast_dtype,
+    cpu_batch,
     cpu_defaults,
     device_name,
     matmul_rate,
@@ -23,6 +24,7 @@ from harness.hardware import peak_flops
 def run_throughput(args: argparse.Namespace, argv: list[str]) -> dict:
     device = resolve_bench_device(args.device)
     defaults = cpu_defaults(args.overrides, device)
+    defaults += cpu_batch(args.overrides, defaults, device)
     if defaults:
         print(f"CPU: using {' '.join(defaults)} (name any of them on the command line to choose)")
     overrides = [*defaults, *args.overrides, f"train.device={device.type}"]

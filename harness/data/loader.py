@@ -279,6 +279,12 @@ class TrainLoader:
     def _saved_streams(self, state: dict, owned: range) -> dict[int, dict]:
         saved = tuple(state.get(key) for key in ("version", "seed", "streams"))
         here = (STATE_VERSION, self.seed, self.streams)
+        if saved[0] != STATE_VERSION:
+            raise ConfigError(
+                f"the checkpoint's data loader state is version {saved[0]} and this release reads version "
+                f"{STATE_VERSION} (the data order changed): this run cannot be resumed by design; finish it with "
+                "the release that wrote it, or restart it with train.resume=never (its files are kept in attempts/)"
+            )
         if saved != here:
             raise ConfigError(
                 f"data loader state (version, data.seed, data.streams)={saved} does not match this run's {here}; "

@@ -28,9 +28,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.distributed import dist_info_from_env
-from harness.errors import ConfigError
+from harness.errors import ConfigError, RunStopped
 from harness.results.rundir import RunDir
-from harness.run.outcome import read_summary, record_worker_failure, stopped_on_request
+from harness.run.outcome import Summary, read_summary, record_worker_failure, stopped_on_request
 from harness.run.session import run_training
 
 log = logging.getLogger("ablate.launch")
@@ -70,6 +70,13 @@ def run_on_workers(cfg: DictConfig, run_dir: Path, run_name: str) -> dict:
         )
     except ChildFailedError as e:
         raise worker_failure(e, RunDir(run_dir)) from None
+    except RuntimeError:
+        # The agent itself can fail while a worker is stopped (its poll of a stopped process): if rank 0
+        # recorded why the run ended (a silent rank), that is the one line to show.
+        summary = read_summary(RunDir(run_dir))
+        if summary is not None and summary.status == "interrupted" and summary.get("error"):
+            raise RunStopped(f"{run_dir}: {summary.error}; interrupted, re-run the same command to resume") from None
+        raise
     except SignalException as e:
         raise KeyboardInterrupt(f"signal {e.sigval}: the workers were asked to checkpoint and stop") from None
     return results[0]
@@ -185,4 +192,8 @@ def worker_failure(error, rundir: RunDir) -> Exception:
         return ConfigError(message[len(config_error) :])
     # A worker killed by a signal, or one failing before rank 0's own summary names the cause.
     record_worker_failure(rundir, summary, rank, message, killed=failure.exitcode < 0)
+    if message.startswith(f"{RunStopped.__name__}: "):  # the worker's own line (a silent rank, a full disk)
+        return RunStopped(message[len(RunStopped.__name__) + 2 :])
+    if (read_summary(rundir) or Summary()).status == "interrupted":  # the machine's fault: one line, resumable
+        return RunStopped(f"{rundir.path}: rank {rank}: {message}")
     return WorkerFailed(f"{rundir.path}: rank {rank} failed: {message}")

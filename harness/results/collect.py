@@ -59,6 +59,7 @@ SEED_KEY = "seed"
 DATA_SEED_KEY = "data.seed"
 FOLLOWS_SEED = "${seed}"  # data.seed's value as an axis, for a run whose data order follows its seed
 NAME_KEY = "name"
+DATA_KEY = "data.fingerprint"  # an axis only when runs were trained on different data
 
 CURVE_INDEX = ("step", "tokens", "flops", "time_s")
 CURVE_COLUMNS = ("run", *CURVE_INDEX, "metric", "value")
@@ -359,9 +360,15 @@ def variant_keys(configs: Sequence[dict[str, Any]], axes: Sequence[str]) -> list
         members = sorted((k for k in free if k.split(".")[0] == group), key=lambda k: -table[k].nunique())
         for key in members:
             same_group = [k for k in kept if k.split(".")[0] == group]
-            if not same_group or not _implied_by(table, key, same_group):
+            # A fractional number is set on its own (a searched LR), not chosen with a group's option:
+            # in a search every trial's values are unique, so one key would "imply" the other.
+            if not same_group or _fractional(table[key]) or not _implied_by(table, key, same_group):
                 kept.append(key)
     return [k for k in axes if k in kept]
+
+
+def _fractional(values: pd.Series) -> bool:
+    return any(isinstance(v, float) and math.isfinite(v) and not v.is_integer() for v in values)
 
 
 def _implied_by(table: pd.DataFrame, key: str, by: list[str]) -> bool:
@@ -372,16 +379,29 @@ def _hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def variant_label(flat: dict[str, Any], keys: Sequence[str]) -> str:
-    return " ".join(f"{k}={_format_value(flat.get(k))}" for k in keys)
+def variant_label(flat: dict[str, Any], keys: Sequence[str], digits: int | None = None) -> str:
+    return " ".join(f"{k}={_format_value(flat.get(k), digits)}" for k in keys)
 
 
-def _format_value(value: Any) -> str:
+def _format_value(value: Any, digits: int | None = None) -> str:
+    """`digits`: significant digits of a fractional number (a searched 0.012345678901234567 reads 0.01235)."""
+    if digits is not None and isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        return f"{value:.{digits}g}"
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def _label_digits(flats: Sequence[dict[str, Any]], keys: Sequence[str]) -> int | None:
+    """The fewest significant digits (4 to 8) at which fractional values still name the variants
+    apart, so that a search's trials read `optim.muon.lr=0.01235`; None (every digit) if none do."""
+    exact = {variant_label(f, keys) for f in flats}
+    for digits in range(4, 9):
+        if len({variant_label(f, keys, digits) for f in flats}) == len(exact):
+            return digits
+    return None
 
 
 # tables ------------------------------------------------------------------------------------
@@ -392,17 +412,19 @@ def collect(records: Iterable[RunRecord]) -> Collection:
     configs = {r.run: flatten(r.config) for r in records if r.config}
     # The axes see data.seed as "follows the seed" or a fixed value; configs keep what each run wrote.
     axis_configs = dict(zip(configs, data_order_view(list(configs.values())), strict=True))
+    _data_as_axis(records, axis_configs)
     flats = list(axis_configs.values())
     axes = ablation_axes(flats)
     keys = variant_keys(flats, axes) if flats else []
     fallback_name = "/".join(sorted({str(f.get(NAME_KEY, "run")) for f in flats}))
+    digits = _label_digits(flats, keys)
     rows = []
     for record in records:
         flat = axis_configs.get(record.run, {})
         row = {
             "run": record.run,
             "name": flat.get(NAME_KEY),
-            "variant": (variant_label(flat, keys) if keys else fallback_name) if flat else UNREADABLE,
+            "variant": (variant_label(flat, keys, digits) if keys else fallback_name) if flat else UNREADABLE,
             "depth": flat.get(DEPTH_KEY),
             "seed": flat.get(SEED_KEY),
             "status": UNREADABLE if record.unreadable else (record.summary or {}).get("status") or MISSING,
@@ -420,11 +442,13 @@ def collect(records: Iterable[RunRecord]) -> Collection:
 def deduplicate(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[str]]:
     """One record per run identity (readable configs only): the completed one, else the one that
     got furthest, else the first by name. Returns the records kept and a note per duplicate."""
-    groups: dict[str, list[RunRecord]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     kept: list[RunRecord] = []
     for record in records:
         if record.config and not record.unreadable:
-            groups.setdefault(run_identity(flatten(record.config)), []).append(record)
+            # Runs of one config on other data are other runs (summary.json's data_fingerprint).
+            identity = (run_identity(flatten(record.config)), _data_fingerprint(record))
+            groups.setdefault(identity, []).append(record)
         else:
             kept.append(record)
     notes = []
@@ -438,6 +462,21 @@ def deduplicate(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[str
                 f"left out {', '.join(f'`{o}`' for o in others)}"
             )
     return sorted(kept, key=lambda r: r.run), notes
+
+
+def _data_fingerprint(record: RunRecord) -> str | None:
+    value = (record.summary or {}).get("data_fingerprint")
+    return value if isinstance(value, str) else None
+
+
+def _data_as_axis(records: Sequence[RunRecord], axis_configs: dict[str, dict]) -> None:
+    """Runs trained on different data (data locations are kept out of configs' identity) are
+    never compared as if the data were the same: the data fingerprint becomes an axis of its own
+    (runs written before fingerprints existed show `unknown`)."""
+    fingerprints = {r.run: _data_fingerprint(r) for r in records}
+    if len({f for f in fingerprints.values() if f is not None}) > 1:
+        for run, flat in axis_configs.items():  # new dicts: the configs keep what each run wrote
+            axis_configs[run] = {**flat, DATA_KEY: fingerprints.get(run) or "unknown"}
 
 
 def _preference(record: RunRecord) -> tuple:
@@ -572,7 +611,30 @@ def _note(record: RunRecord) -> str:
         notes.append("no summary.json: numbers from metrics so far")
     elif record.summary.get("status") == "running":
         notes.append("running (or killed without a summary): numbers from metrics so far")
+    if record.summary and not record.unreadable:
+        notes += _evaluation_notes(record.summary)
     return "; ".join(notes)
+
+
+def _evaluation_notes(summary: dict) -> list[str]:
+    """Which number the report compares when harness.evaluate measured another (summary.json's
+    `evaluations`): training's, unless training recorded none and the evaluation filled it."""
+    evaluations = [e for e in summary.get("evaluations") or [] if isinstance(e, dict)]
+    notes = []
+    for key, measured, protocol in (("final_val_bpb", "val_bpb", "val_tokens"), ("core", "core", "core_max_per_task")):
+        if any(key in (e.get("filled") or []) for e in evaluations):
+            notes.append(f"{key} is harness.evaluate's (training recorded none)")
+            continue
+        trained = _number(summary.get(key))
+        measured_values = [(e, _number(e.get(measured))) for e in evaluations]
+        other = [e for e, value in measured_values if math.isfinite(value) and value != trained]
+        if other and math.isfinite(trained):
+            latest = other[-1]
+            notes.append(
+                f"{key} {trained:.4f} is training's; harness.evaluate measured {_number(latest.get(measured)):.4f} "
+                f"at step {latest.get('step')} ({protocol} {latest.get(protocol)})"
+            )
+    return notes
 
 
 def _number(value: Any) -> float:

@@ -1,5 +1,8 @@
 """Comparison tables: per depth, one row per variant, each measured against the baseline variant.
 
+The baseline (`choose_baseline`): the one given (`--baseline`), else the one the runs declare in
+`stats.baseline`, else each swept axis at its composed default or its first value in sorted order.
+
 A row gives the number of completed seeds, the mean and 95% t interval of final val bpb and CORE,
 throughput, and the difference to the baseline with its interval, p-value, test (paired on the
 shared seeds, or Welch) and the smallest difference the design could have detected (stats.py).
@@ -84,6 +87,94 @@ SINGLE_SEED, NO_BASELINE = "one seed: not tested", "no baseline"
 NOT_COMPARED = "not compared"
 
 
+# The config key an experiment declares its baseline in (configs/config.yaml's `stats` section, so
+# never part of a run's identity), e.g. `stats.baseline: [rope.split=slice, mlp_lr.name=c_fc_2x]`.
+BASELINE_KEY = "stats.baseline"
+GIVEN, DECLARED, DERIVED, SEARCH = "given", "declared", "derived", "search"
+
+
+@dataclass(frozen=True)
+class BaselineChoice:
+    """The baseline's KEY=VALUE items, which rule chose them (`given` on the command line or by the
+    callback, `declared` by the runs' `stats.baseline`, `derived` from the sweep's axes), and why,
+    in words for report.md. `strict`: a key no run has is an error (the user named it)."""
+
+    items: dict[str, Any]
+    rule: str
+    reason: str
+    strict: bool = False
+
+    def text(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.items.items()) or "(the only variant)"
+
+
+def choose_baseline(
+    collection: Collection,
+    given: str | Sequence[str] | Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> BaselineChoice:
+    """The first rule that applies: the baseline `given`; the one every run declares in
+    `stats.baseline` (when it names keys these runs have); else, per variant key, the composed
+    default value (`defaults`, flattened) when some run has it, or the first value in sorted order."""
+    if given is not None:
+        return BaselineChoice(parse_baseline(given), GIVEN, "given with --baseline (or the report callback)", True)
+    declared = {collection.configs[r].get(BASELINE_KEY) for r in collection.configs} - {None}
+    notes = []
+    if len(declared) == 1:
+        items = parse_baseline(_declared_items(next(iter(declared))))
+        keys = set().union(*collection.configs.values())
+        if all(k in keys for k in items):
+            # An axis the declaration does not name (a stray run's own key) is at its derived value.
+            derived, reasons = _derived_baseline(collection, defaults or {}, skip=items)
+            reason = f"declared by the runs' `{BASELINE_KEY}`" + (f"; {'; '.join(reasons)}" if reasons else "")
+            return BaselineChoice({**items, **derived}, DECLARED, reason)
+        notes.append(f"the declared `{BASELINE_KEY}` names keys these runs do not have")
+    elif len(declared) > 1:
+        notes.append(f"the runs declare {len(declared)} different `{BASELINE_KEY}`")
+    items, reasons = _derived_baseline(collection, defaults or {})
+    reason = "derived from the sweep: " + ("; ".join(reasons) or "one variant")
+    if notes:
+        reason += f" ({'; '.join(notes)})"
+    return BaselineChoice(items, DERIVED, reason)
+
+
+def _declared_items(value: Any) -> list[str]:
+    """`stats.baseline` as flattened by collect: a JSON list of KEY=VALUE, or one string of them."""
+    import json
+
+    if isinstance(value, str) and value.startswith("["):
+        return [str(v) for v in json.loads(value)]
+    return str(value).split()
+
+
+def _derived_baseline(
+    collection: Collection, defaults: Mapping[str, Any], skip: Sequence[str] | Mapping[str, Any] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    items, reasons = {}, []
+    done = collection.completed()
+    runs = done if len(done) else collection.runs
+    for key in collection.variant_keys:
+        if key in skip:
+            continue
+        values = [v for v in runs[key].dropna().unique()] if key in runs else []
+        if not values:
+            continue
+        default = defaults.get(key)
+        if key in defaults and any(_same(v, default) for v in values):
+            items[key] = default
+            reasons.append(f"`{key}` at its composed default")
+        else:
+            items[key] = sorted(values, key=_sort_key)[0]
+            reasons.append(f"`{key}` at its first value in sorted order (no run has the composed default)")
+    return items, reasons
+
+
+def _sort_key(value: Any) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 # the baseline ------------------------------------------------------------------------------
 def parse_baseline(spec: str | Sequence[str] | Mapping[str, Any] | None) -> dict[str, Any]:
     """KEY=VALUE items (a list, or one space-separated string, or a mapping) to typed values."""
@@ -102,10 +193,13 @@ def parse_baseline(spec: str | Sequence[str] | Mapping[str, Any] | None) -> dict
 
 
 def baseline_variants(
-    collection: Collection, baseline: Mapping[str, Any], strict: bool = True
+    collection: Collection, baseline: Mapping[str, Any] | None, strict: bool = True
 ) -> tuple[dict[int, str], list[str]]:
     """The baseline variant at each depth where exactly one variant matches; notes for the rest.
-    A baseline key no run has is a ConfigError when `strict` (the user named it), else a note."""
+    A baseline key no run has is a ConfigError when `strict` (the user named it), else a note.
+    None: no baseline (a hyperparameter search, whose trials are each their own variant)."""
+    if baseline is None:
+        return {}, []
     keys = set().union(*collection.configs.values()) if collection.configs else set()
     for key in baseline:
         if key not in keys:
@@ -144,7 +238,7 @@ def _same(config_value: Any, wanted: Any) -> bool:
 # the table ---------------------------------------------------------------------------------
 def comparison_table(
     collection: Collection,
-    baseline: Mapping[str, Any],
+    baseline: Mapping[str, Any] | None,
     strict: bool = True,
     margins: Margins = NO_MARGINS,
     design: Design = FIXED,
@@ -536,6 +630,14 @@ def comparison_markdown(table: pd.DataFrame, variant_keys: Sequence[str], notes:
 
 
 def _markdown_rows(rows: pd.DataFrame, keys: list[str], has_core: bool) -> str:
+    header, body = _table_cells(rows, keys, has_core)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def _table_cells(rows: pd.DataFrame, keys: list[str], has_core: bool) -> tuple[list[str], list[list[str]]]:
+    """The comparison table's header and cells, as the Markdown and LaTeX tables both show them."""
     variant_header = keys or ["variant"]
     header = [*variant_header, "seeds", "val bpb (95% CI)", "Δ val bpb [95% CI]", "p / Holm p", "detectable Δ"]
     if has_core:
@@ -544,7 +646,7 @@ def _markdown_rows(rows: pd.DataFrame, keys: list[str], has_core: bool) -> str:
     show_others = (rows["not_completed"] != "").any()
     show_notes = (rows["note"] != "").any()
     header += (["not completed"] if show_others else []) + (["note"] if show_notes else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    body = []
     for _, row in rows.iterrows():
         cells = _variant_cells(row, keys)
         cells += [_seeds(row), _mean_ci(row, "val_bpb", 4), *_delta_cells(row, "val_bpb", 4)]
@@ -557,13 +659,73 @@ def _markdown_rows(rows: pd.DataFrame, keys: list[str], has_core: bool) -> str:
         cells += [_verdicts(row, has_core), row["tok_per_s_verdict"]]
         cells += [row["not_completed"]] if show_others else []
         cells += [row["note"].replace("|", "\\|")] if show_notes else []
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return header, body
+
+
+def comparison_latex(table: pd.DataFrame, variant_keys: Sequence[str]) -> str:
+    """The comparison table as LaTeX (booktabs), one table per depth, the same cells as the Markdown."""
+    if table.empty:
+        return "% No runs found.\n"
+    has_core = table["core_mean"].notna().any()
+    parts = []
+    for depth, rows in table.groupby("depth", sort=True):
+        header, body = _table_cells(rows, list(variant_keys), has_core)
+        plain = [[cell.replace("**", "").replace("\\|", "|") for cell in cells] for cells in body]
+        frame = pd.DataFrame(plain, columns=header)
+        baseline = rows.loc[rows["is_baseline"], "variant"]
+        caption = f"depth {depth}: difference to the baseline" + (
+            f" ({baseline.iloc[0]})" if len(baseline) else " (no baseline)"
+        )
+        latex = frame.style.hide(axis="index").to_latex(
+            hrules=True, caption=_latex_escape(caption), position="htbp", column_format="l" * len(header)
+        )
+        parts.append(_latex_cells(latex))
+    head = "% Generated by harness.report (comparison.csv holds every number); needs \\usepackage{booktabs}.\n"
+    return head + "\n".join(parts)
+
+
+LATEX_SYMBOLS = (("Δ", r"$\Delta$"), ("±", r"$\pm$"), ("−", "$-$"), ("α", r"$\alpha$"), ("≥", r"$\geq$"))
+
+
+def _latex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def _latex_cells(latex: str) -> str:
+    """Escape what LaTeX reads as commands in the cells (%, _, &, #) and write symbols in math mode."""
+    lines = []
+    for line in latex.splitlines():
+        if line.startswith("\\") and not line.startswith("\\caption"):
+            lines.append(line)
+            continue
+        if not line.startswith("\\caption"):
+            line = line.replace("%", r"\%").replace("_", r"\_").replace("#", r"\#")
+        for symbol, math_text in LATEX_SYMBOLS:
+            line = line.replace(symbol, math_text)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def save_latex(table: pd.DataFrame, variant_keys: Sequence[str], out_dir: str | os.PathLike) -> Path:
+    """comparison.tex beside comparison.md (`ablate-report --latex`)."""
+    path = Path(out_dir) / "comparison.tex"
+    path.write_text(comparison_latex(table, variant_keys))
+    return path
 
 
 def _variant_cells(row: pd.Series, keys: list[str]) -> list[str]:
-    cells = [str(row[k]) for k in keys] if keys else [str(row["variant"])]
+    cells = [_key_value(row[k]) for k in keys] if keys else [str(row["variant"])]
     return [f"**{c}**" for c in cells] if row["is_baseline"] else cells
+
+
+def _key_value(value: Any) -> str:
+    """A searched float as 4 significant digits (runs.csv and comparison.csv keep every digit)."""
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _seeds(row: pd.Series) -> str:
@@ -595,7 +757,13 @@ def _speed_cells(row: pd.Series) -> list[str]:
     if not math.isfinite(delta):
         return ["—", "—"]
     low, high = row[f"{SPEED}_delta_pct_ci_low"], row[f"{SPEED}_delta_pct_ci_high"]
-    interval = f" [{_signed(low, 1)}%, {_signed(high, 1)}%]" if math.isfinite(low) else ""
+    if math.isfinite(low) and math.isfinite(high):
+        interval = f" [{_signed(low, 1)}%, {_signed(high, 1)}%]"
+    elif math.isinf(low) or math.isinf(high):
+        # Fieller's interval when the baseline's mean is not distinguishable from 0: no finite bounds.
+        interval = " [unbounded]"
+    else:
+        interval = ""
     return [f"{_signed(delta, 1)}%{interval}", _p_text(row, SPEED)]
 
 

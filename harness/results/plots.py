@@ -1,8 +1,12 @@
 """Plots of a collected sweep, written as PNG and SVG.
 
-- curves: train loss and val bpb against step, tokens, training time and FLOPs; one panel per
-  depth, variants overlaid as the mean over seeds with a min-max band; runs that did not
+- the difference to the baseline over training: per variant, val bpb minus the baseline's at each
+  evaluation, paired by seed, the mean over shared seeds with its 95% t band.
+- curves: train loss and val bpb against tokens, step, training time and FLOPs, each x axis drawn
+  only when it is not one multiple of an axis already drawn (the same picture relabelled); one
+  panel per depth, variants overlaid as the mean over seeds with a min-max band; runs that did not
   complete drawn dotted on their own. Train loss is an EMA (0.9, debiased, as the recipe logs it).
+  The zoom starts halfway through the shortest variant, so the baseline is in it on the time axis.
 - final val bpb per variant (every seed, the mean and its 95% interval) and beside it the paired
   difference to the baseline with its 95% interval (unpaired intervals overlap even when the
   paired difference is clear), one row per depth.
@@ -12,8 +16,13 @@
 - throughput per variant: tok/s with seeds and interval on an axis fitted to the data, and the
   relative difference to the baseline with its interval (the report's speed statistic), MFU when measured.
 
-Variants differ by colour and marker (and line style in curves); a one-seed variant is labelled
-"n=1" rather than drawn with a zero-length bar.
+- a hyperparameter search: the objective against each searched key, and the optimisation history.
+
+The baseline comes first; variants differ by colour and marker (and line style in curves), unique
+past ten variants; a one-seed variant is labelled "n=1" rather than drawn with a zero-length bar;
+the p-values written beside the data are the Holm-adjusted ones the verdicts use; a Fieller
+interval without finite bounds is drawn across the panel and labelled "unbounded"; an axis of a
+quantity that cannot be negative starts at 0 or above.
 
 Each function returns a matplotlib Figure, or None when the sweep has nothing to show, so tests
 can count panels and lines. Figures use matplotlib's object API on the Agg canvas (no pyplot, no
@@ -37,15 +46,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
+from scipy import stats
 
 from harness.results.collect import COMPLETED, CORE_PREFIX, Collection
 from harness.results.compare import speed_context_difference, speed_pairs
 from harness.results.stats import NO_TEST, PAIRED, compare, mean_interval, ratio_compare
 
 EMA_BETA = 0.9
+# In the order a plot is kept when two draw the same picture (curve_axes): tokens before steps.
 X_AXES = {
-    "step": "optimizer step",
     "tokens": "training tokens",
+    "step": "optimizer step",
     "time_s": "training time, evaluation excluded",
     "flops": "training compute (FLOPs)",
 }
@@ -54,7 +65,8 @@ CURVE_METRICS = {
     "val_bpb": "validation bits per byte",
 }
 LINESTYLES = ("-", "--", "-.", (0, (6, 2, 1, 2, 1, 2)))
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+# Twenty-two distinct markers; past them the colours (unique per variant) still tell variants apart.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p", "H", "d", "8", "1", "2", "3", "4", "+", "x", "|")
 INCOMPLETE_STYLE = ":"
 BASELINE_COLOR = "black"
 PANEL_WIDTH, PANEL_HEIGHT, LEGEND_WIDTH = 5.2, 3.8, 3.4
@@ -90,28 +102,45 @@ def ema(values: Sequence[float], beta: float = EMA_BETA) -> np.ndarray:
     return out
 
 
+def ordered_variants(variants, baselines: Mapping[int, str]) -> list[str]:
+    """Variants in plotting order: the baselines first, then the others sorted."""
+    baseline_set = set((baselines or {}).values())
+    return sorted(set(variants), key=lambda v: (v not in baseline_set, v))
+
+
+def _palette(n: int) -> list:
+    """n distinct colours: tab10 up to ten, else n evenly spaced along a perceptual map (never repeating)."""
+    if n <= len(colormaps["tab10"].colors):
+        return list(colormaps["tab10"].colors)
+    return [colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
 def variant_styles(collection: Collection, baselines: Mapping[int, str]) -> dict[str, Style]:
-    """One colour per variant; with two variant keys, colour by the key with more values and
-    line style by the other, so a 4 x 2 grid reads as four colours in two styles."""
-    runs = collection.runs.drop_duplicates("variant").sort_values("variant")
+    """One colour and one marker per variant, the baseline first (black, thick); with two variant
+    keys, colour by the key with more values and line style by the other, so a 4 x 2 grid reads as
+    four colours in two styles. Past ten variants the colours come from a continuous map, so no two
+    variants share a colour (nor a marker, up to 22)."""
+    runs = collection.runs.drop_duplicates("variant").set_index("variant")
+    order = ordered_variants(runs.index, baselines)
+    runs = runs.loc[order].reset_index()
     keys = collection.variant_keys
     baseline_set = set(baselines.values())
-    palette = colormaps["tab10"].colors
     by_style = None
     if len(keys) == 2:
         colour_key, style_key = sorted(keys, key=lambda k: -runs[k].nunique())
         if runs[style_key].nunique() <= len(LINESTYLES):
             by_style = (colour_key, style_key)
+    palette = _palette(runs[by_style[0]].nunique() if by_style else len(runs))
     styles = {}
     for i, (_, run) in enumerate(runs.iterrows()):
-        label = " · ".join(str(run[k]) for k in keys) if keys else str(run["variant"])
+        label = " · ".join(_label_value(run[k]) for k in keys) if keys else str(run["variant"])
         if by_style:
             colour_values = list(dict.fromkeys(runs[by_style[0]]))
             style_values = list(dict.fromkeys(runs[by_style[1]]))
             color = palette[colour_values.index(run[by_style[0]]) % len(palette)]
             linestyle = LINESTYLES[style_values.index(run[by_style[1]])]
-        else:  # past ten variants the colours repeat, in another line style
-            color, linestyle = palette[i % len(palette)], LINESTYLES[(i // len(palette)) % len(LINESTYLES)]
+        else:
+            color, linestyle = palette[i % len(palette)], LINESTYLES[0]
         is_baseline = run["variant"] in baseline_set
         if is_baseline and not by_style:
             color = BASELINE_COLOR
@@ -119,6 +148,13 @@ def variant_styles(collection: Collection, baselines: Mapping[int, str]) -> dict
         # A marker of its own per variant: colours alone fail in greyscale and for colour-blind readers.
         styles[run["variant"]] = Style(color, linestyle, label, 2.4 if is_baseline else 1.4, MARKERS[i % len(MARKERS)])
     return styles
+
+
+def _label_value(value) -> str:
+    """A searched float reads as 4 significant digits (0.01234), not Optuna's 18."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    return str(value)
 
 
 def _legend_title(collection: Collection) -> str:
@@ -250,22 +286,25 @@ def _draw_variant(ax, group: pd.DataFrame, by_run, metric: str, x: str, scale: f
 
 def _set_limits(full, zoom, drawn: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
     """Both panels fit the completed runs only (a diverged run's blow-up cannot flatten the rest);
-    the zoom shows the second half of the x range."""
+    the zoom starts halfway through the shortest variant's range, so every variant (the baseline
+    included, when it finished sooner on the time axis) shows its second half. Steps, tokens, time,
+    FLOPs, losses and bits per byte cannot be negative: neither can an axis."""
     finite = [(xs[ok], lo[ok], hi[ok]) for xs, lo, hi in drawn if (ok := np.isfinite(xs) & np.isfinite(lo)).any()]
     if not finite:
         return
     x_min = min(float(xs.min()) for xs, _, _ in finite)
     x_max = max(float(xs.max()) for xs, _, _ in finite)
-    half = x_min + 0.5 * (x_max - x_min)
+    shortest = min(float(xs.max()) for xs, _, _ in finite)
+    half = x_min + 0.5 * (shortest - x_min)
     for ax, start in ((full, x_min), (zoom, half)):
         inside = [(lo[xs >= start], hi[xs >= start]) for xs, lo, hi in finite]
         low = min((float(np.nanmin(lo)) for lo, _ in inside if len(lo)), default=math.nan)
         high = max((float(np.nanmax(hi)) for _, hi in inside if len(hi)), default=math.nan)
         if math.isfinite(low) and math.isfinite(high):
             margin = 0.06 * (high - low) or 0.01 * abs(high) or 0.01
-            ax.set_ylim(low - margin, high + margin)
+            ax.set_ylim(max(low - margin, 0.0) if low >= 0 else low - margin, high + margin)
         pad = 0.02 * (x_max - start) or 0.5
-        ax.set_xlim(start - pad, x_max + pad)
+        ax.set_xlim(max(start - pad, 0.0) if start >= 0 else start - pad, x_max + pad)
 
 
 def _variant_legend(
@@ -292,6 +331,149 @@ def _variant_legend(
     )
 
 
+# difference to the baseline over training --------------------------------------------------
+def _paired_difference(by_run, variant_runs: pd.DataFrame, base_runs: pd.DataFrame, metric: str, x: str):
+    """Per evaluation step both sides logged: x, the mean over shared seeds of variant − baseline,
+    and its 95% t half-width (NaN with one seed). None when no seed is shared."""
+    base = {s: r for s, r in zip(base_runs["seed"], base_runs["run"], strict=True)}
+    diffs, xs = [], []
+    for seed, run in zip(variant_runs["seed"], variant_runs["run"], strict=True):
+        if seed not in base:
+            continue
+        v, b = _series(by_run, run, metric, x), _series(by_run, base[seed], metric, x)
+        joined = v.join(b, how="inner", lsuffix="_v", rsuffix="_b")
+        if len(joined):
+            diffs.append(joined["value_v"] - joined["value_b"])
+            xs.append(joined["x_b"])
+    if not diffs:
+        return None
+    table = pd.concat(diffs, axis=1).dropna()
+    if table.empty:
+        return None
+    n = table.shape[1]
+    mean = table.mean(axis=1).to_numpy()
+    half = np.full(len(table), math.nan)
+    if n > 1:
+        half = stats.t.ppf(0.975, n - 1) * table.std(axis=1, ddof=1).to_numpy() / math.sqrt(n)
+    x_values = pd.concat(xs, axis=1).loc[table.index].mean(axis=1).to_numpy()
+    return x_values, mean, half, n
+
+
+def difference_curve_figure(
+    collection: Collection, baselines: Mapping[int, str] | None = None, metric: str = "val_bpb", x: str = "tokens"
+):
+    """Per depth, each variant's `metric` minus the baseline's over training, paired by seed (the
+    same seed's runs share data order and initialisation, so their difference is mostly the effect),
+    the mean over shared seeds with its 95% t band; a zero line is the baseline. None without a baseline."""
+    baselines = baselines or {}
+    curves = collection.curves[collection.curves["metric"] == metric]
+    if curves.empty or not baselines:
+        return None
+    by_run = dict(tuple(curves.groupby("run")))
+    done = collection.completed()
+    styles = variant_styles(collection, baselines)
+    drawn_depths = []
+    per_depth = {}
+    for depth in collection.depths:
+        at_depth = done[done["depth"] == depth]
+        reference = baselines.get(depth)
+        base = at_depth[at_depth["variant"] == reference]
+        lines = {}
+        for variant in ordered_variants(at_depth["variant"].unique(), baselines):
+            if variant == reference or base.empty:
+                continue
+            found = _paired_difference(by_run, at_depth[at_depth["variant"] == variant], base, metric, x)
+            if found is not None:
+                lines[variant] = found
+        if lines:
+            drawn_depths.append(depth)
+            per_depth[depth] = lines
+    if not drawn_depths:
+        return None
+    fig, axes = _panels(len(drawn_depths))
+    for ax, depth in zip(axes, drawn_depths, strict=True):
+        ax.axhline(0, color=BASELINE_COLOR, linewidth=1.6, label="baseline")
+        for variant, (xs, mean, half, n) in per_depth[depth].items():
+            style = styles[variant]
+            marker = style.marker if len(xs) <= SPARSE_POINTS else None
+            ax.plot(xs, mean, color=style.color, linestyle=style.linestyle, linewidth=style.linewidth,
+                    marker=marker, markersize=3)  # fmt: skip
+            if n > 1:
+                ax.fill_between(xs, mean - half, mean + half, color=style.color, alpha=0.15, linewidth=0)
+        ax.set_xlim(left=0)
+        ax.set_xlabel(X_AXES[x])
+        ax.set_ylabel(f"Δ {CURVE_METRICS.get(metric, metric).split(' (')[0]} vs baseline")
+        ax.set_title(f"depth {depth}: variant − baseline, paired by seed", fontsize=10)
+        ax.grid(alpha=0.3)
+        if x == "tokens":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    handles = [Line2D([], [], color=BASELINE_COLOR, linewidth=1.6, label="baseline (0)")]
+    handles += [
+        Line2D([], [], color=st.color, linestyle=st.linestyle, linewidth=st.linewidth, marker=st.marker, label=st.label)
+        for v, st in styles.items()
+        if v not in baselines.values() and v in set(collection.runs["variant"])
+    ]
+    handles.append(Patch(color="grey", alpha=0.25, label="95% CI over shared seeds"))
+    fig.legend(handles=handles, loc="outside right upper", title=_legend_title(collection), fontsize=8,
+               title_fontsize=8, frameon=False)  # fmt: skip
+    better = "< 0 is better" if metric in ("val_bpb", "train_loss") else "> 0 is better"
+    fig.suptitle(
+        f"difference to the baseline over training ({better})\nmean over the seeds shared with the baseline, 95% band",
+        fontsize=10,
+    )
+    return fig
+
+
+# hyperparameter searches -------------------------------------------------------------------
+# A searched key spanning this factor or more gets a log axis: LRs are searched log-uniform
+# (configs/hparams_search/), and a few trials of a 16x range easily span 4x.
+LOG_SPAN = 4.0
+
+
+def search_figures(collection: Collection, objective: str, direction: str = "minimize") -> list[Plot]:
+    """For a search: the objective against each searched key (log axis where the key spans a factor
+    of LOG_SPAN or more), and the optimisation history (each trial's objective in start order, and the
+    best so far). Failed trials are left out of both; none: an empty list."""
+    done = collection.completed()
+    if objective not in done or done[objective].isna().all() or not collection.variant_keys:
+        return []
+    done = done[np.isfinite(done[objective].to_numpy(dtype=float))]
+    keys = [k for k in collection.variant_keys if pd.api.types.is_numeric_dtype(done[k])]
+    plots = []
+    if keys:
+        fig, axes = _panels(len(keys), extra_width=0.5)
+        for ax, key in zip(axes, keys, strict=True):
+            values = done[key].to_numpy(dtype=float)
+            ax.scatter(values, done[objective], s=24, color="tab:blue", edgecolor="black", zorder=3)
+            best = done[objective].idxmin() if direction == "minimize" else done[objective].idxmax()
+            ax.scatter([done.at[best, key]], [done.at[best, objective]], marker="*", s=160, color="tab:orange",
+                       edgecolor="black", zorder=4, label="best trial")  # fmt: skip
+            if (values > 0).all() and values.max() / values.min() >= LOG_SPAN:
+                ax.set_xscale("log")
+            ax.set_xlabel(key)
+            ax.set_ylabel(objective)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{objective} against each searched key ({direction})")
+        plots.append(Plot("search_objective", "search: the objective against each searched key", fig))
+    order = done.sort_values("started_at") if "started_at" in done and done["started_at"].notna().all() else done
+    values = order[objective].to_numpy(dtype=float)
+    best_so_far = np.minimum.accumulate(values) if direction == "minimize" else np.maximum.accumulate(values)
+    fig, axes = _panels(1, extra_width=0.5)
+    ax = axes[0]
+    trials = np.arange(1, len(values) + 1)
+    ax.scatter(trials, values, s=24, color="tab:blue", edgecolor="black", zorder=3, label="trial")
+    ax.step(trials, best_so_far, where="post", color="tab:orange", linewidth=1.8, label="best so far")
+    ax.set_xlabel("trial (in start order; failed trials left out)")
+    ax.set_ylabel(objective)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"optimisation history: {objective} ({direction})")
+    plots.append(Plot("search_history", "search: optimisation history", fig))
+    return plots
+
+
 # final val bpb per variant -----------------------------------------------------------------
 def _variant_rows(ax, styles: Mapping[str, Style], variants: Sequence[str]) -> None:
     ax.set_yticks(range(len(variants)), [styles[v].label for v in variants], fontsize=8)
@@ -310,7 +492,12 @@ def _seed_pairs(runs: pd.DataFrame, column: str) -> list[tuple[int, float]]:
     return [(s, float(v)) for s, v in zip(runs["seed"], runs[column], strict=True) if math.isfinite(v)]
 
 
-def final_figure(collection: Collection, baselines: Mapping[int, str] | None = None, metric: str = "final_val_bpb"):
+def final_figure(
+    collection: Collection,
+    baselines: Mapping[int, str] | None = None,
+    metric: str = "final_val_bpb",
+    comparison: pd.DataFrame | None = None,
+):
     """Per depth, two panels: every completed seed's final value as a dot with the mean and its 95%
     interval; and the difference to the baseline with the interval of `stats.compare` (paired on the
     shared seeds, as in the comparison table)."""
@@ -320,7 +507,7 @@ def final_figure(collection: Collection, baselines: Mapping[int, str] | None = N
     baselines = baselines or {}
     styles = variant_styles(collection, baselines)
     depths = [d for d in collection.depths if done[done["depth"] == d][metric].notna().any()]
-    variants = sorted(done["variant"].unique())
+    variants = ordered_variants(done["variant"].unique(), baselines)
     with_delta = any(baselines.get(d) in set(done.loc[done["depth"] == d, "variant"]) for d in depths)
     height = 0.9 + 0.42 * len(variants)
     fig = _figure(figsize=(max(PANEL_WIDTH * (2 if with_delta else 1) + 2.6, MIN_WIDTH), height * len(depths)))
@@ -349,7 +536,7 @@ def final_figure(collection: Collection, baselines: Mapping[int, str] | None = N
         ax.set_xlabel("final validation bits per byte (lower is better)")
         ax.set_title(f"depth {depth}: per seed, mean and 95% CI", fontsize=10)
         if with_delta:
-            _difference_panel(grid[row, 1], at_depth, metric, baselines.get(depth), styles, variants)
+            _difference_panel(grid[row, 1], at_depth, metric, baselines.get(depth), styles, variants, comparison)
             grid[row, 1].set_title(f"depth {depth}: difference to the baseline", fontsize=10)
             grid[row, 1].set_yticklabels([])
     fig.suptitle(
@@ -360,7 +547,15 @@ def final_figure(collection: Collection, baselines: Mapping[int, str] | None = N
     return fig
 
 
-def _difference_panel(ax, at_depth: pd.DataFrame, metric: str, reference, styles, variants: Sequence[str]) -> None:
+def _difference_panel(
+    ax,
+    at_depth: pd.DataFrame,
+    metric: str,
+    reference,
+    styles,
+    variants: Sequence[str],
+    comparison: pd.DataFrame | None = None,
+) -> None:
     """Variant minus baseline per variant, with its interval and the test beside the panel."""
     base = at_depth[at_depth["variant"] == reference]
     ax.axvline(0, color="grey", linewidth=1)
@@ -381,8 +576,14 @@ def _difference_panel(ax, at_depth: pd.DataFrame, metric: str, reference, styles
         ax.scatter([result.difference], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
         test = f"paired, {result.n_paired} seeds" if result.test == PAIRED else result.test
         text = f"{result.difference:+.4f}".replace("-", "−")
-        # One test of many: comparison.md gives its Holm-adjusted p and the verdict made from it.
-        text += f" (raw p={result.p_value:.2g}, {test})" if math.isfinite(result.p_value) else " (n=1: not tested)"
+        # One test of many: the Holm-adjusted p is the one the comparison table's verdict uses.
+        adjusted = math.nan
+        if metric == "final_val_bpb":
+            adjusted = _adjusted(comparison, int(at_depth["depth"].iloc[0]), variant, "val_bpb")
+        if math.isfinite(adjusted):
+            text += f" (Holm p={adjusted:.2g}, {test})"
+        else:
+            text += f" (raw p={result.p_value:.2g}, {test})" if math.isfinite(result.p_value) else " (n=1: not tested)"
         ax.text(1.02, y, text, va="center", fontsize=7.5, transform=ax.get_yaxis_transform())
     _variant_rows(ax, styles, variants)
     ax.set_xlabel("Δ final val bpb vs baseline (< 0 is better)")
@@ -396,7 +597,7 @@ def scaling_figure(collection: Collection, baselines: Mapping[int, str] | None =
         return None
     styles = variant_styles(collection, baselines or {})
     fig, axes = _panels(2)
-    variants = sorted(done["variant"].unique())
+    variants = ordered_variants(done["variant"].unique(), baselines)
     for i, (variant, group) in enumerate(done.groupby("variant", sort=True)):
         style = styles[variant]
         points = []
@@ -443,7 +644,7 @@ def core_figure(collection: Collection, baselines: Mapping[int, str] | None = No
     labels = ["CORE", *(t.removeprefix(CORE_PREFIX) for t in tasks)]
     styles = variant_styles(collection, baselines)
     depths = [d for d in collection.depths if done[done["depth"] == d]["core"].notna().any()]
-    variants = sorted(done["variant"].unique())
+    variants = ordered_variants(done["variant"].unique(), baselines)
     means = done.groupby(["depth", "variant"])[columns].mean()
     with_delta = any(baselines.get(d) in means.loc[d].index for d in depths)
     panels_per_depth = 2 if with_delta else 1
@@ -530,7 +731,18 @@ def _heat_map(
 
 
 # throughput --------------------------------------------------------------------------------
-def throughput_figure(collection: Collection, baselines: Mapping[int, str] | None = None):
+def _adjusted(comparison: pd.DataFrame | None, depth: int, variant: str, key: str) -> float:
+    """The Holm-adjusted p of the comparison table's row, the one its verdict uses (NaN if none)."""
+    column = f"{key}_p_adjusted"
+    if comparison is None or comparison.empty or column not in comparison:
+        return math.nan
+    row = comparison[(comparison["depth"] == depth) & (comparison["variant"] == variant)]
+    return float(row[column].iloc[0]) if len(row) else math.nan
+
+
+def throughput_figure(
+    collection: Collection, baselines: Mapping[int, str] | None = None, comparison: pd.DataFrame | None = None
+):
     """Per depth: tok/s per variant (seeds, mean, 95% CI) on an axis fitted to the data, and the
     relative difference to the baseline with Fieller's interval (`stats.ratio_compare`, as in the
     comparison table), the value and MFU in a column beside the panel."""
@@ -540,7 +752,7 @@ def throughput_figure(collection: Collection, baselines: Mapping[int, str] | Non
     baselines = baselines or {}
     styles = variant_styles(collection, baselines)
     depths = [d for d in collection.depths if done[done["depth"] == d]["tok_per_s"].notna().any()]
-    variants = sorted(done["variant"].unique())
+    variants = ordered_variants(done["variant"].unique(), baselines)
     with_delta = any(baselines.get(d) in set(done.loc[done["depth"] == d, "variant"]) for d in depths)
     height = 0.9 + 0.42 * len(variants)
     fig = _figure(figsize=(max(PANEL_WIDTH * (2 if with_delta else 1) + 3.4, MIN_WIDTH), height * len(depths)))
@@ -563,6 +775,7 @@ def throughput_figure(collection: Collection, baselines: Mapping[int, str] | Non
             ax.scatter([interval.mean], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
         _variant_rows(ax, styles, variants)
         ax.margins(x=0.15)  # fitted to the data, not from 0: a 3% difference must be visible
+        ax.set_xlim(left=max(ax.get_xlim()[0], 0.0))  # but never below 0 tok/s
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_xlabel("training throughput (tokens/s, evaluation excluded)")
         ax.set_title(f"depth {depth}: per seed, mean and 95% CI", fontsize=10)
@@ -574,7 +787,8 @@ def throughput_figure(collection: Collection, baselines: Mapping[int, str] | Non
             text_ax.set_yticklabels([])
         for y, variant in enumerate(variants):
             runs = at_depth[at_depth["variant"] == variant]
-            text = _throughput_text(runs, at_depth[at_depth["variant"] == baselines.get(depth)], variant, baselines)
+            base = at_depth[at_depth["variant"] == baselines.get(depth)]
+            text = _throughput_text(runs, base, variant, baselines, _adjusted(comparison, depth, variant, "tok_per_s"))
             # In a column right of the panel: never on top of the markers or whiskers.
             text_ax.text(1.02, y, text, va="center", ha="left", fontsize=7.5, transform=text_ax.get_yaxis_transform())
     fig.suptitle(
@@ -602,6 +816,8 @@ def _speed_panel(ax, at_depth: pd.DataFrame, reference, styles, variants: Sequen
         if math.isfinite(result.low_pct) and math.isfinite(result.high_pct):
             error = [[result.delta_pct - result.low_pct], [result.high_pct - result.delta_pct]]
             ax.errorbar(result.delta_pct, y, xerr=error, fmt="none", ecolor=style.color, capsize=3, elinewidth=1.4)
+        elif math.isinf(result.low_pct) or math.isinf(result.high_pct):
+            _unbounded(ax, result.delta_pct, y, style.color)
         elif result.test == NO_TEST:
             _one_seed_label(ax, result.delta_pct, y)
         ax.scatter([result.delta_pct], [y], marker=style.marker, s=46, color=style.color, edgecolor="black", zorder=4)
@@ -611,7 +827,21 @@ def _speed_panel(ax, at_depth: pd.DataFrame, reference, styles, variants: Sequen
     ax.set_xlabel("Δ tok/s vs baseline (> 0 is faster)")
 
 
-def _throughput_text(runs: pd.DataFrame, base: pd.DataFrame, variant: str, baselines: Mapping[int, str]) -> str:
+def _unbounded(ax, x: float, y: float, color) -> None:
+    """Fieller's interval with no finite bounds (the baseline's mean not distinguishable from 0): a
+    line across the whole panel with arrows at both ends, labelled, instead of two made-up numbers."""
+    ax.annotate("", xy=(1.0, y), xytext=(0.0, y), xycoords=("axes fraction", "data"),
+                arrowprops={"arrowstyle": "<->", "color": color, "linewidth": 1.2})  # fmt: skip
+    ax.annotate("unbounded", (x, y), xytext=(0, 5), textcoords="offset points", ha="center", fontsize=7, color=color)
+
+
+def _throughput_text(
+    runs: pd.DataFrame,
+    base: pd.DataFrame,
+    variant: str,
+    baselines: Mapping[int, str],
+    adjusted_p: float = math.nan,
+) -> str:
     mean, mfu = runs["tok_per_s"].mean(), runs["mfu"].mean()
     text = f"{mean:,.0f} tok/s" if math.isfinite(mean) else "—"
     if variant in baselines.values():
@@ -625,7 +855,10 @@ def _throughput_text(runs: pd.DataFrame, base: pd.DataFrame, variant: str, basel
         else:
             result = ratio_compare(*speed_pairs(runs, base)[:2])
             text += f" ({result.delta_pct:+.1f}% vs baseline".replace("-", "−")
-            text += f", raw p={result.p_value:.2g})" if math.isfinite(result.p_value) else ", n=1)"
+            if math.isfinite(adjusted_p):  # the p the table's speed verdict uses
+                text += f", Holm p={adjusted_p:.2g})"
+            else:
+                text += f", raw p={result.p_value:.2g})" if math.isfinite(result.p_value) else ", n=1)"
     return text + (f", MFU {mfu:.1%}" if math.isfinite(mfu) else "")
 
 
@@ -637,18 +870,58 @@ class Plot:
     figure: Figure
 
 
-def all_plots(collection: Collection, baselines: Mapping[int, str] | None = None) -> list[Plot]:
-    """Every plot the sweep supports, in report order; those with nothing to show are skipped."""
+def same_picture(collection: Collection, x: str, other: str) -> bool:
+    """Whether curves against `x` are the curves against `other` with the axis relabelled: `x` is
+    one common multiple of `other` at every point of every run (tokens = steps x batch with one batch,
+    FLOPs = tokens x FLOPs per token at one depth)."""
+    columns = list(dict.fromkeys(["run", "step", x, other]))
+    curves = collection.curves[columns].dropna().drop_duplicates(["run", "step"])
+    curves = curves[curves[other] != 0]
+    if curves.empty:
+        return False
+    ratio = (curves[x] / curves[other]).to_numpy(dtype=float)
+    return bool(np.allclose(ratio, ratio[0], rtol=1e-9, atol=0))
+
+
+def curve_axes(collection: Collection) -> list[str]:
+    """The x axes worth a plot, in X_AXES order: one left out when it draws the same picture as one kept."""
+    kept: list[str] = []
+    for x in X_AXES:
+        if not any(same_picture(collection, x, k) for k in kept):
+            kept.append(x)
+    return kept
+
+
+def all_plots(
+    collection: Collection,
+    baselines: Mapping[int, str] | None = None,
+    comparison: pd.DataFrame | None = None,
+    search: tuple[str, str] | None = None,
+) -> list[Plot]:
+    """Every plot the sweep supports, in report order; those with nothing to show are skipped, and so
+    is a curve against an x axis that only relabels another's (see `curve_axes`). `search`: the
+    objective and its direction, for a hyperparameter search's own plots."""
     plots = []
+    if search is not None:
+        plots += search_figures(collection, *search)
+    plots.append(
+        Plot(
+            "val_bpb_difference",
+            "val bpb: difference to the baseline over training",
+            difference_curve_figure(collection, baselines),
+        )
+    )
+    axes = curve_axes(collection)
     for metric in CURVE_METRICS:
-        for x in X_AXES:
+        for x in axes:
             fig = curve_figure(collection, metric, x, baselines)
             title = f"{CURVE_METRICS[metric].split(' (')[0]} vs {X_AXES[x].split(' (')[0]}"
             plots.append(Plot(f"{metric}_vs_{x.removesuffix('_s')}", title, fig))
-    plots.append(Plot("final_val_bpb", "final val bpb per variant", final_figure(collection, baselines)))
+    final = final_figure(collection, baselines, comparison=comparison)
+    plots.append(Plot("final_val_bpb", "final val bpb per variant", final))
     plots.append(Plot("scaling", "scaling: final val bpb vs depth and compute", scaling_figure(collection, baselines)))
     plots.append(Plot("core_tasks", "CORE per task", core_figure(collection, baselines)))
-    plots.append(Plot("throughput", "throughput per variant", throughput_figure(collection, baselines)))
+    plots.append(Plot("throughput", "throughput per variant", throughput_figure(collection, baselines, comparison)))
     return [p for p in plots if p.figure is not None]
 
 

@@ -5,12 +5,16 @@
       runs.parquet, runs.csv     one row per run (collect.py)
       curves.parquet, curves.csv one row per (run, step, metric)
       runs.md                    the per-run table: variant, seed, status, final/min val bpb, time, tok/s
-      comparison.md, .csv        per depth and variant, against the baseline (compare.py)
+      comparison.md, .csv        per depth and variant, against the baseline (compare.py); .tex with latex=True
       spread.csv                 seed-to-seed spread and detectable differences per depth
       interactions.csv           when the sweep crosses two axes: the difference of differences (interactions.py)
       target.csv                 per run: time, tokens and FLOPs to the target val bpb (target.py)
       scale.csv, scale_trend.csv two depths or more: the effect across scale (scale.py)
       plots/*.png, *.svg         (plots.py; scale_effect from scale.py)
+
+report.md opens with the baseline and the rule that chose it (compare.choose_baseline), what the runs
+held fixed and their environment; a hyperparameter search (Optuna's optimization_results.yaml in the
+sweep folder) gets no baseline, its own plots and the best trial's command.
 
 `python -m harness.report` and the multirun callback both call `build_report`.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,11 +44,15 @@ from harness.results.collect import (
     save_tables,
 )
 from harness.results.compare import (
+    SEARCH,
+    BaselineChoice,
+    _key_value,
+    choose_baseline,
     comparison_markdown,
     comparison_table,
     judge,
-    parse_baseline,
     save_comparison,
+    save_latex,
     spread_table,
 )
 from harness.results.equivalence import NO_MARGINS, Margins
@@ -83,6 +92,7 @@ def build_report(
     title: str | None = None,
     command: str | None = None,
     margins: Margins = NO_MARGINS,
+    latex: bool = False,
     target_bpb: float | None = None,
 ) -> Report:
     """Collect the runs under `roots` (and wandb projects), write every table and plot, and report.md.
@@ -98,10 +108,14 @@ def build_report(
     out_dir = Path(out_dir)
     collection = collect(records)
     design, design_notes = design_from_configs(collection.configs.values())
-    # The default baseline may not apply to foreign runs (a note); one the user named must (an error).
-    table, notes = comparison_table(
-        collection, parse_baseline(baseline), strict=baseline is not None, margins=margins, design=design
-    )
+    search = search_results(roots)
+    if search is not None and baseline is None:
+        choice = BaselineChoice({}, SEARCH, "a hyperparameter search: every trial is its own variant")
+    else:
+        choice = choose_baseline(collection, baseline, composed_defaults())
+    # A derived or declared baseline may not apply to foreign runs (a note); one the user named must (an error).
+    items = None if choice.rule == SEARCH else choice.items
+    table, notes = comparison_table(collection, items, strict=choice.strict, margins=margins, design=design)
     interactions, baselines = pd.DataFrame(), {}
     if not table.empty:
         baselines = {int(r.depth): r.variant for r in table[table["is_baseline"]].itertuples()}
@@ -115,6 +129,8 @@ def build_report(
     with staged_folder(out_dir) as staging:  # every file replaced at once at the end (publish.py)
         save_tables(collection, staging)
         save_comparison(table, markdown, staging)
+        if latex:
+            save_latex(table, collection.variant_keys, staging)
         spread.to_csv(staging / "spread.csv", index=False)
         if not interactions.empty:
             interactions.to_csv(staging / "interactions.csv", index=False)
@@ -122,7 +138,9 @@ def build_report(
         (staging / "runs.md").write_text(runs_markdown + "\n")
         per_run_target.to_csv(staging / "target.csv", index=False)
         plots = []
-        for plot in tqdm(all_plots(collection, baselines), desc="report: plots", unit="plot", leave=False):
+        objective = _search_objective(collection) if search is not None else None
+        figures = all_plots(collection, baselines, table, objective)
+        for plot in tqdm(figures, desc="report: plots", unit="plot", leave=False):
             save_figure(plot.figure, staging / "plots", plot.stem)
             plots.append((plot.stem, plot.title))
         sections = [("Time to target", target_markdown(table, target_bpb is not None))]
@@ -135,8 +153,11 @@ def build_report(
                 save_figure(scale.figure, staging / "plots", "scale_effect")
                 plots.append(("scale_effect", "the effect across scale: Δ vs training FLOPs"))
         title = title or (Path(roots[0]).name if roots else "wandb")
+        header = header_lines(collection, records)
+        if search is not None:
+            header += search_lines(collection, records, search)
         text = _report_text(
-            title, sources, collection, markdown, spread, runs_markdown, plots, baseline, command, sections
+            title, sources, collection, markdown, spread, runs_markdown, plots, choice, command, header, sections
         )
         text = _with_design(text, collection, design, margins, interactions)
         (staging / "report.md").write_text(text)
@@ -175,6 +196,134 @@ def _with_design(text: str, collection: Collection, design: Design, margins: Mar
     return text.replace(marker, "\n".join(section) + marker, 1)
 
 
+# the baseline's defaults, a search's results, the header ------------------------------------
+# What report.md's header names as held fixed (when every run agrees) or as an axis.
+FIXED_KEYS = {
+    "recipe.name": "recipe",
+    "data.source": "data",
+    "data.vocab_size": "vocabulary",
+    "model.depth": "model depth",
+    "precision.name": "precision",
+    "train.num_iterations": "steps",
+    "train.total_batch_tokens": "batch (tokens)",
+    "train.device_batch_size": "device batch (rows)",
+}
+
+
+def composed_defaults() -> dict[str, Any]:
+    """`ablate-train`'s config with no overrides, flattened: each axis's composed default value.
+    Empty when configs/ cannot be composed here (a report of foreign runs still gets a baseline)."""
+    from omegaconf import OmegaConf
+
+    from harness.cli import compose
+    from harness.results.collect import flatten
+
+    try:
+        return flatten(OmegaConf.to_container(compose([]), resolve=True))
+    except Exception:  # noqa: BLE001 - any failure to compose only loses the "composed default" rule
+        return {}
+
+
+def search_results(roots: Sequence[str | os.PathLike]) -> dict | None:
+    """Optuna's `optimization_results.yaml` in a reported sweep folder (a hyperparameter search), or None."""
+    import yaml
+
+    for root in roots:
+        path = Path(root) / "optimization_results.yaml"
+        if path.is_file():
+            try:
+                found = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(found, dict):
+                return found
+    return None
+
+
+def _search_objective(collection: Collection) -> tuple[str, str]:
+    """The search's objective (the runs' `optimized_metric`) and the direction it improves in."""
+    from harness.objective import OBJECTIVES
+
+    names = {str(f.get("optimized_metric")) for f in collection.configs.values() if f.get("optimized_metric")}
+    name = names.pop() if len(names) == 1 else "final_val_bpb"
+    return name, OBJECTIVES.get(name, "minimize")
+
+
+def header_lines(collection: Collection, records: Sequence[RunRecord] = ()) -> list[str]:
+    """What was held fixed (recipe, data, model, precision, batch, steps) or varied, and the
+    environment the runs recorded (device, commit, versions), as nanochat's report.md opens."""
+    flats = list(collection.configs.values())
+    fixed = []
+    for key, label in FIXED_KEYS.items():
+        values = {str(flat[key]) for flat in flats if key in flat}
+        if len(values) == 1:
+            fixed.append(f"{label} `{values.pop()}`")
+        elif values:
+            fixed.append(f"{label} varies ({', '.join(sorted(values))})")
+    lines = ["Held fixed: " + "; ".join(fixed) + "." if fixed else "Held fixed: unknown (no readable config)."]
+    runs = collection.runs
+    devices = sorted({str(d) for d in runs.get("device", pd.Series(dtype=object)).dropna() if str(d)})
+    commits = sorted({str(c)[:12] for c in runs.get("git_commit", pd.Series(dtype=object)).dropna() if str(c)})
+    versions: set[str] = set()
+    for record in records:
+        found = (record.summary or {}).get("versions") or {}
+        if isinstance(found, dict):
+            versions.add(", ".join(f"{k} {v}" for k, v in sorted(found.items()) if v))
+    environment = [
+        f"device {' / '.join(devices)}" if devices else "device unrecorded",
+        f"commit {' / '.join(commits)}" if commits else "commit unrecorded",
+        *(sorted(versions) or ["versions unrecorded"]),
+    ]
+    return [*lines, "", "Environment of the runs: " + "; ".join(environment) + ".", ""]
+
+
+def search_lines(collection: Collection, records: Sequence[RunRecord], search: dict) -> list[str]:
+    """The search's best trial and the command that re-runs it alone, for report.md: the trial's own
+    overrides (its `.hydra/overrides.yaml`) with `hydra.mode=RUN`, which finds the trial's run directory."""
+    import yaml
+
+    from harness.results.compare import _same
+
+    params = search.get("best_params") or {}
+    keys = ", ".join(f"`{k}`" for k in params) or "none recorded"
+    lines = [
+        "## Hyperparameter search",
+        "",
+        f"Searched keys: {keys}. Best value of the objective: {_number(search.get('best_value'), '.6g')}, at "
+        + (", ".join(f"`{k}={_override_value(v)}`" for k, v in params.items()) or "—")
+        + ". The plots `search_objective` (the objective against each searched key) and `search_history` "
+        "(the objective trial by trial, with the best so far) are below.",
+        "",
+    ]
+    best = [
+        r
+        for r in records
+        if r.config and all(_same(collection.configs.get(r.run, {}).get(k), v) for k, v in params.items())
+    ]
+    overrides_file = Path(best[0].source) / ".hydra" / "overrides.yaml" if best else None
+    try:
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file else None
+    except (OSError, yaml.YAMLError):
+        overrides = None
+    if not isinstance(overrides, list):
+        overrides = [f"{k}={_override_value(v)}" for k, v in params.items()]
+    command = " ".join(shlex.quote(str(o)) for o in [*overrides, "hydra.mode=RUN"])
+    lines += [
+        "The best trial, re-run alone (it finds its run directory, so it is skipped when complete; add "
+        "`name=<new>` for a fresh run with these values):",
+        "",
+        "```bash",
+        f"ablate-train {command}",
+        "```",
+        "",
+    ]
+    return lines
+
+
+def _override_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 # the per-run table -------------------------------------------------------------------------
 def runs_table_markdown(collection: Collection) -> str:
     """One row per run: variant keys, depth (when several), seed, status, the headline numbers."""
@@ -192,7 +341,7 @@ def runs_table_markdown(collection: Collection) -> str:
     header += ["note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for _, run in runs.iterrows():
-        cells = [str(run[k]) for k in keys] + ([str(run["depth"])] if several_depths else [])
+        cells = [_key_value(run[k]) for k in keys] + ([str(run["depth"])] if several_depths else [])
         status = run["status"] if run["status"] == COMPLETED else f"**{run['status']}**"
         cells += [_seed(run["seed"]), status, _steps(run), _number(run["final_val_bpb"], ".4f")]
         cells += [_number(run["min_val_bpb"], ".4f")] + ([_number(run["core"], ".4f")] if has_core else [])
@@ -253,22 +402,23 @@ def _duration(seconds: Any) -> str:
 
 # report.md ---------------------------------------------------------------------------------
 def _report_text(
-    title, sources, collection, comparison_md, spread, runs_md, plots, baseline, command, sections=()
+    title, sources, collection, comparison_md, spread, runs_md, plots, choice, command, header, sections=()
 ) -> str:
     runs = collection.runs
     counts = runs["status"].value_counts()
     status_line = ", ".join(f"{n} {status}" for status, n in counts.items())
-    baseline_text = " ".join(f"{k}={v}" for k, v in parse_baseline(baseline).items())
+    baseline_text = "none" if choice.rule == SEARCH else f"`{choice.text()}`"
     lines = [
         f"# Sweep report: {title}",
         "",
         f"{len(runs)} runs ({status_line}) from {', '.join(f'`{s}`' for s in sources)}, "
         f"{len(collection.depths)} depth(s), {runs['variant'].nunique()} variant(s). "
         f"Axes: {', '.join(f'`{a}`' for a in collection.variant_keys) or 'none'}. "
-        f"Baseline: `{baseline_text}`.",
+        f"Baseline: {baseline_text}, {choice.reason}.",
         "",
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC" + (f" by `{command}`." if command else "."),
         "",
+        *header,
     ]
     incomplete = runs[runs["status"] != COMPLETED]
     if len(incomplete):

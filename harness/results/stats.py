@@ -279,6 +279,8 @@ def _paired_ratio(v: np.ndarray, b: np.ndarray, n_v: int, n_b: int, alpha: float
         p = 1.0 if rho == 1 else 0.0
         return RatioComparison(PAIRED, n_v, n_b, n, 100 * (rho - 1), 100 * (rho - 1), 100 * (rho - 1), p)
     p = float(stats.ttest_rel(v, b).pvalue)
+    if not _denominator_significant(b.mean(), cov[1, 1] / n, n - 1, alpha):
+        return RatioComparison(PAIRED, n_v, n_b, n, 100 * (rho - 1), -math.inf, math.inf, p)
     low, high = _fieller_bounds(rho, t_of, lambda _: n - 1, alpha)
     return RatioComparison(PAIRED, n_v, n_b, n, 100 * (rho - 1), 100 * (low - 1), 100 * (high - 1), p)
 
@@ -299,8 +301,20 @@ def _welch_ratio(v: np.ndarray, b: np.ndarray, alpha: float) -> RatioComparison:
         p = 1.0 if rho == 1 else 0.0
         return RatioComparison(WELCH, len(v), len(b), 0, 100 * (rho - 1), 100 * (rho - 1), 100 * (rho - 1), p)
     p = float(stats.ttest_ind(v, b, equal_var=False).pvalue)
+    # As r grows, the Welch dof tends to the baseline's own, len(b) - 1.
+    if not _denominator_significant(b.mean(), var_b, len(b) - 1, alpha):
+        return RatioComparison(WELCH, len(v), len(b), 0, 100 * (rho - 1), -math.inf, math.inf, p)
     low, high = _fieller_bounds(rho, t_of, dof_of, alpha)
     return RatioComparison(WELCH, len(v), len(b), 0, 100 * (rho - 1), 100 * (low - 1), 100 * (high - 1), p)
+
+
+def _denominator_significant(mean: float, variance_of_mean: float, dof: float, alpha: float) -> bool:
+    """Fieller's set is a bounded interval exactly when the denominator's mean is itself
+    distinguishable from 0 (its t exceeds the critical value); otherwise it is unbounded (the whole
+    line, or all but an interval), and reporting two finite numbers for it would be wrong."""
+    if variance_of_mean <= 0:
+        return mean != 0
+    return mean * mean / variance_of_mean > stats.t.ppf(1 - alpha / 2, dof) ** 2
 
 
 def _fieller_bounds(estimate: float, t_of, dof_of, alpha: float) -> tuple[float, float]:

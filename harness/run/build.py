@@ -8,6 +8,7 @@ read the run directory, log metrics or decide anything about a run's life.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 
 from harness.data import build_tokenizer, val_batches
 from harness.data.tokenizer import Tokenizer
-from harness.distributed import broadcast_parameters
+from harness.distributed import broadcast_parameters, gather_to_main
 from harness.optim import build_optimizer
 from harness.precision import convert_for_training
 from harness.run.spec import RunSpec
@@ -141,3 +142,24 @@ class RunData:
             spec.dist.world_size,
         )
         return cls(tokenizer, batches)
+
+    def fingerprint(self) -> str | None:
+        """What the run is trained on, on rank 0 (None elsewhere; every rank must call it): the
+        tokenizer's digest (BPE trained on the training split, so another training text gives another
+        tokenizer) and a digest of the validation rows (the held-out text itself). Both are in
+        memory already, so it costs one hash of eval.val_tokens tokens, and neither depends on the
+        world size or the batch size; file listings would miss a folder rewritten in place."""
+        rows = [
+            hashlib.sha256(inputs.numpy().tobytes() + targets.numpy().tobytes()).hexdigest()
+            for batch_inputs, batch_targets in self.val_batches
+            for inputs, targets in zip(batch_inputs.cpu(), batch_targets.cpu(), strict=True)
+            if bool((targets >= 0).any())  # the padding of a last batch is not data
+        ]
+        every_rank = gather_to_main({"rows": rows})
+        if every_rank is None:
+            return None
+        digest = hashlib.sha256(self.tokenizer.digest().encode())
+        for entry in every_rank:  # rank order: the rows' order, whatever the world size
+            for row in entry["rows"]:
+                digest.update(row.encode())
+        return digest.hexdigest()[:16]

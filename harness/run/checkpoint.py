@@ -24,6 +24,7 @@ from harness.distributed import any_rank, gather_to_main
 from harness.errors import ConfigError, RunStopped
 from harness.reshard import load_rank_shard
 from harness.results.rundir import CheckpointRefused, RunDir
+from models.gpt import GPT, GPTConfig
 
 log = logging.getLogger("ablate.lifecycle")
 
@@ -51,12 +52,29 @@ def newest_valid_checkpoint(rundir: RunDir) -> tuple[Path | None, list[str]]:
     problems = []
     for checkpoint in reversed(rundir.list_checkpoints()):
         problem = rundir.verify_checkpoint(checkpoint)
+        if problem is not None and not rundir.manifest_path(checkpoint).exists():
+            problem = verify_by_loading(checkpoint)
         if problem is None:
             return checkpoint, problems
         line = f"checkpoint {checkpoint.parent / checkpoint.stem}: {problem}"
         log.warning(line + "; trying the one before")
         problems.append(line)
     return None, problems
+
+
+def verify_by_loading(checkpoint: Path) -> str | None:
+    """A checkpoint without a manifest: written before manifests existed (or killed after its main
+    file, the last of its files, was renamed into place). Its files are whole if each loads, weights
+    only: the main file and the shard of every rank it names."""
+    try:
+        main = RunDir.load_checkpoint(checkpoint)
+        for rank in range(int(main.get("world_size", 1))):
+            RunDir.load_checkpoint(checkpoint, rank=rank)
+    except (CheckpointRefused, OSError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"it has no manifest and does not load ({reason})"
+    log.info(f"checkpoint {checkpoint}: no manifest (written before manifests existed); verified by loading it")
+    return None
 
 
 def set_aside_rejected(rundir: RunDir, valid: Path) -> None:
@@ -70,12 +88,14 @@ def set_aside_rejected(rundir: RunDir, valid: Path) -> None:
 
 
 def checkpoint_for_evaluation(rundir: RunDir) -> Path:
-    """The newest valid checkpoint (rank 0 calls this); none is a RunStopped."""
+    """The newest valid checkpoint (rank 0 calls this, under the run's lock); newer ones that fail
+    verification go to checkpoints/rejected/; none valid is a RunStopped that moves nothing."""
     if not rundir.list_checkpoints():
         raise ConfigError(f"run_dir={rundir.path} has no checkpoint in {rundir.checkpoints_dir}")
     checkpoint, problems = newest_valid_checkpoint(rundir)
     if checkpoint is None:
         raise RunStopped(f"{rundir.checkpoints_dir}: no valid checkpoint to evaluate ({'; '.join(problems)})")
+    set_aside_rejected(rundir, checkpoint)  # as a resume does: the newer, damaged ones to rejected/
     return checkpoint
 
 
@@ -102,6 +122,22 @@ def check_tokenizer(checkpoint: Path, saved_digest: str, tokenizer: Tokenizer) -
             f"checkpoint {checkpoint} was trained with tokenizer {saved_digest}, but the current one is "
             f"{tokenizer.digest()}; its token ids would mean other things (point data.* at the run's tokenizer, "
             "or train.resume=never to restart)"
+        )
+
+
+def check_model_shapes(checkpoint: Path, state: dict, config: GPTConfig) -> None:
+    """The checkpoint's weights fit the network the config builds: checked before the run directory
+    is touched (train.resume=force across a shape-changing default would otherwise rewrite the
+    config, then fail loading)."""
+    expected = {name: tuple(t.shape) for name, t in GPT.on_meta(config).state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in state.items()}
+    differ = sorted(name for name in expected.keys() | saved.keys() if expected.get(name) != saved.get(name))
+    if differ:
+        first = differ[0]
+        raise ConfigError(
+            f"checkpoint {checkpoint} does not fit the config's model ({len(differ)} tensors differ, e.g. {first}: "
+            f"{saved.get(first)} in the checkpoint, {expected.get(first)} in the config); the run is left as it is "
+            "(restore the run's config, use another name=..., or train.resume=never to restart)"
         )
 
 

@@ -4,8 +4,11 @@ that carry the decision out. The one answer to "what happens when I re-run this 
 | the run directory holds                        | re-running the command                     |
 |------------------------------------------------|--------------------------------------------|
 | nothing                                        | trains from step 0                         |
+| checkpoints, metrics or a summary, no config   | refused in one line, nothing touched       |
+| a start-over cut short (attempts/<n>/.moving)  | the move is finished first, then as above  |
 | a different config (a changed default, say)    | refused in one line, nothing touched;      |
 |                                                | train.resume=force continues anyway        |
+| other data (summary's data_fingerprint)        | refused in one line, nothing touched       |
 | a completed run                                | nothing to do                              |
 | a failed or diverged run                       | nothing to do; sweep.retry_failed=true     |
 |                                                | starts over, the old files in attempts/<n>/|
@@ -17,7 +20,9 @@ that carry the decision out. The one answer to "what happens when I re-run this 
 A run stopped by its environment (I/O error, full disk, out of memory, a lost rank) is recorded
 `interrupted` (harness.run.outcome), so re-running the same command resumes it. `decide` reads
 only; `prepare` writes, under the lock, and deletes nothing a run wrote (a start-over moves it to
-attempts/<n>/). Which config keys may differ is harness.identity's bookkeeping list.
+attempts/<n>/, with a marker written first and the config moved last, so a kill at any point
+leaves either the config in place or a marker saying which move to finish). Which config keys
+may differ is harness.identity's bookkeeping list.
 """
 
 from __future__ import annotations
@@ -38,8 +43,12 @@ from harness.run.outcome import Summary, write_summary
 
 log = logging.getLogger("ablate.lifecycle")
 
-# What a start-over moves into attempts/<n>/: everything the previous attempt wrote.
-ATTEMPT_FILES = ("config.yaml", "params.tsv", "metrics.jsonl", "summary.json", "checkpoints")
+# What a start-over moves into attempts/<n>/: everything the previous attempt wrote. The config goes
+# last: while it is in place, the directory still reads as the run it was.
+ATTEMPT_FILES = ("params.tsv", "metrics.jsonl", "summary.json", "checkpoints", "config.yaml")
+# Written into attempts/<n>/ before the first file moves and removed after the last: a move cut short
+# by a kill is finished by the next invocation (`finish_start_over`) instead of read as a new run.
+MOVING_MARKER = ".moving"
 
 Action = Literal["fresh", "resume", "skip"]
 
@@ -65,10 +74,19 @@ def config_differences(saved: dict, current: dict, ignored: set[str] = frozenset
 
 
 # the decision -------------------------------------------------------------------------------------
-def decide(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignored: set[str]) -> Decision:
-    """The table in the module docstring. Reads only; raises ConfigError (changed config) or
-    RunStopped (checkpoints but none valid) without touching anything."""
+def decide(
+    rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignored: set[str], data: str | None = None
+) -> Decision:
+    """The table in the module docstring. Reads only; raises ConfigError (changed config, other
+    data: `data` is RunData.fingerprint) or RunStopped (checkpoints but none valid) without touching
+    anything."""
     if not rundir.exists():
+        found = [name for name in ATTEMPT_FILES if (rundir.path / name).exists()]
+        if found:
+            raise RunStopped(
+                f"{rundir.path} holds {', '.join(found)} but no config.yaml; refusing to touch it "
+                "(put the run's config.yaml back, or use another name=...)"
+            )
         return Decision("fresh", "a new run")
     if resume == "never":
         return Decision("fresh", "train.resume=never: starting over", start_over=True)
@@ -79,6 +97,7 @@ def decide(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignore
             f"{rundir.path} holds a run with a different config ({shown}); "
             f"use another name=..., or train.resume=force to continue anyway, or train.resume=never to restart"
         )
+    check_data(rundir, data)
     status = read_status(rundir)
     if status == "completed":
         return Decision("skip", "already completed; nothing to do")
@@ -104,6 +123,21 @@ def decide(rundir: RunDir, config: dict, resume: str, retry_failed: bool, ignore
         rejected=problems,
         write_config=bool(changed),
     )
+
+
+def check_data(rundir: RunDir, data: str | None) -> None:
+    """A run is resumed or skipped only for the data it was trained on. Data locations are kept out
+    of folder names (harness.identity), so the same command pointed at another folder finds this
+    run; a run recorded before fingerprints existed is unknown, not different."""
+    try:
+        recorded = (rundir.read_summary() or {}).get("data_fingerprint")
+    except (OSError, ValueError):
+        return
+    if data is not None and isinstance(recorded, str) and recorded != data:
+        raise ConfigError(
+            f"{rundir.path} was trained on other data (fingerprint {recorded}, the data now gives {data}: "
+            "data.* points at another text or tokenizer); give this data its own run with name=..."
+        )
 
 
 def read_status(rundir: RunDir) -> str | None:
@@ -152,12 +186,27 @@ def prepare(rundir: RunDir, decision: Decision, config: dict, running: Summary) 
 
 
 def archive_attempt(rundir: RunDir) -> int:
-    """Move the previous attempt's files into attempts/<n>/ (n = 1, 2, ...); returns n."""
+    """Move the previous attempt's files into attempts/<n>/ (n = 1, 2, ...); returns n. The marker
+    goes first and the config last, so a kill at any point is finished by `finish_start_over`."""
     attempts = rundir.path / ATTEMPTS_DIR
     numbers = [int(p.name) for p in attempts.iterdir() if p.name.isdigit()] if attempts.is_dir() else []
     target = attempts / str(max(numbers, default=0) + 1)
     target.mkdir(parents=True)
+    (target / MOVING_MARKER).touch()
+    move_attempt(rundir, target)
+    return int(target.name)
+
+
+def move_attempt(rundir: RunDir, target: Path) -> None:
     for name in ATTEMPT_FILES:
         if (rundir.path / name).exists():
             os.replace(rundir.path / name, target / name)
-    return int(target.name)
+    (target / MOVING_MARKER).unlink()
+
+
+def finish_start_over(rundir: RunDir) -> None:
+    """Rank 0, under the lock, before `decide`: a start-over killed part-way moved some files into
+    attempts/<n>/ and left its marker there; the rest follow, as that invocation meant."""
+    for marker in sorted((rundir.path / ATTEMPTS_DIR).glob(f"*/{MOVING_MARKER}")):
+        log.warning(f"{rundir.path}: finishing a start-over that was cut short (into {marker.parent})")
+        move_attempt(rundir, marker.parent)

@@ -80,9 +80,16 @@ class Summary:
     mfu: float | None | Any = ABSENT
     peak_memory_gib: float | Any = ABSENT  # rank 0's: CUDA max allocated, or the process's peak RSS on CPU
     tokenizer: str | Any = ABSENT  # its digest: a checkpoint is refused with another
+    # what the run was trained on (harness.run.build.RunData.fingerprint): a re-run on other data
+    # is refused; absent in runs written before it was recorded (unknown, recorded on resume)
+    data_fingerprint: str | Any = ABSENT
+    earlier_versions: list | Any = ABSENT  # a run resumed under other library versions: those before
     started_at: str | Any = ABSENT
     ended_at: str | Any = ABSENT
-    evaluation: dict | Any = ABSENT  # what harness.evaluate measured, and how
+    evaluation: dict | Any = ABSENT  # the last harness.evaluate before `evaluations` (older files)
+    # every harness.evaluate, in order: what it measured and how (step, val_tokens, CORE settings,
+    # `filled`: the headline numbers it supplied because training recorded none)
+    evaluations: list | Any = ABSENT
     tags: list | Any = ABSENT  # logger.tags: bookkeeping, as the researcher labelled the run
     notes: str | Any = ABSENT  # logger.notes: free text
     extra: dict = field(default_factory=dict)
@@ -179,6 +186,21 @@ def record_worker_failure(rundir: RunDir, summary: Summary | None, rank: int, me
     if summary.ended_at is ABSENT:
         summary.ended_at = now()
     write_summary(rundir, summary.update(status=status, error=f"rank {rank}: {message}"))
+
+
+def carry_over(before: Summary | None, summary: Summary) -> Summary:
+    """A resumed run's summary keeps what its earlier attempts recorded: the library versions they
+    ran under (a mixed run's provenance) and the evaluations of its checkpoints."""
+    if before is None:
+        return summary
+    earlier = list(before.earlier_versions) if isinstance(before.earlier_versions, list) else []
+    if isinstance(before.versions, dict) and before.versions != summary.versions and before.versions not in earlier:
+        earlier.append(before.versions)
+    if earlier:
+        summary.earlier_versions = earlier
+    if before.evaluations is not ABSENT:
+        summary.evaluations = before.evaluations
+    return summary
 
 
 def started_summary(spec: RunSpec, status: Status, **values) -> Summary:

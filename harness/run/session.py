@@ -15,16 +15,24 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.distributed import broadcast, destroy_process_group, init_process_group
+from harness.distributed import destroy_process_group, init_process_group, is_collective_timeout, silent_ranks
 from harness.errors import ConfigError, RunStopped
 from harness.loggers import build_logger
 from harness.optim import format_parameter_table
 from harness.results.rundir import RunDir
 from harness.run.build import RunData
-from harness.run.checkpoint import LoadedCheckpoint, load_for_resume
-from harness.run.decision import Decision, broadcast_decision, decide, prepare
+from harness.run.checkpoint import LoadedCheckpoint, check_model_shapes, load_for_resume
+from harness.run.decision import Decision, broadcast_decision, decide, finish_start_over, prepare
 from harness.run.lock import RunBusy, claimed
-from harness.run.outcome import ended_by, is_environment_fault, now, started_summary, write_summary
+from harness.run.outcome import (
+    carry_over,
+    ended_by,
+    is_environment_fault,
+    now,
+    read_summary,
+    started_summary,
+    write_summary,
+)
 from harness.run.signals import hand_over_signal, stop_on_signals
 from harness.run.spec import RunSpec, resolve_run
 from harness.run.trainer import Trainer, describe_spec
@@ -39,23 +47,29 @@ def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "", spec: RunSp
     spec = spec or resolve_run(cfg)
     rundir = RunDir(run_dir)
     config = spec.config
-    init_process_group(spec.dist, spec.device)
+    init_process_group(spec.dist, spec.device, config["launcher"].get("timeout_s"))
     try:
-        # A new run's data is loaded before its directory is made: a mistake found only now (a split
-        # that tokenizes to fewer validation rows than eval.val_tokens) leaves no half-made run.
-        new_run = broadcast(not rundir.exists() if spec.dist.is_main else None)
-        data = RunData.load(spec) if new_run else None
+        # The data is loaded before the run directory is made or touched: a mistake found only now (a
+        # split that tokenizes to fewer validation rows than eval.val_tokens) leaves no half-made run,
+        # and an existing run is resumed or skipped only for the data it was trained on.
+        data = RunData.load(spec)
+        fingerprint = data.fingerprint()
         with claimed(rundir, "trained", spec.dist.is_main):
-            decision = broadcast_decision(
-                lambda: decide(rundir, config, spec.train.resume, spec.retry_failed, set(spec.location_keys))
-            )
+
+            def decide_on_main() -> Decision:
+                finish_start_over(rundir)
+                retry, ignored = spec.retry_failed, set(spec.location_keys)
+                return decide(rundir, config, spec.train.resume, retry, ignored, fingerprint)
+
+            decision = broadcast_decision(decide_on_main)
             if decision.action == "skip":
                 log.info(f"{rundir.path}: {decision.reason}")
                 return rundir.read_summary() or {}
             resume = None
             if decision.action == "resume":
                 resume = load_for_resume(Path(decision.checkpoint), spec.dist.rank, spec.device)
-            return train_claimed(spec, rundir, config, decision, resume, run_name, data)
+                check_model_shapes(resume.path, resume.main["model"], spec.model)  # before anything is written
+            return train_claimed(spec, rundir, config, decision, resume, run_name, data, fingerprint)
     except RunBusy as e:
         log.warning(str(e))  # that process trains it; a sweep moves on to its next run
         return {}
@@ -70,15 +84,22 @@ def train_claimed(
     decision: Decision,
     resume: LoadedCheckpoint | None,
     run_name: str,
-    data: RunData | None,
+    data: RunData,
+    fingerprint: str | None,
 ) -> dict:
     """The run, its directory claimed: prepare it as decided, build, loop, record how it ended."""
     started_at = now()
     trainer, logger, status, error = None, None, "failed", None
+    # A refusal is not a failure: a resume refused by a check (another tokenizer, a loader state that
+    # does not fit) before it takes a step puts the summary back as it was, so fixing the cause and
+    # re-running resumes.
+    before = read_summary(rundir) if resume is not None and spec.dist.is_main else None
+    refused = False
     try:
         if spec.dist.is_main:
             log.info(f"{rundir.path}: {decision.reason}")
-            prepare(rundir, decision, config, started_summary(spec, "running", started_at=started_at))
+            running = started_summary(spec, "running", started_at=started_at, data_fingerprint=fingerprint)
+            prepare(rundir, decision, config, carry_over(before, running))
         logger = build_logger(
             config["logger"],
             run_dir=rundir.path,
@@ -87,7 +108,7 @@ def train_claimed(
             config=config,
             rank=spec.dist.rank,
         )
-        trainer = Trainer(spec, rundir, logger, data or RunData.load(spec))
+        trainer = Trainer(spec, rundir, logger, data)
         if spec.dist.is_main:
             rundir.params_path.write_text(format_parameter_table(trainer.param_rows))
             log.info(describe_spec(spec, trainer))
@@ -99,6 +120,16 @@ def train_claimed(
         raise
     except Exception as e:
         status, error = ended_by(e)
+        if is_collective_timeout(e):  # a rank went silent (stopped, hung): resumable once it is gone
+            silent = ", ".join(map(str, silent_ranks())) or "unknown"
+            timeout_s = config["launcher"].get("timeout_s")
+            status, error = "interrupted", f"rank {silent} went silent (no answer for launcher.timeout_s={timeout_s} s)"
+            raise RunStopped(f"{rundir.path}: {error}; interrupted, re-run the same command to resume") from None
+        refused = (
+            resume is not None
+            and isinstance(e, ConfigError)
+            and (trainer is None or trainer.state.step in (0, resume_step(resume)))
+        )
         if not is_environment_fault(e):
             if not isinstance(e, ConfigError):  # a user mistake is one line, printed by the entry point
                 log.error(traceback.format_exc())
@@ -107,7 +138,11 @@ def train_claimed(
         raise RunStopped(f"{rundir.path}: {error}; interrupted, re-run the same command to resume") from None
     finally:
         summary = trainer.summary(status, error) if trainer else started_summary(spec, status, error=error)
-        summary.update(started_at=started_at, ended_at=now())
+        summary = carry_over(
+            before, summary.update(started_at=started_at, ended_at=now(), data_fingerprint=fingerprint)
+        )
+        if refused:  # the run's record as it was (or the `running` stub prepare wrote: it resumes too)
+            summary = before or read_summary(rundir) or summary
         if spec.dist.is_main:
             try:
                 write_summary(rundir, summary)
@@ -122,3 +157,7 @@ def train_claimed(
         hand_over_signal(trainer.stop_signal)
         raise KeyboardInterrupt(f"stopped by signal {trainer.stop_signal}; checkpoint saved, re-run to resume")
     return summary.to_json()
+
+
+def resume_step(resume: LoadedCheckpoint | None) -> int:
+    return int(resume.main["step"]) if resume is not None else 0
