@@ -174,3 +174,20 @@ def test_the_schemas_leave_the_saved_config_as_omegaconf_resolves_it(overrides):
 
     cfg = compose(overrides)
     assert resolve_run(cfg, check_inputs=False).config == OmegaConf.to_container(cfg, resolve=True)
+
+
+GROUP_OPTIONS = [
+    f"{group.name}={option.stem}"
+    for group in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir())
+    for option in sorted(group.glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("option", GROUP_OPTIONS)
+def test_every_key_a_config_file_writes_is_named_by_a_schema(option):
+    """A key added to a YAML file of configs/ without its schema would refuse every run composing it."""
+    from omegaconf import OmegaConf
+
+    from harness.run.spec import check_keys
+
+    check_keys(OmegaConf.to_container(compose([option]), resolve=False))
