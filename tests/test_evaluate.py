@@ -153,6 +153,7 @@ def test_weights_come_from_the_checkpoint(tmp_path, config):
 )
 def test_user_mistakes_are_one_line_errors(tmp_path, config, capsys, arguments, message):
     run = make_run(tmp_path / "run", config).path
+    capsys.readouterr()  # making the run may train a tokenizer (its progress bar is the fixture's output, not main's)
     missing = tmp_path / "missing"
     with pytest.raises(SystemExit) as exit_info:
         main([a.format(run=run, missing=missing) for a in arguments])

@@ -29,10 +29,10 @@ def test_d12_collapses_to_one_row_per_parameter_kind():
 
 def test_every_row_is_kept_with_all_and_a_layer_that_differs_stays_apart():
     one_off = "mlp_lr.multipliers=[{match:'transformer.h.0.mlp.c_fc.weight',value:3.0}]"
-    every = {r["name"]: r for r in table(describe(["model=tiny", one_off], every_row=True))}
+    every = {r["name"]: r for r in table(describe(["model=tiny", "mlp_lr=none", one_off], every_row=True))}
     assert len(every) == 3 + 4 * 6 + 2 + 1 + 2  # tiny: 4 layers, 2 of them with value embeddings
     assert "layers" not in next(iter(every.values()))
-    collapsed = {r["name"]: r for r in table(describe(["model=tiny", one_off]))}
+    collapsed = {r["name"]: r for r in table(describe(["model=tiny", "mlp_lr=none", one_off]))}
     assert collapsed["transformer.h.0.mlp.c_fc.weight"]["layers"] == ""
     assert collapsed["transformer.h.*.mlp.c_fc.weight"]["layers"] == "1-3"
     # the numbers are the ones --all prints for those parameters
