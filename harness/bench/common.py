@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shlex
 import statistics
 import time
@@ -19,6 +18,7 @@ import torch
 
 from harness.cli import compose
 from harness.errors import ConfigError
+from harness.hardware import GIB, peak_memory_bytes
 from harness.provenance import provenance
 from harness.run.build import TrainingStep
 from harness.run.build import build_training_step as build_run_step
@@ -111,10 +111,8 @@ def datasheet_bandwidth(device: torch.device) -> float | None:
 
 
 def peak_memory_gib(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on a GPU, max resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux reports KiB
+    """Peak memory of this process, as training records it (harness.hardware.peak_memory_bytes)."""
+    return peak_memory_bytes(device) / GIB
 
 
 def provenance_fields(argv: list[str]) -> dict:
