@@ -32,6 +32,7 @@ from harness.errors import ConfigError, RunStopped
 from harness.results.rundir import RunDir
 from harness.run.outcome import Summary, read_summary, record_worker_failure, stopped_on_request
 from harness.run.session import run_training
+from harness.run.spec import resolve_run
 
 log = logging.getLogger("ablate.launch")
 
@@ -159,7 +160,7 @@ def train_worker(config: dict, run_dir: str, run_name: str, log_file: str | None
     _configure_logging(dist_info_from_env().rank, log_file)
     cfg = OmegaConf.create(config)
     OmegaConf.set_struct(cfg, True)  # as Hydra hands it over: a typo'd key is an error, not None
-    return run_training(cfg, Path(run_dir), run_name)
+    return run_training(resolve_run(cfg), Path(run_dir), run_name)
 
 
 def _configure_logging(rank: int, log_file: str | None) -> None:
@@ -179,11 +180,25 @@ def _configure_logging(rank: int, log_file: str | None) -> None:
         root.addHandler(file)
 
 
+def failure_message(failure) -> str:
+    return failure.message["message"] if isinstance(failure.message, dict) else str(failure.message)
+
+
+def reported_failure(error) -> tuple:
+    """The (rank, failure) a failed launch is reported by: a worker's own RunStopped line (a silent
+    rank, a full disk) wins over the signal deaths the agent then caused while shutting the other
+    ranks down; torch's first failure (by time) may be either, depending on which it saw first."""
+    for rank, failure in sorted(error.failures.items()):
+        if failure_message(failure).startswith(f"{RunStopped.__name__}: "):
+            return rank, failure
+    return error.get_first_failure()
+
+
 def worker_failure(error, rundir: RunDir) -> Exception:
     """What a failed launch means for the run (`error` is torch's ChildFailedError): the exception to
     raise, after recording the root cause in the run's summary when the workers could not."""
-    rank, failure = error.get_first_failure()
-    message = failure.message["message"] if isinstance(failure.message, dict) else str(failure.message)
+    rank, failure = reported_failure(error)
+    message = failure_message(failure)
     summary = read_summary(rundir)
     if stopped_on_request(summary):  # stopped by a signal
         return KeyboardInterrupt(f"rank {rank}: {message}")
