@@ -55,7 +55,8 @@ def main(cfg: DictConfig) -> dict | float | None:
             return sweep_return(metric, run_on_workers(cfg, run_dir, run_name))  # each worker calls run_training
         join_submitit_job(cfg)  # a SLURM task: its rank, the world size and the rendezvous
         quiet_other_ranks(dist_info_from_env().rank)
-        return sweep_return(metric, run_training(cfg, run_dir, run_name, checked_spec(resolved_config(cfg))))
+        spec = checked_spec(resolved_config(cfg)) or resolve_run(cfg)  # the preflight's, when this process ran it
+        return sweep_return(metric, run_training(spec, run_dir, run_name))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if not multirun:

@@ -235,7 +235,8 @@ def test_a_validation_split_too_small_is_one_line_in_the_preflight_before_any_to
 def test_the_smoke_experiment_trains_on_a_folder_of_long_text_files(long_texts, tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "cache"))
     from harness.run.session import run_training
+    from harness.run.spec import resolve_run
 
     cfg = smoke_on(long_texts, "data.val_fraction=0.1", "train.num_iterations=1", "eval.val_tokens=2048")
-    summary = run_training(cfg, tmp_path / "run")
+    summary = run_training(resolve_run(cfg), tmp_path / "run")
     assert summary["status"] == "completed" and math.isfinite(summary["final_val_bpb"])

@@ -26,6 +26,7 @@ from harness.cli import compose
 from harness.launch.torchrun import elastic_run
 from harness.results.rundir import RunDir
 from harness.run.session import run_training
+from harness.run.spec import resolve_run
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ RUN_ARGS = [
 
 def train(run_dir: str) -> None:
     """One run in the calling process (the single rank, or one worker of several)."""
-    run_training(compose(RUN_ARGS), Path(run_dir))
+    run_training(resolve_run(compose(RUN_ARGS)), Path(run_dir))
 
 
 def train_here(run_dir: Path) -> None:

@@ -21,6 +21,7 @@ from harness.cli import compose
 from harness.launch.torchrun import elastic_run
 from harness.results.rundir import RunDir
 from harness.run.session import run_training
+from harness.run.spec import resolve_run
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,7 @@ def config(runs_dir, mlp_lr: str):
 def train(runs_dir: str, mlp_lr: str) -> None:
     """One run in the calling process (the single rank, or one worker of two). One run per process,
     as in real use: a process group is set up and torn down once per process."""
-    run_training(config(runs_dir, mlp_lr), RunDir(runs_dir).path / mlp_lr)
+    run_training(resolve_run(config(runs_dir, mlp_lr)), RunDir(runs_dir).path / mlp_lr)
 
 
 def worker(runs_dir: str, mlp_lr: str) -> None:

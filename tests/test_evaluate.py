@@ -203,12 +203,13 @@ def test_training_with_core_enabled_records_every_task_at_its_steps_and_in_the_s
     which equals the fixture scored directly from the final checkpoint."""
     from harness.eval.core import load_bundle
     from harness.run.session import run_training
+    from harness.run.spec import resolve_run
 
     overrides = {"train.num_iterations": 8, "train.checkpoint_every": 8, "eval.core.every": 4, "eval.val_every": 4}
     cfg = OmegaConf.create(config)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
-    summary = run_training(cfg, tmp_path / "run")
+    summary = run_training(resolve_run(cfg), tmp_path / "run")
     assert summary["status"] == "completed"
 
     rundir = RunDir(tmp_path / "run")
@@ -290,10 +291,11 @@ def test_core_in_training_crops_long_prompts_as_evaluate_does(tmp_path, config):
     record: both crop rows to the model's rotary positions (training cropped nothing before and a
     prompt longer than the rotary table crashed the run at step 0)."""
     from harness.run.session import run_training
+    from harness.run.spec import resolve_run
 
     steps = {"train.num_iterations": 2, "train.checkpoint_every": 2, "eval.core.every": 2, "eval.val_every": 2}
     cfg = core_run_config(config, long_prompt_bundle(tmp_path / "bundle"), **steps)
-    summary = run_training(cfg, tmp_path / "run")
+    summary = run_training(resolve_run(cfg), tmp_path / "run")
     assert summary["status"] == "completed"
     rundir = RunDir(tmp_path / "run")
     trained = [r for r in rundir.read_metrics() if "core" in r][-1]
@@ -309,6 +311,7 @@ def test_a_task_file_error_during_training_is_one_line_without_a_traceback(tmp_p
     a ConfigError naming the task and the example, which harness.train prints as one line (exit 2)."""
     from harness.errors import ConfigError
     from harness.run.session import run_training
+    from harness.run.spec import resolve_run
 
     bundle = long_prompt_bundle(tmp_path / "bundle")
     long_answer = "and " * 200
@@ -317,7 +320,7 @@ def test_a_task_file_error_during_training_is_one_line_without_a_traceback(tmp_p
     )
     cfg = core_run_config(config, bundle, **{"train.num_iterations": 2, "eval.core.every": 2})
     with pytest.raises(ConfigError) as error:
-        run_training(cfg, tmp_path / "run")
+        run_training(resolve_run(cfg), tmp_path / "run")
     assert str(error.value).startswith("CORE task 'long_lm' example ")
     assert str(error.value).endswith("does not fit in max_seq_len=128")
     assert "Traceback" not in caplog.text

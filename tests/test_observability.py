@@ -226,8 +226,9 @@ def vm_hwm_bytes() -> int:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
 def test_each_step_and_the_summary_carry_the_peak_memory(tmp_path):
     from harness.run.session import run_training
+    from harness.run.spec import resolve_run
 
-    summary = run_training(compose(TINY), tmp_path / "run")
+    summary = run_training(resolve_run(compose(TINY)), tmp_path / "run")
     measured = vm_hwm_bytes()  # taken after the run: at least any peak the run read
     assert summary["status"] == "completed"
     steps = [r for r in RunDir(tmp_path / "run").read_metrics() if "train_loss" in r]

@@ -190,12 +190,13 @@ def run_args(tmp_path, *extra):
 @pytest.mark.slow
 def test_fp8_smoke_logs_its_float8_layers_learns_like_bf16_and_resumes_bitwise(tmp_path, caplog):
     from harness.run.session import run_training
+    from harness.run.spec import resolve_run
 
     caplog.set_level(logging.INFO, logger="ablate.precision")
     fp8_dir, bf16_dir, resumed_dir = tmp_path / "fp8", tmp_path / "bf16", tmp_path / "resumed"
-    fp8 = run_training(compose(run_args(tmp_path, "precision=fp8")), fp8_dir)
+    fp8 = run_training(resolve_run(compose(run_args(tmp_path, "precision=fp8"))), fp8_dir)
     assert "25 Linear layers converted to float8, 2 skipped (transformer.h.*.attn.ve_gate  x2)" in caplog.text
-    bf16 = run_training(compose(run_args(tmp_path)), bf16_dir)
+    bf16 = run_training(resolve_run(compose(run_args(tmp_path))), bf16_dir)
     assert fp8["status"] == bf16["status"] == "completed"
     assert fp8["final_val_bpb"] != bf16["final_val_bpb"]  # float8 rounding changed the run ...
     assert fp8["final_val_bpb"] == pytest.approx(bf16["final_val_bpb"], rel=0.02)  # ... and not its learning
@@ -205,7 +206,7 @@ def test_fp8_smoke_logs_its_float8_layers_learns_like_bf16_and_resumes_bitwise(t
     resumed = RunDir(resumed_dir)
     resumed.checkpoint_path(STEPS).unlink()
     resumed.write_summary({"status": "interrupted"})
-    run_training(compose(run_args(tmp_path, "precision=fp8")), resumed_dir)
+    run_training(resolve_run(compose(run_args(tmp_path, "precision=fp8"))), resumed_dir)
     original = RunDir.load_checkpoint(RunDir(fp8_dir).checkpoint_path(STEPS))["model"]
     again = RunDir.load_checkpoint(resumed.checkpoint_path(STEPS))["model"]
     for name, tensor in original.items():

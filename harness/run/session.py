@@ -1,6 +1,6 @@
 """One run's session, on one screen: lock -> decision -> build -> loop -> outcome.
 
-`run_training(cfg, run_dir)` is the whole life of one run in one process (every rank of a
+`run_training(spec, run_dir)` is the whole life of one run in one process (every rank of a
 launcher's job calls it): resolve the spec, claim the run directory, decide what this invocation
 does there, prepare the directory, build and run the trainer, and record how it ended. Each step is
 one call into a sibling module; this module owns only their order and the try/finally that makes
@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 import traceback
 from pathlib import Path
-
-from omegaconf import DictConfig
 
 from harness.distributed import destroy_process_group, init_process_group, is_collective_timeout, silent_ranks
 from harness.errors import ConfigError, RunStopped
@@ -34,17 +32,16 @@ from harness.run.outcome import (
     write_summary,
 )
 from harness.run.signals import hand_over_signal, stop_on_signals
-from harness.run.spec import RunSpec, resolve_run
+from harness.run.spec import RunSpec
 from harness.run.trainer import Trainer, describe_spec
 
 log = logging.getLogger("ablate.train")
 
 
-def run_training(cfg: DictConfig, run_dir: Path, run_name: str = "", spec: RunSpec | None = None) -> dict:
-    """Train (or skip, or resume) the run in `run_dir`; returns its summary. Usable without Hydra.
-    What this invocation does with an existing run directory is harness.run.decision's. `spec`: the
-    one the command's preflight resolved from this same config in this process, if any."""
-    spec = spec or resolve_run(cfg)
+def run_training(spec: RunSpec, run_dir: Path, run_name: str = "") -> dict:
+    """Train (or skip, or resume) the run `spec` (harness.run.spec.resolve_run of its config) in
+    `run_dir`; returns its summary. Usable without Hydra. What this invocation does with an existing
+    run directory is harness.run.decision's."""
     rundir = RunDir(run_dir)
     config = spec.config
     init_process_group(spec.dist, spec.device, config["launcher"].get("timeout_s"))
