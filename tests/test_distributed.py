@@ -92,7 +92,22 @@ def test_sharded_step_equals_single_process_step_on_the_averaged_gradients(
     model, _ = single_process_run(mlp_lr, depth)
     distributed = torch.load(distributed_results / f"{mlp_lr}-{depth}{'-compiled' if compiled else ''}.pt")
     for n, p in model.state_dict().items():
-        torch.testing.assert_close(distributed[n], p, rtol=1e-5, atol=1e-6, msg=n)
+        if compiled:
+            assert_close_but_for_mask_flips(distributed[n], p, n)
+        else:
+            torch.testing.assert_close(distributed[n], p, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def assert_close_but_for_mask_flips(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    """Inductor's fused float32 update and the eager one differ in the last bits; the cautious weight
+    decay's mask ((update * param) >= 0, harness/optim.py) turns that into a whole decay step for an
+    element whose update*param sits at 0. On this project's CPU machines one element of 16,384 in
+    transformer.h.1.mlp.c_proj.weight flipped (difference 4.4e-4 after 3 steps, 0.8% of it), so the
+    compiled variant may differ in at most 1 element per 1,000, each by at most a few decay steps
+    (1e-3 here); every other element within the eager variants' tolerance."""
+    far = ~torch.isclose(actual, expected, rtol=1e-5, atol=1e-6)
+    assert int(far.sum()) <= max(1, expected.numel() // 1000), f"{name}: {int(far.sum())} elements differ"
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-3, msg=name)
 
 
 def assert_states_close(actual: dict, expected: dict, msg: str) -> None:
