@@ -21,9 +21,9 @@ FlexAttention on a GPU do). With `train.compile` the traced step is the one torc
 (what backward recomputes is not saved; on d24 at device batch 16 that is 61.5 GiB against eager's
 71.0); Inductor's fusion inside each graph only lowers it further. float8 (`precision=fp8`) is counted
 as bf16: it saves its matmul inputs in 8 bits, so this is an upper bound. Validated on CPU against the
-process's measured peak (`tests/test_memory.py`: 17% under the RSS at d4, dim 256, 32 x 256 tokens,
-RSS holding malloc's kept memory and kernel scratch the trace cannot see); the GPU allocator's
-fragmentation is not modelled.
+process's measured peak (`tests/test_memory.py`, malloc made to return every large block: the trace is
+1-9% above the measured RSS at four small shapes); on a GPU, `python -m harness.bench suite --only memory`
+compares it with the CUDA allocator's peak at d12 and d24, whose fragmentation is not modelled.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ as skipped with that reason, and `--only NAME ...` measures them in a second cal
   fp8_vs_bf16      precision=fp8 against bf16 (rope=slice), interleaved
   rope_fused       rope=fused tok/s, against both splits, and its agreement with eager in bf16
   optimizer        the compiled optimizer step against the eager one
+  memory           ablate-plan's peak-memory estimate against the allocator's measured peak: d12 at
+                   device batch 32 and d24 at 16 (the reference's facts; tiny: one small shape)
   launcher         a short training run as a plain process and as one launcher=torchrun worker
 
 Every case records its peak memory (CUDA allocator peak; on CPU only the process's max RSS so far).
@@ -47,6 +49,7 @@ from pathlib import Path
 import torch
 
 from harness.bench.ab import ab_verdict, block_means, compare_blocks, interleaved_blocks
+from harness import memory
 from harness.bench.common import (
     DEFAULT_OUT_DIR,
     build_training_step,
@@ -85,8 +88,15 @@ CASE_NAMES = (
     "fp8_vs_bf16",
     "rope_fused",
     "optimizer",
+    "memory",
     "launcher",
 )
+# The memory case's (model, device batch): on a GPU the shapes whose fit the reference's users know
+# (d24 fits an 80 GB GPU at 16 rows, not 32; d12 fits at 32), with the tiny model for CPU tests.
+MEMORY_SHAPES = (("d12", 32), ("d24", 16))
+MEMORY_SHAPES_TINY = (("tiny", 2),)
+# Steps the memory case takes before reading the peak: the optimizer state exists after the first.
+MEMORY_STEPS = 3
 
 
 @dataclass
@@ -210,6 +220,44 @@ def optimizer_case(s: Settings) -> dict:
     return result
 
 
+def memory_case(s: Settings, tiny: bool) -> dict:
+    """`ablate-plan`'s estimate of the peak per device (harness.memory, one process, the run's dtype
+    and compile settings) against the peak measured over MEMORY_STEPS training steps of the same
+    config: torch.cuda.max_memory_allocated on a GPU; on a CPU the process's max RSS so far, which also
+    holds everything before (tests/test_memory.py validates the CPU side properly). One micro-batch a
+    step (train.total_batch_tokens = device batch x sequence): gradient accumulation adds no memory
+    (the gradients are one buffer) and would multiply the time."""
+    shapes = []
+    mine = ("model=", "train.device_batch_size=", "train.total_batch_tokens=")
+    base = [o for o in s.base if not o.startswith(mine)]  # this case sets these itself
+    for model, batch in MEMORY_SHAPES_TINY if tiny else MEMORY_SHAPES:
+        reset_peak(s.device)
+        overrides = [*base, f"model={model}", f"train.device_batch_size={batch}", f"train.device={s.device.type}"]
+        sequence_len = int(compose(overrides).model.sequence_len)
+        training = build_training_step([*overrides, f"train.total_batch_tokens={batch * sequence_len}"], s.device)
+        timed_steps(training.step, s.device, MEMORY_STEPS)
+        measured = peak_memory_gib(s.device)
+        spec = training.spec
+        estimate = memory.estimate(
+            spec.model, training.param_rows, batch, s.device.type, 1, spec.train.dtype, training.compiled
+        )
+        shapes.append(
+            {
+                "model": model,
+                "device_batch_size": batch,
+                "compiled": training.compiled,
+                "estimated_peak_gib": estimate.peak_gib,
+                "measured_peak_gib": measured,
+                "estimate_error": estimate.peak_gib / measured - 1,
+                "estimate_parts_gib": {
+                    part: getattr(estimate, part) / memory.GIB for part in ("params", "grads", "optimizer", "step_peak")
+                },
+            }
+        )
+        del training  # the next shape starts from an empty allocator
+    return {"shapes": shapes, "peak_memory_gib": max(shape["measured_peak_gib"] for shape in shapes)}
+
+
 def rope_agreement(device: torch.device, heads: int, head_dim: int, seq_len: int) -> dict:
     """rope=fused and the eager splits in bf16 against a float64 reference, forward and gradient:
     relative errors ||out - ref|| / ||ref||."""
@@ -312,6 +360,8 @@ def run_case(name: str, s: Settings, tiny: bool) -> dict:
         return result
     if name == "optimizer":
         return optimizer_case(s)
+    if name == "memory":
+        return memory_case(s, tiny)
     if name == "launcher":
         return launcher_case(s, tiny)
     raise AssertionError(name)
@@ -374,6 +424,11 @@ def derived_ratios(cases: dict[str, dict]) -> dict:
         ratios[f"fused_over_{split}"] = fused / other if fused and other else None
     ratios["optimizer_compiled_speedup"] = get("optimizer", "compiled_speedup")
     ratios["torchrun_over_plain"] = get("launcher", "torchrun_over_plain")
+    # Target: the estimate within the allocator's peak at every shape (ablate-plan's fits column).
+    for shape in get("memory", "shapes") or []:
+        ratios[f"memory_{shape['model']}_x{shape['device_batch_size']}_estimated_over_measured"] = (
+            shape["estimated_peak_gib"] / shape["measured_peak_gib"]
+        )
     return ratios
 
 
@@ -405,6 +460,16 @@ def case_summary(case: dict) -> tuple[str, str, str]:
             f"{1000 * case['eager_step_time_s']:.1f} / {1000 * case['compiled_step_time_s']:.1f} ms",
             peak_text,
             f"eager / compiled at dim {case['model_dim']}: {case['compiled_speedup']:.2f}x",
+        )
+    if name == "memory":
+        return (
+            "-",
+            peak_text,
+            "; ".join(
+                f"{m['model']} x {m['device_batch_size']}: estimated {m['estimated_peak_gib']:.2f} GiB, "
+                f"measured {m['measured_peak_gib']:.2f} ({100 * m['estimate_error']:+.1f}%)"
+                for m in case["shapes"]
+            ),
         )
     if name == "launcher":
         return (
@@ -453,7 +518,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m harness.bench suite",
         description="Every GPU measurement of issue 16 in one call: matmul ceiling, attention backends, "
-        "rope A/B in bf16 and fp8, rope=fused, fp8 vs bf16, compiled optimizer, torchrun overhead.",
+        "rope A/B in bf16 and fp8, rope=fused, fp8 vs bf16, compiled optimizer, the memory estimate against "
+        "the measured peak, torchrun overhead.",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every case (e.g. model=d24)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
