@@ -48,8 +48,8 @@ from pathlib import Path
 
 import torch
 
-from harness.bench.ab import ab_verdict, block_means, compare_blocks, interleaved_blocks
 from harness import memory
+from harness.bench.ab import ab_verdict, block_means, compare_blocks, interleaved_blocks
 from harness.bench.common import (
     DEFAULT_OUT_DIR,
     build_training_step,
