@@ -140,3 +140,24 @@ def test_resharded_optimizer_state_equals_the_other_world_sizes_own_state(distri
             for key, value in entries.items():
                 if isinstance(value, torch.Tensor):
                     assert back["state"][index][key].equal(value), (rank, index, key)
+
+
+def test_a_collective_timeout_is_recognised_by_what_gloo_and_nccl_say(tmp_path):
+    """The messages as the backends raise them (gloo's two both seen in tests/test_launch.py's
+    stopped-rank test; the second, from the operation waited on after the one that timed out, was
+    once taken for a crash): each is a silent rank, a lost connection is not, and nothing is one
+    outside a process group."""
+    from harness.distributed import is_collective_timeout
+
+    gloo_recv = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation"
+    )
+    gloo_closed = RuntimeError("Application timeout caused pair closure")
+    nccl = RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE)")
+    reset = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Read error: Connection reset by peer")
+    assert not is_collective_timeout(gloo_closed)  # no process group yet
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert [is_collective_timeout(e) for e in (gloo_recv, gloo_closed, nccl, reset)] == [True, True, True, False]
+    finally:
+        dist.destroy_process_group()
