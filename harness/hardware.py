@@ -24,11 +24,13 @@ BF16_PEAK_FLOPS = {
 }
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, setting: str = "train.device=") -> torch.device:
+    """auto: CUDA where one is visible, else the CPU. `setting` is how the user chose it (a config
+    key, or a benchmark's "--device "), for the error."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        raise ConfigError(f"{setting}cuda but no CUDA device is visible; use {setting}cpu or auto")
     return torch.device(requested)
 
 

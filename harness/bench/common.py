@@ -18,7 +18,7 @@ import torch
 
 from harness.cli import compose
 from harness.errors import ConfigError
-from harness.hardware import GIB, peak_memory_bytes
+from harness.hardware import GIB, peak_memory_bytes, resolve_device
 from harness.provenance import provenance
 from harness.run.build import TrainingStep
 from harness.run.build import build_training_step as build_run_step
@@ -44,11 +44,8 @@ CPU_MATMUL = (512, torch.float32)
 
 # devices and timing ------------------------------------------------------------------------
 def resolve_bench_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is visible; use --device cpu or auto")
-    return torch.device(requested)
+    """The benchmarks' --device, by the trainer's rule."""
+    return resolve_device(requested, setting="--device ")
 
 
 def synchronize(device: torch.device) -> None:
