@@ -25,6 +25,7 @@ Nothing of nanochat is copied here: it is imported from the checkout given on th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -192,6 +193,57 @@ def recording(function, decisions: dict, key_of):
     return wrapper
 
 
+class SharedTrunk:
+    """The model's hidden states computed once per batch, unembedded two ways: at the span positions
+    only (`logits_at`, what score_batch asks of a GPT) and at every position (`__call__`, the full
+    logits score_batch indexes for any other callable)."""
+
+    def __init__(self, model: GPT):
+        self.model, self.inputs, self.hidden = model, None, None
+
+    def states(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.inputs is None or not torch.equal(self.inputs, inputs):
+            self.inputs, self.hidden = inputs, self.model.hidden_states(inputs)
+        return self.hidden
+
+    def full(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.unembed(self.states(inputs))
+
+    def logits_at(self, inputs: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model.unembed(self.states(inputs)[rows, positions])
+
+
+def rounding(model: GPT, tokenizer, bundle: Bundle, max_per_task: int, max_seq_len, batch_size: int) -> dict:
+    """Span-only against full logits on the same hidden states, through score_batch and is_correct:
+    the largest loss difference, argmax hits and decisions that differ."""
+    requests, _ = core.build_requests(bundle, tokenizer, max_per_task=max_per_task, max_seq_len=max_seq_len)
+    trunk, cpu = SharedTrunk(model), torch.device("cpu")
+    max_diff, hits_differ, decisions_differ, span_tokens = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for batch in core.pack_batches(requests, batch_size):
+            fast_losses, fast_hits = core.score_batch(trunk, batch, tokenizer.bos_id, cpu, contextlib.nullcontext)
+            full_losses, full_hits = core.score_batch(trunk.full, batch, tokenizer.bos_id, cpu, contextlib.nullcontext)
+            max_diff = max(max_diff, (fast_losses - full_losses).abs().max().item())
+            hits_differ += int((fast_hits != full_hits).sum())
+            span_tokens += fast_losses.numel()
+            offset = 0
+            for request in batch:
+                n = sum(end - start for start, end in request.spans)
+                task_type, window = bundle.tasks[request.task].task_type, slice(offset, offset + n)
+                fast = core.is_correct(task_type, request, fast_losses[window].tolist(), fast_hits[window].tolist())
+                full = core.is_correct(task_type, request, full_losses[window].tolist(), full_hits[window].tolist())
+                decisions_differ += fast != full
+                offset += n
+    return {
+        "batch_size": batch_size,
+        "examples": len(requests),
+        "span_tokens": span_tokens,
+        "max_abs_loss_difference": max_diff,
+        "argmax_hits_differing": hits_differ,
+        "decisions_differing": decisions_differ,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +263,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     run.add_argument("--dim", type=int, default=256)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", type=Path, help="also write the record as JSON")
+    run.add_argument(
+        "--rounding-only",
+        action="store_true",
+        help="time nothing: compare span-only with full logits on the same hidden states, per batch size",
+    )
     args = parser.parse_args(argv)
     if args.command == "bundle":
         print(build_bundle(args.foundry, args.out))
@@ -226,6 +283,21 @@ def main(argv: list[str] | None = None) -> dict | None:
     model.max_seq_len = max_seq_len  # the reference crops a model that declares it, as we do with max_seq_len
     provenance = provenance_fields(sys.argv[1:] if argv is None else argv)
     bundle = load_bundle(args.bundle)
+    if args.rounding_only:
+        record = {
+            "model": {"depth": args.depth, "dim": args.dim, "vocab": tokenizer.vocab_size, "seed": args.seed},
+            "max_per_task": args.max_per_task,
+            "max_seq_len": max_seq_len,
+            "rounding": [
+                rounding(model, tokenizer, bundle, args.max_per_task, max_seq_len, batch_size)
+                for batch_size in args.batch_sizes
+            ],
+            **provenance,
+        }
+        print(json.dumps(record["rounding"], indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(record, indent=2) + "\n")
+        return record
     sides = ["reference", *(f"project_b{b}" for b in args.batch_sizes)]
 
     # Each side's decisions, per (task label, example index), from the scorers' own per-example functions.
