@@ -3,7 +3,14 @@
     # a bundle of the CORE tasks whose files llm-foundry's repository holds (nothing of it is committed)
     python experiments/rope_mlp_lr/cpu_vs_reference/core_bench.py bundle <llm-foundry git dir> /tmp/core_bench_bundle
     OMP_NUM_THREADS=1 python experiments/rope_mlp_lr/cpu_vs_reference/core_bench.py run \
-        /tmp/nanochat-348fbb3 /tmp/core_bench_bundle --out experiments/rope_mlp_lr/cpu_vs_reference/core_bench.json
+        /tmp/nanochat-348fbb3 /tmp/core_bench_bundle --out core_bench_after.json
+    # no timing: span-only against full logits on the same hidden states (loss differences, decisions)
+    OMP_NUM_THREADS=1 python experiments/rope_mlp_lr/cpu_vs_reference/core_bench.py run \
+        /tmp/nanochat-348fbb3 /tmp/core_bench_bundle --rounding-only
+
+Rows are cropped to their last --max-seq-len tokens (256) on both sides: full-length rows (6 M
+positions, up to 5,745 tokens) take about 17 minutes a side on a 2-core machine and at 32 rows
+would build dense sliding-window masks of over 10 GB.
 
 One model scores the same examples both ways: this project's GPT (random init with matrices drawn
 large enough that options differ), the builtin data's tokenizer (its vocabulary sets the model's).
