@@ -343,8 +343,31 @@ class GPT(nn.Module):
                 return self._forward(idx, targets, reduction)
         return self._forward(idx, targets, reduction)
 
+    def logits_at(self, idx: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """forward(idx)[rows, positions] without the rest: float32 logits (N, vocab) at N (row,
+        position) pairs. The blocks run on all of idx, the unembedding and soft cap only on those N
+        positions, which is most of the work saved when few are read (CORE reads its answer spans:
+        under 1% of the positions, against a (B, T, vocab) float32 tensor for the full logits).
+        The matmul over fewer rows may round differently in the last bit from forward's."""
+        if self.config.cast_weights_per_matmul:
+            with torch.autocast(idx.device.type, enabled=False):
+                return self.unembed(self.hidden_states(idx)[rows, positions])
+        return self.unembed(self.hidden_states(idx)[rows, positions])
+
     def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, reduction: str):
         B, T = idx.shape
+        logits = self.unembed(self.hidden_states(idx))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction
+        )
+        return loss.view(B, T) if reduction == "none" else loss
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final normed hidden states (B, T, n_embd), what the unembedding reads: forward's first
+        half, without its precision switch (forward and logits_at apply it)."""
+        T = idx.size(1)
         if T > self.cos.shape[1]:
             raise ValueError(f"sequence of {T} tokens exceeds the rotary cache of {self.cos.shape[1]}")
         cos, sin = self.cos[:, :T], self.sin[:, :T]
@@ -361,16 +384,14 @@ class GPT(nn.Module):
                 x_backout = x
         if x_backout is not None:
             x = x - self.backout_lambda.to(x.dtype) * x_backout
-        x = rms_norm(x)
+        return rms_norm(x)
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft-capped float32 logits (..., vocab) of final hidden states (..., n_embd): forward's
+        second half (the padded vocabulary cut back to vocab_size)."""
         logits = self.lm_head(x)[..., : self.config.vocab_size].float()
         cap = self.config.logit_softcap
-        logits = cap * torch.tanh(logits / cap)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1, reduction=reduction
-        )
-        return loss.view(B, T) if reduction == "none" else loss
+        return cap * torch.tanh(logits / cap)
 
     def smear(self, x: torch.Tensor) -> torch.Tensor:
         """x_t += smear_lambda * sigmoid(smear_gate(x_t[:C])) * x_{t-1} for t >= 1, from the pre-smear

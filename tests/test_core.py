@@ -4,6 +4,7 @@ computed here by hand, on the miniature bundle in tests/fixtures/core_bundle."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from harness.eval.core import (
     crop_left,
     evaluate_core,
     fewshot_indices,
+    is_correct,
     load_bundle,
     load_examples,
     make_request,
@@ -500,6 +502,61 @@ def test_batched_and_one_by_one_scoring_agree():
             torch.testing.assert_close(losses[id(request)], alone, rtol=1e-5, atol=1e-5)
     one_by_one = evaluate_core(model, tokenizer, bundle, batch_size=1)
     assert evaluate_core(model, tokenizer, bundle, batch_size=1000).tasks == one_by_one.tasks
+
+
+def test_span_logits_match_float64_logits_at_every_position():
+    """A GPT is scored through GPT.logits_at (the unembedding at the answer spans only). Reference:
+    float64 logits at every position of each row alone, unpadded, computed here from the model's
+    float64 hidden states and unembedding weights. Per-token losses agree to float32 rounding, the
+    argmax hits exactly, and every example gets the same decision."""
+    model, tokenizer, bundle = tiny_gpt(), ByteTokenizer(), load_bundle(FIXTURE)
+    model64 = copy.deepcopy(model).double()
+    cap, unembedding = model.config.logit_softcap, model64.lm_head.weight[:VOCAB]
+    requests, _ = build_requests(bundle, tokenizer)
+    decided = 0
+    with torch.no_grad():
+        for batch in pack_batches(requests, 16):
+            losses, hits = score_batch(model, batch, BOS, torch.device("cpu"), contextlib.nullcontext)
+            expected_losses, expected_hits, offset = [], [], 0
+            for request in batch:
+                example_losses, example_hits = [], []
+                for row, (start, end) in zip(request.rows, request.spans, strict=True):
+                    ids = torch.tensor([list(row)])
+                    logits = cap * torch.tanh(model64.hidden_states(ids)[0] @ unembedding.T / cap)
+                    targets = ids[0, start:end]
+                    example_losses.append(F.cross_entropy(logits[start - 1 : end - 1], targets, reduction="none"))
+                    example_hits.append(logits[start - 1 : end - 1].argmax(-1) == targets)
+                n = sum(end - start for start, end in request.spans)
+                got = is_correct(
+                    bundle.tasks[request.task].task_type,
+                    request,
+                    losses[offset : offset + n].tolist(),
+                    hits[offset : offset + n].tolist(),
+                )
+                if bundle.tasks[request.task].task_type == "language_modeling":
+                    expected = bool(torch.cat(example_hits).all())
+                else:
+                    means = [row_losses.mean().item() for row_losses in example_losses]
+                    expected = means.index(min(means)) == request.gold
+                assert got == expected, (bundle.tasks[request.task].label, request.example)
+                decided += 1
+                offset += n
+                expected_losses += example_losses
+                expected_hits += example_hits
+            torch.testing.assert_close(losses.double(), torch.cat(expected_losses), rtol=0, atol=1e-4)
+            assert torch.equal(hits, torch.cat(expected_hits))
+    assert decided == len(requests)
+
+
+def test_a_model_without_logits_at_is_scored_from_its_full_logits():
+    """Any callable mapping ids to (B, T, V) logits still works: the GPT behind a plain function (no
+    logits_at, so its full logits are indexed) matches the one-row-at-a-time reference."""
+    model, bundle = tiny_gpt(), load_bundle(FIXTURE)
+    result = evaluate_core(lambda idx: model(idx), ByteTokenizer(), bundle, batch_size=8)
+    with torch.no_grad():
+        for spec in fixture_tasks():
+            expected = reference_accuracy(model, spec, shuffled_examples(spec))
+            assert result.tasks[spec["label"]]["accuracy"] == expected, spec["label"]
 
 
 def test_batch_encoding_and_rank_shares(monkeypatch):

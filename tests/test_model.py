@@ -122,6 +122,28 @@ def test_vocab_is_padded_and_logits_cut_back():
     assert logits.abs().max() <= cfg.logit_softcap
 
 
+@pytest.mark.parametrize("cast_weights_per_matmul", [False, True])
+def test_logits_at_are_the_forward_logits_at_those_positions(cast_weights_per_matmul):
+    """logits_at unembeds only the (row, position) pairs asked for: forward's logits there, float32,
+    under an outer bf16 autocast too (which the cast-per-matmul recipe switches off in both)."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=100, cast_weights_per_matmul=cast_weights_per_matmul))
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # non-zero projections, so every block matters
+    idx = torch.randint(0, 100, (3, 16))
+    rows, positions = torch.tensor([0, 0, 2, 1, 2]), torch.tensor([0, 15, 7, 7, 15])
+    with torch.no_grad():
+        full, picked = model(idx), model.logits_at(idx, rows, positions)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            full_bf16, picked_bf16 = model(idx), model.logits_at(idx, rows, positions)
+    assert picked.shape == (5, 100) and picked.dtype == torch.float32
+    torch.testing.assert_close(picked, full[rows, positions], rtol=0, atol=1e-5)
+    assert picked_bf16.dtype == torch.float32
+    torch.testing.assert_close(picked_bf16, full_bf16[rows, positions], rtol=0, atol=1e-2)
+
+
 def test_initialisation_follows_the_recipe():
     torch.manual_seed(0)
     model = GPT(tiny_config(n_embd=256, n_head=2, n_kv_head=2, vocab_size=4096))

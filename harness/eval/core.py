@@ -15,7 +15,11 @@ b its random baseline in percent, and CORE the mean centered accuracy over the t
 
 Speed. Whole examples are packed into batches of up to batch_size rows after sorting by length,
 so one forward pass scores many examples with little padding. Rows are padded on the right with
-BOS, which cannot change the logits of the positions before it in a causal model. Under
+BOS, which cannot change the logits of the positions before it in a causal model. Only the answer
+spans' logits are read (under 1% of the positions on the real tasks), so a model that offers
+`logits_at` (models.gpt.GPT) runs its blocks on every position but its unembedding and soft cap
+on the span positions only, never building the (B, T, vocab) float32 logits; any other model's
+full logits are indexed. Under
 torch.distributed each rank scores every world_size-th example of each task, and one all-reduce
 of the per-task counts gives every rank the same result.
 """
@@ -331,6 +335,8 @@ def score_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per span token, in row order: its loss and whether it is the argmax prediction.
 
+    A model with `logits_at(inputs, rows, positions)` (models.gpt.GPT) computes logits at the span
+    positions only; any other callable gives the full (B, T, V) logits, which are then indexed.
     Results stay on the device so the next batch can be queued without waiting for this one."""
     rows = [row for request in batch for row in request.rows]
     spans = [span for request in batch for span in request.spans]
@@ -348,8 +354,11 @@ def score_batch(
         t.to(device, non_blocking=non_blocking) for t in (inputs, batch_index, positions, targets)
     )
     with autocast():
-        logits = model(inputs)
-    picked = logits[batch_index, positions].float()
+        if hasattr(model, "logits_at"):  # a harness GPT: unembed the span positions only
+            picked = model.logits_at(inputs, batch_index, positions)
+        else:
+            picked = model(inputs)[batch_index, positions]
+    picked = picked.float()
     losses = F.cross_entropy(picked, targets, reduction="none")
     return losses, picked.argmax(dim=-1) == targets
 
@@ -404,7 +413,8 @@ def evaluate_core(
     autocast: Callable = contextlib.nullcontext,
     progress: bool = False,
 ) -> CoreResult:
-    """CORE of `model`, any callable mapping token ids (B, T) to logits (B, T, V).
+    """CORE of `model`, any callable mapping token ids (B, T) to logits (B, T, V); one that also has
+    logits_at(ids, rows, positions) -> (N, V) (models.gpt.GPT) is asked for the span positions only.
 
     `tokenizer` needs encode(text) -> list[int] (encode_batch(texts) is used if present) and
     bos_id. `batch_size` counts rows (prompts) per forward pass. `max_seq_len` crops longer rows
