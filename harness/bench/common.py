@@ -112,10 +112,11 @@ def peak_memory_gib(device: torch.device) -> float:
     return peak_memory_bytes(device) / GIB
 
 
-def provenance_fields(argv: list[str]) -> dict:
+def provenance_fields(argv: list[str], program: tuple[str, ...] = ("python", "-m", "harness.bench")) -> dict:
+    """When, where and how a benchmark ran; `program` is what precedes argv on its command line."""
     info = provenance()
     return {
-        "command": shlex.join(["python", "-m", "harness.bench", *argv]),
+        "command": shlex.join([*program, *argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[3]
+PROGRAM = ("python", "experiments/rope_mlp_lr/cpu_vs_reference/bench.py")  # its command line, in the records
 sys.path.insert(0, str(REPO))
 
 from harness.bench.ab import interleaved_order  # noqa: E402
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_step_s": statistics.fmean(blocks["reference"]),
         "blocks_s": blocks,
         "cpu_threads": torch.get_num_threads(),
-        **provenance_fields(sys.argv[1:] if argv is None else argv),
+        **provenance_fields(sys.argv[1:] if argv is None else argv, program=PROGRAM),
     }
     print(
         f"depth {args.depth}, dim {args.dim}, {args.batch} x {args.seq_len} tokens: project / reference step time "

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[3]
+PROGRAM = ("python", "experiments/rope_mlp_lr/cpu_vs_reference/core_bench.py")  # its command line, in the records
 sys.path.insert(0, str(REPO))
 
 import harness.eval.core as core  # noqa: E402
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     model = build_model(tokenizer.vocab_size, args.depth, args.dim, args.seed)
     max_seq_len = args.max_seq_len or None
     model.max_seq_len = max_seq_len  # the reference crops a model that declares it, as we do with max_seq_len
-    provenance = provenance_fields(sys.argv[1:] if argv is None else argv)
+    provenance = provenance_fields(sys.argv[1:] if argv is None else argv, program=PROGRAM)
     bundle = load_bundle(args.bundle)
     if args.rounding_only:
         record = {
