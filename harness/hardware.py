@@ -3,6 +3,7 @@ peak memory a run has used so far (metrics.jsonl's and summary.json's `peak_memo
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 
@@ -51,10 +52,21 @@ GIB = 2**30
 def peak_memory_bytes(device: torch.device) -> int:
     """The most memory this process has held so far: on a GPU, the most its tensors occupied
     (torch.cuda.max_memory_allocated, as torchtitan logs it; the caching allocator's reserve is
-    more); on CPU, the process's peak resident set (everything it held, Python and libraries too)."""
+    more); on CPU, the process's peak resident set (everything it held, Python and libraries too).
+    On Linux that is /proc's VmHWM, not getrusage's ru_maxrss, which carries over the peak of the process
+    that exec'd this one (a torchrun worker would report its launcher's, a test's subprocess pytest's)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    with contextlib.suppress(OSError, StopIteration):
+        return proc_status_bytes("VmHWM")
     return maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sys.platform)
+
+
+def proc_status_bytes(field: str, status: str = "/proc/self/status") -> int:
+    """A memory field of /proc/<pid>/status ("VmHWM:   123456 kB"), in bytes (Linux only)."""
+    with open(status) as lines:
+        line = next(line for line in lines if line.startswith(f"{field}:"))
+    return int(line.split()[1]) * 1024
 
 
 def maxrss_bytes(ru_maxrss: int, platform: str) -> int:

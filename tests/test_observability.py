@@ -23,6 +23,23 @@ from harness.run.spec import resolved_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="/proc: Linux only")
+def test_a_child_process_reports_its_own_peak_not_its_parents():
+    """A process started from one that held 1.5 GB: getrusage's ru_maxrss says 1.5 GB (Linux carries the
+    parent's peak across exec), peak_memory_bytes says what the child itself held (Python and torch)."""
+    hog = bytearray(1_500_000_000)
+    hog[::4096] = b"\x01" * len(range(0, len(hog), 4096))  # touch every page: resident
+    child = (
+        "import resource, sys, torch; from harness.hardware import peak_memory_bytes, maxrss_bytes; "
+        "print(peak_memory_bytes(torch.device('cpu')), "
+        "maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sys.platform))"
+    )
+    output = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True, cwd=REPO)
+    own, inherited = map(int, output.stdout.split())
+    del hog
+    assert inherited >= 1_500_000_000 > 1_000_000_000 > own > 10_000_000
+
+
 def test_maxrss_is_kib_on_linux_and_bytes_on_macos():
     # getrusage(2) on Linux: ru_maxrss in kilobytes (1024 bytes); macOS reports bytes.
     assert maxrss_bytes(1536, "linux") == 1536 * 1024 == 1_572_864
