@@ -68,11 +68,9 @@ SMALL = [
 MEASURE = """
 import json, sys, torch
 from harness.cli import compose
+from harness.hardware import proc_status_bytes
 from harness.run.build import materialize
 from harness.run.spec import resolve_run
-def status_bytes(field):
-    line = next(line for line in open("/proc/self/status") if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
 plan = resolve_run(compose(json.loads(sys.argv[1])), check_inputs=False, world_size=1)
 model = materialize(plan.model, torch.device("cpu"), seed=0)
 tokens = torch.randint(0, plan.model.vocab_size, (int(sys.argv[2]), plan.model.sequence_len))
@@ -80,9 +78,9 @@ model(tokens[:1], tokens[:1]).backward()  # the first step's one-off allocations
 model.zero_grad(set_to_none=True)
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
-before = status_bytes("VmRSS")
+before = proc_status_bytes("VmRSS")
 model(tokens, tokens).backward()
-print(status_bytes("VmHWM") - before)
+print(proc_status_bytes("VmHWM") - before)
 """
 
 
