@@ -16,6 +16,7 @@ Build big models on the meta device (`GPT.on_meta`) to count them without memory
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -338,10 +339,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
         """Logits (B, T, vocab) in float32 when targets is None, else the cross-entropy loss
         (targets of -1 are ignored; reduction 'none' gives per-token losses of shape (B, T))."""
-        if self.config.cast_weights_per_matmul:
-            with torch.autocast(idx.device.type, enabled=False):
-                return self._forward(idx, targets, reduction)
-        return self._forward(idx, targets, reduction)
+        with self._precision(idx):
+            return self._forward(idx, targets, reduction)
 
     def logits_at(self, idx: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """forward(idx)[rows, positions] without the rest: float32 logits (N, vocab) at N (row,
@@ -349,10 +348,16 @@ class GPT(nn.Module):
         positions, which is most of the work saved when few are read (CORE reads its answer spans:
         under 1% of the positions, against a (B, T, vocab) float32 tensor for the full logits).
         The matmul over fewer rows may round differently in the last bit from forward's."""
+        with self._precision(idx):
+            return self.unembed(self.hidden_states(idx)[rows, positions])
+
+    def _precision(self, idx: torch.Tensor):
+        """The precision switch forward and logits_at run under: 92d63d4's model casts its weights to
+        the activations' dtype per matmul (CastLinear), so autocast is off inside it; the January
+        model runs under whatever autocast its caller set."""
         if self.config.cast_weights_per_matmul:
-            with torch.autocast(idx.device.type, enabled=False):
-                return self.unembed(self.hidden_states(idx)[rows, positions])
-        return self.unembed(self.hidden_states(idx)[rows, positions])
+            return torch.autocast(idx.device.type, enabled=False)
+        return contextlib.nullcontext()
 
     def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, reduction: str):
         B, T = idx.shape
