@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sysconfig
 from pathlib import Path
@@ -275,3 +276,34 @@ def test_validation_set_is_the_same_rows_whatever_the_world_size_and_batch(cfg, 
 def test_validation_split_too_small_is_a_config_error(cfg, tok):
     with pytest.raises(ConfigError, match=r"^eval.val_tokens=100000000 needs 390625 rows of 256 tokens, but the"):
         val_batches(data_config(cfg), tok, batch_size=8, seq_len=256, num_tokens=100_000_000, rank=0, world_size=1)
+
+
+def test_a_horizon_past_the_training_split_is_counted_and_warned(cfg, tok, monkeypatch, data_dir):
+    """Issue 24's CPU ladder: its d5 rung read data=builtin's training split 1.85 times and its
+    validation bpb rose at the end, with nothing in train.log to say so. The split's size here is
+    counted independently: its documents tokenized in this test, one BOS each."""
+    from harness.run.spec import resolve_run
+    from harness.run.trainer import data_passes, repeats_data_warning
+
+    documents = open_source(data_config(cfg)).documents("train")
+    split_tokens = sum(len(ids) for ids in tok.encode_batch(documents, prepend_bos=True))
+    batch = 1024
+    shape = ["model.sequence_len=256", f"train.total_batch_tokens={batch}", "train.device_batch_size=4"]
+    last_single_pass = split_tokens // batch  # steps x batch <= split_tokens: at most one pass
+    for steps in (last_single_pass, last_single_pass + 1, 3 * last_single_pass):
+        composed = compose([*SMALL, *shape, f"train.num_iterations={steps}"])
+        spec = dataclasses.replace(resolve_run(composed, check_inputs=False, world_size=1), data=data_config(composed))
+        passes = data_passes(spec, tok)
+        assert passes == (pytest.approx(steps * batch / split_tokens), split_tokens)
+        warning = repeats_data_warning(spec, passes)
+        if steps == last_single_pass:
+            assert warning is None
+        else:
+            assert warning == (
+                f"the horizon reads the training split {steps * batch / split_tokens:.2f} times ({split_tokens:,} "
+                f"tokens): documents repeat from about step {last_single_pass:,}, after which validation bpb can "
+                "stop falling or rise (data.corpus_bytes sets data=builtin's size)"
+            )
+    composed = compose(["data=fineweb", *shape, "train.num_iterations=10"])
+    fineweb = dataclasses.replace(resolve_run(composed, check_inputs=False, world_size=1), data=data_config(composed))
+    assert data_passes(fineweb, tok) is None  # its size is not known without reading every shard

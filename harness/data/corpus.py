@@ -72,6 +72,11 @@ class TokenCorpus:
         self._offsets = offsets
         self.num_units = len(offsets) - 1
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the split, BOS included: one pass over it."""
+        return len(self._tokens)
+
     def read(self, unit: int, indices: Sequence[int] | None = None) -> list[Document]:
         document = self._tokens[self._offsets[unit] : self._offsets[unit + 1]]
         return [document] if indices is None else [document for _ in indices]

@@ -33,7 +33,7 @@ from harness.run.outcome import (
 )
 from harness.run.signals import hand_over_signal, stop_on_signals
 from harness.run.spec import RunSpec
-from harness.run.trainer import Trainer, describe_spec
+from harness.run.trainer import Trainer, data_passes, describe_spec, repeats_data_warning
 
 log = logging.getLogger("ablate.train")
 
@@ -108,7 +108,10 @@ def train_claimed(
         trainer = Trainer(spec, rundir, logger, data)
         if spec.dist.is_main:
             rundir.params_path.write_text(format_parameter_table(trainer.param_rows))
-            log.info(describe_spec(spec, trainer))
+            passes = data_passes(spec, trainer.tokenizer)
+            log.info(describe_spec(spec, trainer, passes))
+            if warning := repeats_data_warning(spec, passes):
+                log.warning(warning)
         with stop_on_signals(trainer):
             status = trainer.run(resume)
         error = trainer.divergence

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from harness.data import build_train_loader
+from harness.data.loader import open_corpus
 from harness.distributed import all_reduce_mean, any_rank
 from harness.eval.bpb import evaluate_bpb
 from harness.eval.core import run_core_eval
@@ -367,9 +368,32 @@ class Trainer:
         )
 
 
-def describe_spec(spec: RunSpec, trainer: Trainer) -> str:
+def data_passes(spec: RunSpec, tokenizer) -> tuple[float, int] | None:
+    """(how many times the horizon reads the training split, the split's tokens) for data=builtin,
+    whose split is small (4 MB of text by default) and counted in its tokenized cache; None for
+    sources whose size is not known without reading them (and for a spec resolved without data)."""
+    if spec.data is None or spec.data.source != "builtin":
+        return None
+    split_tokens = open_corpus(spec.data, "train", tokenizer, spec.model.sequence_len).num_tokens
+    return spec.num_iterations * spec.train.total_batch_tokens / split_tokens, split_tokens
+
+
+def repeats_data_warning(spec: RunSpec, passes: tuple[float, int] | None) -> str | None:
+    """What a run that reads its training split more than once is told before it starts."""
+    if passes is None or passes[0] <= 1:
+        return None
+    times, split_tokens = passes
+    return (
+        f"the horizon reads the training split {times:.2f} times ({split_tokens:,} tokens): documents repeat "
+        f"from about step {split_tokens // spec.train.total_batch_tokens:,}, after which validation bpb can "
+        "stop falling or rise (data.corpus_bytes sets data=builtin's size)"
+    )
+
+
+def describe_spec(spec: RunSpec, trainer: Trainer, passes: tuple[float, int] | None = None) -> str:
     counts = spec.param_counts
     tokens = spec.num_iterations * spec.train.total_batch_tokens
+    over_data = "" if passes is None else f", {passes[0]:.2f} passes over the training split's {passes[1]:,} tokens"
     return "\n".join(
         [
             f"model: {spec.model}",
@@ -377,7 +401,8 @@ def describe_spec(spec: RunSpec, trainer: Trainer) -> str:
             f"batch: {spec.train.total_batch_tokens:,} tokens = {spec.train.device_batch_size} x "
             f"{spec.model.sequence_len} x {spec.grad_accum} accumulation x {spec.dist.world_size} ranks",
             f"horizon: {spec.num_iterations:,} steps, {tokens:,} tokens, "
-            f"{tokens * spec.flops_per_token:.3e} FLOPs ({tokens / counts['scaling']:.2f} tokens per scaling param)",
+            f"{tokens * spec.flops_per_token:.3e} FLOPs ({tokens / counts['scaling']:.2f} tokens per scaling param)"
+            + over_data,
             f"LR table (every parameter in {trainer.rundir.params_path.name}):\n"
             + summarize_parameter_table(trainer.param_rows),
         ]
