@@ -278,7 +278,7 @@ def test_validation_split_too_small_is_a_config_error(cfg, tok):
         val_batches(data_config(cfg), tok, batch_size=8, seq_len=256, num_tokens=100_000_000, rank=0, world_size=1)
 
 
-def test_a_horizon_past_the_training_split_is_counted_and_warned(cfg, tok, monkeypatch, data_dir):
+def test_a_horizon_past_the_training_split_is_counted_and_warned(cfg, tok):
     """Issue 24's CPU ladder: its d5 rung read data=builtin's training split 1.85 times and its
     validation bpb rose at the end, with nothing in train.log to say so. The split's size here is
     counted independently: its documents tokenized in this test, one BOS each."""
