@@ -26,3 +26,13 @@ def session_data_dir(tmp_path_factory):
         os.environ.pop("ABLATE_DATA_DIR", None)
     else:
         os.environ["ABLATE_DATA_DIR"] = previous
+
+
+@pytest.fixture
+def plan_without_memory(monkeypatch):
+    """harness.plan with its memory column stubbed (1 GiB, the planned batch fits): for tests of the
+    plan's other columns, where the d12-d24 step traces would cost minutes of CI. The estimate itself
+    is tested in tests/test_memory.py."""
+    from harness import plan
+
+    monkeypatch.setattr(plan, "_peak_memory", lambda run, device_batch, world_size, limit_gib: (1.0, device_batch))

@@ -120,10 +120,8 @@ def test_help_and_errors(capsys):
         plan.parse_args(["--detect", "0.002"])  # nothing to take the spread from
 
 
-def test_the_plan_ends_with_a_total_per_depth(capsys, monkeypatch):
+def test_the_plan_ends_with_a_total_per_depth(capsys, plan_without_memory):
     """Per depth: the runs' count, tokens and GPU-hours summed by hand from the run rows above it."""
-    # The totals, not the memory column (tests/test_memory.py), whose d12/d24 traces took most of this test.
-    monkeypatch.setattr(plan, "_peak_memory", lambda run, device_batch, world_size, limit_gib: (1.0, device_batch))
     assert plan.main(["model=d12,d24", "seed=0,1", "optim.muon.lr=0.02,0.03"]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
@@ -137,7 +135,7 @@ def test_the_plan_ends_with_a_total_per_depth(capsys, monkeypatch):
         assert f"| {hours:.2f} |" in row
 
 
-def test_a_throughput_file_for_another_depth_warns_in_a_real_process(tmp_path, capsys, monkeypatch):
+def test_a_throughput_file_for_another_depth_warns_in_a_real_process(tmp_path, capsys, plan_without_memory):
     """Issue 27: a measurement that matches no planned run is named on stderr, not silently ignored."""
     import subprocess
     import sys
@@ -151,10 +149,10 @@ def test_a_throughput_file_for_another_depth_warns_in_a_real_process(tmp_path, c
     assert result.returncode == 0, result.stderr
     assert f"warning: --throughput {measured} has no entry for depth 12 pattern SSSL" in result.stderr
     assert "(it has depth 24 pattern SSSL)" in result.stderr and "assumed MFU" in result.stdout
-    # A matching file warns of nothing; in this process, without the memory column's d12 trace (20 s).
+    # A matching file warns of nothing; in this process, whose memory column is stubbed (the d12 trace
+    # took 20 s; the real process above keeps it).
     matching = tmp_path / "d12.json"
     matching.write_text(json.dumps({"model_depth": 12, "window_pattern": "SSSL", "tok_per_s": 4e5}))
-    monkeypatch.setattr(plan, "_peak_memory", lambda run, device_batch, world_size, limit_gib: (1.0, device_batch))
     assert plan.main([*D12, "--throughput", str(matching)]) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.err and "measured 400,000 tok/s/GPU" in captured.out
