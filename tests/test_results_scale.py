@@ -189,6 +189,26 @@ def test_the_power_law_fit_recovers_a_known_curve_as_scipy_does():
     assert fit.loss(flops) == pytest.approx(exact_loss(flops), abs=1e-8)
 
 
+def test_a_loss_falling_without_saturation_is_fitted_with_its_floor_at_zero_not_below():
+    # Four rungs falling log-linearly, as the CPU ladder's did: left unbounded, least squares puts the
+    # "irreducible" bits per byte below 0, which no loss can reach.
+    flops = np.array(list(FLOPS.values()))
+    loss = 2.0 - 0.25 * np.log10(flops / flops[0]) + np.array([0.004, -0.006, 0.005, -0.002])
+    unbounded, _ = optimize.curve_fit(
+        lambda c, e, a, alpha: e + a * (c / flops[0]) ** -alpha, flops, loss, p0=(1.0, 1.0, 0.5), maxfev=20000
+    )
+    assert unbounded[0] < 0  # the case the bound is for
+    fit = fit_loss(flops, loss)
+    # With E held at 0 the model is A (C / C0)^-alpha: scipy's two-parameter fit is the bounded optimum.
+    plain, _ = optimize.curve_fit(lambda c, a, alpha: a * (c / flops[0]) ** -alpha, flops, loss, p0=(2.0, 0.1))
+    assert fit.kind == POWER_LAW
+    assert fit.params[0] == pytest.approx(0.0, abs=1e-7)
+    assert fit.params[1:] == pytest.approx(tuple(plain), rel=1e-4)
+    runs = ladder({d: 0.0 for d in DEPTHS}, base_loss=lambda c: 2.0 - 0.25 * np.log10(c / flops[0]), noise=False)
+    described = compute_multipliers(runs, BASELINES, replicates=20)[2]
+    assert "E at its floor 0" in described
+
+
 def test_the_multiplier_is_the_compute_the_baseline_needs_for_the_variants_loss():
     truth = {2: 2.0, 3: 3.0, 4: 1.5, 5: 0.5}
     runs = seed_symmetric_ladder(shifted(truth))

@@ -23,7 +23,8 @@ Pure functions on the `runs` table (collect.py) and the baseline variant at each
   `holds at every depth`: every depth's interval excludes 0 on the same side (and no significant slope);
   `inconclusive`: anything else, and every variant with fewer than 3 depths (no trend is fitted).
 - `compute_multipliers`: the baseline's final val bpb against training FLOPs over the ladder, fitted
-  as a saturating power law L(C) = E + A (C / C0)^-alpha (scipy curve_fit) with 4 rungs or more, or as a
+  as a saturating power law L(C) = E + A (C / C0)^-alpha (scipy curve_fit, 0 <= E <= the best rung's
+  loss: bits per byte cannot be negative) with 4 rungs or more, or as a
   local log-linear L = a + b log10 C with 2-3 rungs (or when the power law does not converge); per
   variant and rung, `compute_multiplier` = C* / C, where L(C*) = L(C) + delta, the fitted loss at the
   rung plus the variant's mean difference to the baseline there: how many times the rung's FLOPs the
@@ -309,12 +310,14 @@ def _fit_power_law(flops: np.ndarray, loss: np.ndarray, start: tuple[float, ...]
     def model(c, e, a, alpha):
         return e + a * (c / reference) ** -alpha
 
-    # E below the best loss seen (the fit saturates under the data), A > 0 (loss falls with compute),
-    # alpha in (0, 5]; the start is the point fit's parameters in the bootstrap, moved inside the bounds.
+    # E in [0, best loss seen]: the fit saturates under the data, and bits per byte cannot go below 0
+    # (unbounded, 4 rungs that fall about log-linearly put E far below 0, as a d2-d5 CPU ladder did:
+    # E = -2.57); A > 0 (loss falls with compute); alpha in (0, 5]. The start is the point fit's
+    # parameters in the bootstrap, moved inside the bounds.
     best, spread = float(loss.min()), max(float(loss.max() - loss.min()), 1e-6)
-    bounds = ([-np.inf, 0.0, 1e-4], [best, np.inf, 5.0])
+    bounds = ([0.0, 0.0, 1e-4], [best, np.inf, 5.0])
     e0, a0, alpha0 = start or (best - spread, 2 * spread, 0.5)
-    p0 = (min(e0, best - 1e-3 * spread), max(a0, 1e-9), min(max(alpha0, 2e-4), 5.0 - 1e-9))
+    p0 = (min(max(e0, 0.0), best - 1e-3 * spread), max(a0, 1e-9), min(max(alpha0, 2e-4), 5.0 - 1e-9))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -378,8 +381,10 @@ def _describe_fit(fit: LossFit, rungs: int, rung_total: int) -> str:
         e, a, alpha = fit.params
         text = (
             f"saturating power law L(C) = {e:.4f} + {a:.4f} (C / {fit.reference_flops:.3g})^-{alpha:.3f} "
-            f"over the baseline's {rungs} rungs (scipy curve_fit)"
+            f"over the baseline's {rungs} rungs (scipy curve_fit, E bounded to [0, the best rung's loss])"
         )
+        if e <= 1e-6:
+            text += "; E at its floor 0: the rungs show no saturation, so the fit is a plain power law"
     else:
         a, b = fit.params
         reason = "fewer than 4 rungs" if rungs < MIN_POWER_LAW_RUNGS else "the power law did not converge"
