@@ -170,6 +170,9 @@ def test_scaling_needs_two_depths_and_core_needs_core(two_depths, tmp_path):
     fig = scaling_figure(two_depths, BASELINES)
     assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
     assert all(len(ax.get_lines()) >= len(VARIANTS) for ax in fig.axes)
+    # Each variant's line passes through the true depths (not the error bars' sideways positions).
+    for line in (ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() not in ("None", "none", "")):
+        assert sorted(set(line.get_xdata())) == sorted(set(two_depths.completed()["depth"]))
     core = core_figure(two_depths, BASELINES)
     images = [ax for ax in core.axes if ax.images]
     assert len(images) == 4  # per depth: centered accuracy and difference to the baseline

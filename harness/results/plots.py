@@ -605,16 +605,20 @@ def scaling_figure(collection: Collection, baselines: Mapping[int, str] | None =
             interval = mean_interval(at_depth["final_val_bpb"])
             points.append((depth, at_depth["flops"].mean(), interval.mean, interval.half_width))
         depth, flops, mean, half = (np.array(v, dtype=float) for v in zip(*points, strict=True))
-        # Variants share their x; a small sideways offset keeps their error bars apart.
+        # Variants share their x. The lines run through the true depths and FLOPs, so lines at one x
+        # compare; only the error bars move a little sideways to stay apart (lines through shifted
+        # points on a steep curve would show a variant a whole offset's slope above another).
         offset = (i - (len(variants) - 1) / 2) / max(len(variants), 1)
-        for ax, xs in zip(axes, (depth + 0.6 * offset, flops * 10 ** (0.03 * offset)), strict=True):
+        for ax, xs, shifted in zip(
+            axes, (depth, flops), (depth + 0.3 * offset, flops * 10 ** (0.015 * offset)), strict=True
+        ):
+            ax.plot(xs, mean, color=style.color, linestyle=style.linestyle, linewidth=style.linewidth)
             ax.errorbar(
-                xs,
+                shifted,
                 mean,
                 yerr=np.nan_to_num(half),
                 color=style.color,
-                linestyle=style.linestyle,
-                linewidth=style.linewidth,
+                linestyle="none",
                 marker=style.marker,
                 markersize=4,
                 capsize=3,
@@ -626,7 +630,7 @@ def scaling_figure(collection: Collection, baselines: Mapping[int, str] | None =
         ax.set_ylabel("final validation bits per byte")
         ax.grid(alpha=0.3)
     _variant_legend(fig, collection, styles, incomplete=False)
-    fig.suptitle("scaling: final val bpb (mean over seeds, bars = 95% CI, variants offset sideways)")
+    fig.suptitle("scaling: final val bpb (mean over seeds; bars = 95% CI, moved sideways to stay apart)")
     return fig
 
 
