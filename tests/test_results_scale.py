@@ -117,6 +117,32 @@ def test_heterogeneity_is_cochrans_q(effects):
     assert trend["heterogeneity_p"] == pytest.approx(stats.chi2.sf(meta.q, meta.df_resid), rel=1e-9)
 
 
+@pytest.mark.parametrize("effects", [CONSTANT, REVERSING])
+def test_the_pooled_effect_is_the_intercept_only_wls_with_the_knapp_hartung_interval(effects):
+    table = scale_table(ladder(effects), BASELINES)
+    trend = scale_trend(table).iloc[0]
+    y, w = table["delta_final_val_bpb"].to_numpy(), 1 / table["delta_se"].to_numpy() ** 2
+    x = np.ones((len(y), 1))
+    estimated = sm.WLS(y, x, weights=w).fit()  # scale = Q / (k - 1)
+    known = sm.WLS(y, x, weights=w).fit(cov_type="fixed scale")
+    se = known.bse[0] * math.sqrt(max(1.0, estimated.scale))
+    half = stats.t.ppf(0.975, len(y) - 1) * se
+    assert trend["pooled_delta"] == pytest.approx(estimated.params[0], rel=1e-9)
+    assert (trend["pooled_ci_low"], trend["pooled_ci_high"]) == pytest.approx(
+        (estimated.params[0] - half, estimated.params[0] + half), rel=1e-9
+    )
+    assert trend["pooled_p"] == pytest.approx(2 * stats.t.sf(abs(estimated.params[0]) / se, len(y) - 1), rel=1e-9)
+    if effects is REVERSING:  # the depths disagree far beyond their seeds: the interval widens
+        assert estimated.scale > 1 and trend["pooled_ci_low"] < 0 < trend["pooled_ci_high"]
+
+
+def test_two_depths_pool_without_a_trend_and_one_does_neither():
+    two = scale_trend(scale_table(ladder(CONSTANT, depths=(2, 3)), BASELINES)).iloc[0]
+    assert math.isnan(two["slope_per_decade"]) and math.isfinite(two["pooled_delta"])
+    one = scale_trend(scale_table(ladder(CONSTANT, depths=(2,)), BASELINES)).iloc[0]
+    assert math.isnan(one["pooled_delta"]) and math.isnan(one["pooled_ci_low"])
+
+
 def test_a_constant_effect_holds_at_every_depth_and_is_homogeneous():
     trend = trend_of(CONSTANT)
     assert trend["scale_verdict"] == HOLDS

@@ -13,7 +13,9 @@ Pure functions on the `runs` table (collect.py) and the baseline variant at each
   from 3-4 depths but lean on a between-depth variance it cannot estimate from so few; this form
   never claims less uncertainty than the seeds give, and widens when the depths scatter more than
   their seeds explain. Heterogeneity: Cochran's Q of the depths around their weighted mean (chi2,
-  k - 1 degrees of freedom): does the difference change across depths at all.
+  k - 1 degrees of freedom): does the difference change across depths at all. Pooled: the same
+  weighted mean with its Knapp-Hartung interval (t on k - 1 degrees of freedom), `pooled_delta`: is
+  there an effect at these sizes on average (reported beside the verdict, not part of it).
 - `scale_verdict`, from the per-depth intervals and the trend (alpha 0.05, no adjustment across
   variants), first that applies:
   `reverses`: one depth's interval is entirely below 0 and another's entirely above;
@@ -172,6 +174,24 @@ def cochran_q(delta: np.ndarray, se: np.ndarray) -> tuple[float, float]:
     return q, float(stats.chi2.sf(q, len(delta) - 1))
 
 
+def pooled_effect(delta: np.ndarray, se: np.ndarray) -> dict[str, float]:
+    """The depths' inverse-variance weighted mean difference (`pooled_delta`) with the Knapp-Hartung
+    interval and p: variance widened by max(1, Q / (k - 1)), t on k - 1 degrees of freedom. It asks
+    "is there an effect at these sizes, on average", which a few seeds per depth may not settle depth by
+    depth; it says nothing about a trend. NaN with fewer than 2 depths."""
+    names = ("pooled_delta", "pooled_ci_low", "pooled_ci_high", "pooled_p")
+    if len(delta) < 2:
+        return dict.fromkeys(names, math.nan)
+    weights = 1.0 / se**2
+    pooled = float(np.sum(weights * delta) / np.sum(weights))
+    q, _ = cochran_q(delta, se)
+    dof = len(delta) - 1
+    pooled_se = math.sqrt(max(1.0, q / dof) / np.sum(weights))
+    half = stats.t.ppf(1 - ALPHA / 2, dof) * pooled_se
+    p = float(2 * stats.t.sf(abs(pooled) / pooled_se, dof))
+    return dict(zip(names, (pooled, pooled - half, pooled + half, p), strict=True))
+
+
 def scale_trend(scale: pd.DataFrame) -> pd.DataFrame:
     """Per variant: the slope per decade of training FLOPs with its interval and p, heterogeneity, verdict."""
     rows = []
@@ -186,6 +206,10 @@ def scale_trend(scale: pd.DataFrame) -> pd.DataFrame:
         "slope_p",
         "heterogeneity_q",
         "heterogeneity_p",
+        "pooled_delta",
+        "pooled_ci_low",
+        "pooled_ci_high",
+        "pooled_p",
         "scale_verdict",
         "note",
     ]
@@ -200,6 +224,9 @@ def _variant_trend(group: pd.DataFrame) -> dict:
         math.nan,
     )
     values.update(n_depths=len(usable), scale_verdict=INCONCLUSIVE, note="")
+    values.update(
+        pooled_effect(usable["delta_final_val_bpb"].to_numpy(dtype=float), usable["delta_se"].to_numpy(dtype=float))
+    )
     left_out = len(group) - len(usable)
     if left_out:
         values["note"] = f"{left_out} depth(s) without an interval (one seed, or no spread) left out"
@@ -485,21 +512,26 @@ def scale_markdown(scale: pd.DataFrame, trend: pd.DataFrame, fit_description: st
         )
     lines += [
         "",
-        "| variant | depths | slope per decade of FLOPs [95% CI] | slope p | heterogeneity p | verdict | note |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | depths | slope per decade of FLOPs [95% CI] | slope p | heterogeneity p | "
+        "pooled Δ over depths [95% CI] | pooled p | verdict | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in trend.itertuples():
         slope = _delta_cell(row.slope_per_decade, row.slope_ci_low, row.slope_ci_high)
+        pooled = _delta_cell(row.pooled_delta, row.pooled_ci_low, row.pooled_ci_high)
         lines.append(
             f"| {row.variant} | {row.n_depths} | {slope} | {_p(row.slope_p)} | {_p(row.heterogeneity_p)} | "
-            f"**{row.scale_verdict}** | {row.note} |"
+            f"{pooled} | {_p(row.pooled_p)} | **{row.scale_verdict}** | {row.note} |"
         )
     lines += [
         "",
         "Trend: Δ against log10 training FLOPs, weighted least squares with weights 1 / SE² (a noisier depth "
         "counts less), Knapp-Hartung interval (t on depths − 2 degrees of freedom, the variance widened when the "
         "depths scatter more than their seeds explain); with 3-4 depths it is wide on purpose. Heterogeneity: "
-        "Cochran's Q of the depths around their weighted mean (does Δ change across depths at all). Verdicts, "
+        "Cochran's Q of the depths around their weighted mean (does Δ change across depths at all). Pooled Δ: "
+        "that weighted mean with a Knapp-Hartung interval (t on depths − 1 degrees of freedom): is there an "
+        "effect at these sizes on average, which a few seeds per depth may not settle depth by depth; it does "
+        "not enter the verdict and says nothing about a trend. Verdicts, "
         f"α = {ALPHA} without adjustment across variants, first that applies: *{REVERSES}* (one depth's interval "
         f"below 0, another's above); *{GROWS}* / *{SHRINKS}* (significant slope, the fitted |Δ| at the largest rung "
         f"larger / smaller than at the smallest); *{HOLDS}* (every depth's interval on the same side of "
