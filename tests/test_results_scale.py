@@ -91,21 +91,25 @@ def test_each_depths_difference_is_the_paired_mean_with_its_t_interval():
         assert (row["n_seeds"], row["train_flops"], row["test"]) == (6, FLOPS[depth], "paired")
 
 
+def knapp_hartung(table: pd.DataFrame, x: np.ndarray, coefficient: int) -> tuple[float, float, float, float]:
+    """statsmodels' WLS of the depths' differences on x (weights 1 / SE^2) with the truncated
+    Knapp-Hartung variance: (estimate, 95% low, 95% high, p) of one coefficient."""
+    y, w = table["delta_final_val_bpb"].to_numpy(), 1 / table["delta_se"].to_numpy() ** 2
+    estimated = sm.WLS(y, x, weights=w).fit()  # scale = residual dispersion Q_E / (k - p)
+    known = sm.WLS(y, x, weights=w).fit(cov_type="fixed scale")  # scale = 1: the seeds' SEs taken as known
+    se = known.bse[coefficient] * math.sqrt(max(1.0, estimated.scale))
+    dof = len(y) - x.shape[1]
+    value, half = estimated.params[coefficient], stats.t.ppf(0.975, dof) * se
+    return value, value - half, value + half, 2 * stats.t.sf(abs(value) / se, dof)
+
+
 @pytest.mark.parametrize("effects", [CONSTANT, SHRINKING, GROWING, REVERSING])
 def test_the_trend_is_statsmodels_wls_with_the_knapp_hartung_interval(effects):
     table = scale_table(ladder(effects), BASELINES)
     trend = scale_trend(table).iloc[0]
-    x = sm.add_constant(np.log10(table["train_flops"].to_numpy()))
-    y, w = table["delta_final_val_bpb"].to_numpy(), 1 / table["delta_se"].to_numpy() ** 2
-    estimated = sm.WLS(y, x, weights=w).fit()  # scale = residual dispersion Q_E / (k - 2)
-    known = sm.WLS(y, x, weights=w).fit(cov_type="fixed scale")  # scale = 1: the seeds' SEs taken as known
-    se = known.bse[1] * math.sqrt(max(1.0, estimated.scale))
-    half = stats.t.ppf(0.975, len(y) - 2) * se
-    assert trend["slope_per_decade"] == pytest.approx(estimated.params[1], rel=1e-9)
-    assert (trend["slope_ci_low"], trend["slope_ci_high"]) == pytest.approx(
-        (estimated.params[1] - half, estimated.params[1] + half), rel=1e-9
-    )
-    assert trend["slope_p"] == pytest.approx(2 * stats.t.sf(abs(estimated.params[1]) / se, len(y) - 2), rel=1e-9)
+    expected = knapp_hartung(table, sm.add_constant(np.log10(table["train_flops"].to_numpy())), coefficient=1)
+    got = trend[["slope_per_decade", "slope_ci_low", "slope_ci_high", "slope_p"]].to_numpy(dtype=float)
+    assert tuple(got) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("effects", [CONSTANT, REVERSING])
@@ -121,19 +125,11 @@ def test_heterogeneity_is_cochrans_q(effects):
 def test_the_pooled_effect_is_the_intercept_only_wls_with_the_knapp_hartung_interval(effects):
     table = scale_table(ladder(effects), BASELINES)
     trend = scale_trend(table).iloc[0]
-    y, w = table["delta_final_val_bpb"].to_numpy(), 1 / table["delta_se"].to_numpy() ** 2
-    x = np.ones((len(y), 1))
-    estimated = sm.WLS(y, x, weights=w).fit()  # scale = Q / (k - 1)
-    known = sm.WLS(y, x, weights=w).fit(cov_type="fixed scale")
-    se = known.bse[0] * math.sqrt(max(1.0, estimated.scale))
-    half = stats.t.ppf(0.975, len(y) - 1) * se
-    assert trend["pooled_delta"] == pytest.approx(estimated.params[0], rel=1e-9)
-    assert (trend["pooled_ci_low"], trend["pooled_ci_high"]) == pytest.approx(
-        (estimated.params[0] - half, estimated.params[0] + half), rel=1e-9
-    )
-    assert trend["pooled_p"] == pytest.approx(2 * stats.t.sf(abs(estimated.params[0]) / se, len(y) - 1), rel=1e-9)
-    if effects is REVERSING:  # the depths disagree far beyond their seeds: the interval widens
-        assert estimated.scale > 1 and trend["pooled_ci_low"] < 0 < trend["pooled_ci_high"]
+    expected = knapp_hartung(table, np.ones((len(table), 1)), coefficient=0)  # intercept only: the mean
+    got = trend[["pooled_delta", "pooled_ci_low", "pooled_ci_high", "pooled_p"]].to_numpy(dtype=float)
+    assert tuple(got) == pytest.approx(expected, rel=1e-9)
+    if effects is REVERSING:  # the depths disagree far beyond their seeds (Q >> k - 1): the interval widens
+        assert trend["heterogeneity_q"] > len(table) - 1 and trend["pooled_ci_low"] < 0 < trend["pooled_ci_high"]
 
 
 def test_two_depths_pool_without_a_trend_and_one_does_neither():
