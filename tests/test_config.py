@@ -72,6 +72,28 @@ def test_smoke_sweep_expands_to_the_grid():
 
 
 @pytest.mark.parametrize(
+    "experiment,compared",
+    [
+        ("ladder", ["mlp_lr"]),
+        ("ladder_cpu", ["mlp_lr"]),
+        ("cpu_scale", ["mlp_lr"]),
+        ("rope_mlp_lr", ["mlp_lr", "rope"]),
+    ],
+)
+def test_the_compared_arms_of_one_seed_are_consecutive_jobs(experiment, compared):
+    # Jobs in launch order: the seeds (and rungs) in turn, and within each every combination of the
+    # compared axes before the next seed, so the arms share the machine's state (two launches train a
+    # pair side by side) and their tok/s and times to target compare.
+    jobs = [dict(o.split("=", 1) for o in job) for job in expand_sweep([f"experiment={experiment}"])]
+    arms = len({tuple(job[k] for k in compared) for job in jobs})
+    for start in range(0, len(jobs), arms):
+        block = jobs[start : start + arms]
+        fixed = [{k: v for k, v in job.items() if k not in compared} for job in block]
+        assert all(f == fixed[0] for f in fixed), block  # one seed and rung in the block
+        assert len({tuple(job[k] for k in compared) for job in block}) == arms  # every arm once
+
+
+@pytest.mark.parametrize(
     "overrides,message",
     [
         (["model=d13"], "model=d13 is not an option; choose from: d12, d16, d20, d24, d26, tiny"),
