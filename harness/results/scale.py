@@ -166,10 +166,15 @@ def fit_trend(log_flops: np.ndarray, delta: np.ndarray, se: np.ndarray) -> Trend
     return Trend(float(beta[0]), float(beta[1]), unscaled * dispersion, dof)
 
 
+def inverse_variance_mean(delta: np.ndarray, se: np.ndarray) -> tuple[float, np.ndarray]:
+    """The depths' mean difference weighted by 1 / SE^2, and those weights."""
+    weights = 1.0 / se**2
+    return float(np.sum(weights * delta) / np.sum(weights)), weights
+
+
 def cochran_q(delta: np.ndarray, se: np.ndarray) -> tuple[float, float]:
     """Cochran's Q of the depths around their inverse-variance weighted mean, and its chi2 p-value."""
-    weights = 1.0 / se**2
-    pooled = np.sum(weights * delta) / np.sum(weights)
+    pooled, weights = inverse_variance_mean(delta, se)
     q = float(np.sum(weights * (delta - pooled) ** 2))
     return q, float(stats.chi2.sf(q, len(delta) - 1))
 
@@ -182,8 +187,7 @@ def pooled_effect(delta: np.ndarray, se: np.ndarray) -> dict[str, float]:
     names = ("pooled_delta", "pooled_ci_low", "pooled_ci_high", "pooled_p")
     if len(delta) < 2:
         return dict.fromkeys(names, math.nan)
-    weights = 1.0 / se**2
-    pooled = float(np.sum(weights * delta) / np.sum(weights))
+    pooled, weights = inverse_variance_mean(delta, se)
     q, _ = cochran_q(delta, se)
     dof = len(delta) - 1
     pooled_se = math.sqrt(max(1.0, q / dof) / np.sum(weights))
